@@ -1,0 +1,280 @@
+"""The lifecycle configuration: one YAML document, every field with a default.
+
+The demo needs no file at all. Unknown keys and out-of-range values are errors that name the
+key and say what is allowed, before any step does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mlkube.errors import MlkubeError
+
+Task = Literal["classification", "regression"]
+ColumnType = Literal["float", "int"]
+ParamType = Literal["float", "int", "categorical"]
+
+
+@dataclass(kw_only=True)
+class SplitConfig:
+    """Fractions of the rows held out for validation and test, and the split seed."""
+
+    validation: float = 0.15
+    test: float = 0.15
+    seed: int = 42
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the data is and its declared schema."""
+
+    path: str | None = None  # CSV or Parquet, a path or file:// URI; None = bundled demo data
+    target: str = "target"
+    features: list[str] | None = None  # None = every column but the target
+    types: dict[str, ColumnType] = field(default_factory=dict)
+    task: Task = "classification"
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The MLP's hyperparameters (the defaults the tuner starts from)."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    learning_rate: float = 0.003
+    batch_size: int = 64
+    epochs: int = 30
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class ParamSpace:
+    """One dimension of the search space."""
+
+    type: ParamType
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+
+def _default_space() -> dict[str, ParamSpace]:
+    return {
+        "learning_rate": ParamSpace(type="float", low=1e-4, high=3e-2, log=True),
+        "hidden_sizes": ParamSpace(type="categorical", choices=["32", "64,32", "128,64"]),
+        "weight_decay": ParamSpace(type="float", low=1e-6, high=1e-2, log=True),
+    }
+
+
+@dataclass(kw_only=True)
+class TuneConfig:
+    """The Optuna study."""
+
+    n_trials: int = 8
+    workers: int = 2
+    epochs: int = 15
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    storage: str | None = None  # None = SQLite file under the state directory
+    search_space: dict[str, ParamSpace] = field(default_factory=_default_space)
+
+
+@dataclass(kw_only=True)
+class RegistryConfig:
+    """The MLflow model registry and the champion gate."""
+
+    model_name: str = "mlkube-demo"
+    margin: float = 0.0  # the challenger must beat the champion by more than this
+
+
+@dataclass(kw_only=True)
+class ServingConfig:
+    """The local model server (loopback only)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5151  # blue/green: deployments alternate between port and port + 1
+    ready_timeout: float = 120.0
+
+
+@dataclass(kw_only=True)
+class Config:
+    """The whole lifecycle."""
+
+    experiment: str = "mlkube"
+    state_dir: str = ".mlkube"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able copy (what `from_dict` reads back)."""
+        return dataclasses.asdict(self)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint`` and build dataclasses; ``where`` names the key."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise MlkubeError(f"config key '{where}' must be a mapping, got {value!r}")
+        return _build(hint, value, where)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise MlkubeError(f"config key '{where}' is {value!r}; use one of {list(allowed)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise MlkubeError(f"config key '{where}' must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MlkubeError(f"config key '{where}' must be a mapping, got {value!r}")
+        _, inner = typing.get_args(hint)
+        return {str(k): _convert(v, inner, f"{where}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise MlkubeError(f"config key '{where}' must be {name}, got {value!r}")
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise MlkubeError(f"unknown config key '{path}'; known keys here: {', '.join(known)}")
+        values[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        raise MlkubeError(f"config section '{where or 'top level'}': {exc}") from None
+
+
+def from_dict(data: dict[str, Any] | None) -> Config:
+    """Build and validate a :class:`Config` from plain data (YAML or JSON)."""
+    config: Config = _build(Config, data or {}, "")
+    validate(config)
+    return config
+
+
+def load(path: str | Path | None) -> Config:
+    """Load the YAML file at ``path``; ``None`` gives the defaults."""
+    if path is None:
+        return from_dict({})
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise MlkubeError(f"config file {file} not found: pass an existing YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MlkubeError(f"config file {file} is not valid YAML: {exc}".splitlines()[0]) from None
+    if data is not None and not isinstance(data, dict):
+        raise MlkubeError(f"config file {file} must hold a mapping at the top level")
+    try:
+        return from_dict(data)
+    except MlkubeError as exc:
+        raise MlkubeError(f"{file}: {exc}") from None
+
+
+def override(config: Config, dotted: str, value: Any) -> Config:
+    """Return a copy of ``config`` with ``dotted`` (e.g. ``data.target``) set to ``value``."""
+    data = config.to_dict()
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return from_dict(data)
+
+
+def parse_json_option(text: str, option: str) -> Any:
+    """Parse a JSON-valued command-line option with an error that names it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MlkubeError(f"{option} is not valid JSON ({exc.msg}): {text!r}") from None
+
+
+def _validate_space(name: str, space: ParamSpace) -> None:
+    where = f"tune.search_space.{name}"
+    if space.type == "categorical":
+        if not space.choices:
+            raise MlkubeError(f"config key '{where}.choices' must list at least one value")
+        return
+    if space.low is None or space.high is None:
+        raise MlkubeError(f"config key '{where}' needs both low and high for type {space.type}")
+    if space.low > space.high:
+        raise MlkubeError(
+            f"config key '{where}' has low {space.low} > high {space.high}; swap them"
+        )
+    if space.log and space.low <= 0:
+        raise MlkubeError(f"config key '{where}' is log-scaled, so low must be > 0")
+
+
+def _positive(where: str, value: float) -> None:
+    if value <= 0:
+        raise MlkubeError(f"config key '{where}' must be positive, got {value}")
+
+
+def validate(config: Config) -> None:
+    """Range checks the types alone cannot express."""
+    split = config.data.split
+    for name in ("validation", "test"):
+        fraction = getattr(split, name)
+        if not 0 < fraction < 1:
+            raise MlkubeError(f"config key 'data.split.{name}' must be in (0, 1), got {fraction}")
+    if split.validation + split.test >= 1:
+        raise MlkubeError("config keys 'data.split.validation' + 'data.split.test' must be < 1")
+    model = config.model
+    _positive("model.epochs", model.epochs)
+    _positive("model.batch_size", model.batch_size)
+    _positive("model.learning_rate", model.learning_rate)
+    if model.weight_decay < 0:
+        raise MlkubeError(f"config key 'model.weight_decay' must be >= 0, got {model.weight_decay}")
+    if not model.hidden_sizes or any(h <= 0 for h in model.hidden_sizes):
+        raise MlkubeError(f"config key 'model.hidden_sizes' needs positive sizes, got {model.hidden_sizes}")
+    _positive("tune.n_trials", config.tune.n_trials)
+    _positive("tune.workers", config.tune.workers)
+    _positive("tune.epochs", config.tune.epochs)
+    for name, space in config.tune.search_space.items():
+        if name not in ModelConfig.__dataclass_fields__ or name == "seed":
+            raise MlkubeError(
+                f"config key 'tune.search_space.{name}' is not a model parameter; "
+                "use learning_rate, hidden_sizes, batch_size, epochs or weight_decay"
+            )
+        _validate_space(name, space)
+    if config.registry.margin < 0:
+        raise MlkubeError(f"config key 'registry.margin' must be >= 0, got {config.registry.margin}")
+    if not 0 < config.serving.port < 65535:
+        raise MlkubeError(f"config key 'serving.port' must be a TCP port, got {config.serving.port}")
+    if config.serving.host not in ("127.0.0.1", "localhost", "::1"):
+        raise MlkubeError(
+            f"config key 'serving.host' is {config.serving.host!r}; the local server binds to "
+            "loopback only (127.0.0.1)"
+        )

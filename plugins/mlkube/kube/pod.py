@@ -1,0 +1,143 @@
+"""One step's pod pieces, built from its :class:`~mlkube.spec.StepSpec`.
+
+:func:`step_pod` is the single place where a step becomes a container: command and
+arguments, image, resources, GPU scheduling, environment (secrets by reference only), the
+artifact volume and the restricted security context. The Airflow operators and the Argo
+templates both render what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.client import (
+    V1Container,
+    V1EnvVar,
+    V1EnvVarSource,
+    V1PersistentVolumeClaimVolumeSource,
+    V1PodSecurityContext,
+    V1ResourceRequirements,
+    V1SecretKeySelector,
+    V1Toleration,
+    V1Volume,
+    V1VolumeMount,
+)
+
+from mlkube.kube import gpu, security, validation
+from mlkube.spec import ARTIFACT_MOUNT, RESULT_PATH, StepSpec
+
+ARTIFACT_VOLUME = "mlkube-artifacts"
+STATE_DIR = f"{ARTIFACT_MOUNT}/state"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretEnv:
+    """An environment variable taken from a key of a Kubernetes Secret (never inlined)."""
+
+    env: str
+    secret: str
+    key: str
+
+    def to_k8s(self) -> V1EnvVar:
+        """The env var, referencing the Secret."""
+        ref = V1SecretKeySelector(name=self.secret, key=self.key)
+        return V1EnvVar(name=self.env, value_from=V1EnvVarSource(secret_key_ref=ref))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where and with what a step runs; ``None`` fields take the step's defaults."""
+
+    image: str | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    gpus: int | None = None
+    gpu_product: str | None = None
+    shm_size: str = "1Gi"
+    artifact_pvc: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Sequence[SecretEnv] = ()
+
+    def validated(self, what: str) -> Placement:
+        """Check every field; ``what`` names the task or template in the error."""
+        if self.image is not None:
+            validation.image(self.image, f"{what}: image")
+        if self.cpu is not None:
+            validation.quantity(self.cpu, f"{what}: cpu")
+        if self.memory is not None:
+            validation.quantity(self.memory, f"{what}: memory")
+        if self.gpus is not None:
+            validation.gpus(self.gpus, f"{what}: gpus")
+        validation.quantity(self.shm_size, f"{what}: shm_size")
+        return self
+
+
+@dataclass(kw_only=True)
+class StepPod:
+    """What a step's pod needs beyond the defaults of the orchestrator."""
+
+    container: V1Container
+    volumes: list[V1Volume]
+    tolerations: list[V1Toleration]
+    node_selector: dict[str, str]
+    security_context: V1PodSecurityContext
+
+
+def resources(spec: StepSpec, placement: Placement) -> V1ResourceRequirements:
+    """Requests and limits: memory limited to its request, GPUs whole."""
+    cpu = placement.cpu or spec.resources.cpu
+    memory = placement.memory or spec.resources.memory
+    gpus = spec.resources.gpus if placement.gpus is None else placement.gpus
+    requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, str] = {"memory": memory}
+    if gpus:
+        requests[gpu.GPU_RESOURCE] = limits[gpu.GPU_RESOURCE] = str(gpus)
+    return V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def step_arguments(spec: StepSpec, values: Mapping[str, Any], placement: Placement) -> list[str]:
+    """The step program's arguments inside a container."""
+    extra: dict[str, Any] = {"result_file": RESULT_PATH}
+    if placement.artifact_pvc:
+        extra["artifact_root"] = ARTIFACT_MOUNT
+    return spec.arguments({**extra, **values})
+
+
+def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
+             what: str | None = None) -> StepPod:
+    """Build the container and pod-level pieces for running ``spec`` with ``values``."""
+    placement = placement.validated(what or spec.name)
+    reqs = resources(spec, placement)
+    env = [V1EnvVar(name=k, value=v) for k, v in sorted(placement.env.items())]
+    env += [s.to_k8s() for s in placement.secret_env]
+    volumes: list[V1Volume] = []
+    mounts: list[V1VolumeMount] = []
+    if placement.artifact_pvc:
+        claim = V1PersistentVolumeClaimVolumeSource(claim_name=placement.artifact_pvc)
+        volumes.append(V1Volume(name=ARTIFACT_VOLUME, persistent_volume_claim=claim))
+        mounts.append(V1VolumeMount(name=ARTIFACT_VOLUME, mount_path=ARTIFACT_MOUNT))
+        env.append(V1EnvVar(name="MLKUBE_STATE_DIR", value=STATE_DIR))
+    tolerations: list[V1Toleration] = []
+    selector: dict[str, str] = {}
+    if gpu.GPU_RESOURCE in (reqs.limits or {}):
+        volume, mount = gpu.shm_volume(placement.shm_size)
+        volumes.append(volume)
+        mounts.append(mount)
+        tolerations = gpu.tolerations()
+        selector = gpu.node_selector(placement.gpu_product)
+    container = V1Container(
+        name="base",
+        image=placement.image or spec.image,
+        command=spec.command(),
+        args=step_arguments(spec, values, placement),
+        env=env or None,
+        resources=reqs,
+        volume_mounts=mounts or None,
+        security_context=security.container_security_context(),
+        termination_message_path="/dev/termination-log",
+        termination_message_policy="File",
+    )
+    return StepPod(container=container, volumes=volumes, tolerations=tolerations,
+                   node_selector=selector, security_context=security.pod_security_context())

@@ -1,0 +1,217 @@
+"""The description of each step: the one source every adapter renders.
+
+A :class:`StepSpec` names a step's program, its options, the keys of its result document,
+its default image and resources. The step programs parse their command line from it, the
+Airflow operators and the Argo templates build their containers from it, and the local runner
+calls it. It imports nothing heavy, so a DAG file can use it at parse time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlkube import __version__
+from mlkube.errors import MlkubeError
+
+OptionKind = Literal["str", "int", "float", "json"]
+
+IMAGE_REPOSITORY = "ghcr.io/mlkube"
+CPU_IMAGE = f"{IMAGE_REPOSITORY}/mlkube:{__version__}"
+GPU_IMAGE = f"{IMAGE_REPOSITORY}/mlkube-gpu:{__version__}"
+SERVER_IMAGE = f"{IMAGE_REPOSITORY}/mlkube-server:{__version__}"
+
+# Where a container finds the shared artifact volume, and where it writes its result.
+ARTIFACT_MOUNT = "/mnt/mlkube"
+RESULT_PATH = "/tmp/mlkube/result.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Option:
+    """A command-line option of a step program."""
+
+    flag: str
+    help: str
+    kind: OptionKind = "str"
+    required: bool = False
+    config_key: str | None = None  # the Config field this option sets, e.g. "data.target"
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The Python name of the option (``--n-trials`` → ``n_trials``)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def render(self, value: Any) -> str:
+        """The option's value as a command-line string."""
+        if self.kind == "json":
+            return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """What a step asks of a Kubernetes node."""
+
+    cpu: str = "1"
+    memory: str = "2Gi"
+    gpus: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSpec:
+    """One step of the lifecycle."""
+
+    name: str
+    module: str
+    summary: str
+    options: tuple[Option, ...]
+    result_keys: tuple[str, ...]
+    image: str = CPU_IMAGE
+    resources: Resources = field(default_factory=Resources)
+
+    def option(self, dest: str) -> Option:
+        """The option whose Python name is ``dest``."""
+        for option in self.options:
+            if option.dest == dest:
+                return option
+        known = ", ".join(o.dest for o in self.options)
+        raise MlkubeError(f"step {self.name} has no option {dest!r}; known: {known}")
+
+    def command(self, python: str = "python") -> list[str]:
+        """The program that runs this step."""
+        return [python, "-m", self.module]
+
+    def arguments(self, values: Mapping[str, Any]) -> list[str]:
+        """Render option values (keyed by Python name; ``None`` = omit) as arguments."""
+        args: list[str] = []
+        for dest, value in values.items():
+            if value is None:
+                continue
+            option = self.option(dest)
+            args += [option.flag, option.render(value)]
+        missing = [o.flag for o in self.options if o.required and values.get(o.dest) is None]
+        if missing:
+            raise MlkubeError(f"step {self.name} needs {', '.join(missing)}")
+        return args
+
+
+COMMON_OPTIONS = (
+    Option(flag="--config", help="lifecycle config (YAML); defaults apply where it is silent"),
+    Option(flag="--artifact-root",
+           help="directory (a local path or mounted volume) for datasets and checkpoints; "
+                "default: <state_dir>/artifacts"),
+    Option(flag="--result-file", help="where to write the JSON result document"),
+    Option(flag="--experiment", help="MLflow experiment name", config_key="experiment"),
+    Option(flag="--pipeline-run-id", help="id of the orchestrator run, recorded as lineage"),
+)
+
+DATASET = Option(flag="--dataset", help="prepared dataset URI (prepare-data's dataset_uri)",
+                 required=True)
+
+PREPARE_DATA = StepSpec(
+    name="prepare-data",
+    module="mlkube.steps.prepare_data",
+    summary="validate, clean and split the data; write Parquet; log the dataset to MLflow",
+    options=COMMON_OPTIONS + (
+        Option(flag="--input", help="CSV or Parquet path/URI; default: the bundled demo data",
+               config_key="data.path"),
+        Option(flag="--target", help="target column", config_key="data.target"),
+        Option(flag="--features", help="feature columns (JSON list)", kind="json",
+               config_key="data.features"),
+        Option(flag="--types", help="declared column types (JSON object)", kind="json",
+               config_key="data.types"),
+        Option(flag="--task", help="learning task", config_key="data.task",
+               choices=("classification", "regression")),
+        Option(flag="--split", help="split fractions and seed (JSON object)", kind="json",
+               config_key="data.split"),
+    ),
+    result_keys=("dataset_uri", "dataset_digest", "rows", "dropped_rows", "mlflow_run_id"),
+)
+
+TUNE = StepSpec(
+    name="tune",
+    module="mlkube.steps.tune",
+    summary="Optuna study over the search space; trials are nested MLflow runs",
+    options=COMMON_OPTIONS + (
+        DATASET,
+        Option(flag="--role", help="all: create, run workers, select; worker: run trials; "
+                                   "select: report the best trial",
+               choices=("all", "worker", "select")),
+        Option(flag="--study-name", help="Optuna study name; default: derived from the dataset"),
+        Option(flag="--storage", help="Optuna storage URL shared by the workers",
+               config_key="tune.storage"),
+        Option(flag="--n-trials", help="trials in the whole study", kind="int",
+               config_key="tune.n_trials"),
+        Option(flag="--workers", help="parallel worker processes (role all)", kind="int",
+               config_key="tune.workers"),
+        Option(flag="--epochs", help="epochs per trial", kind="int", config_key="tune.epochs"),
+        Option(flag="--pruner", help="pruner", config_key="tune.pruner",
+               choices=("median", "hyperband", "none")),
+        Option(flag="--search-space", help="search space (JSON object)", kind="json",
+               config_key="tune.search_space"),
+    ),
+    result_keys=("study_name", "best_params", "best_value", "best_run_id", "trials", "mlflow_run_id"),
+    resources=Resources(cpu="2", memory="4Gi"),
+)
+
+TRAIN = StepSpec(
+    name="train",
+    module="mlkube.steps.train",
+    summary="train the MLP (CUDA with bf16 autocast when present); checkpoint; log the model",
+    options=COMMON_OPTIONS + (
+        DATASET,
+        Option(flag="--params", help="hyperparameters over the config's model section (JSON)",
+               kind="json"),
+        Option(flag="--epochs", help="epochs", kind="int", config_key="model.epochs"),
+        Option(flag="--run-key", help="run identity for resuming; default: derived from inputs"),
+    ),
+    result_keys=("run_id", "model_uri", "metric", "value", "epochs", "device"),
+    image=GPU_IMAGE,
+    resources=Resources(cpu="4", memory="16Gi", gpus=1),
+)
+
+REGISTER = StepSpec(
+    name="register",
+    module="mlkube.steps.register",
+    summary="register the model; move the champion alias only when it is better by the margin",
+    options=COMMON_OPTIONS + (
+        DATASET,
+        Option(flag="--run-id", help="MLflow run that logged the model (train's run_id)",
+               required=True),
+        Option(flag="--model-name", help="registered model name", config_key="registry.model_name"),
+        Option(flag="--margin", help="how much better the challenger must be", kind="float",
+               config_key="registry.margin"),
+    ),
+    result_keys=("model_name", "version", "promoted", "champion_version", "metric",
+                 "challenger_value", "champion_value"),
+)
+
+DEPLOY = StepSpec(
+    name="deploy",
+    module="mlkube.steps.deploy",
+    summary="serve models:/<name>@champion on a real model server; smoke-test; roll back on failure",
+    options=COMMON_OPTIONS + (
+        DATASET,
+        Option(flag="--model-name", help="registered model name", config_key="registry.model_name"),
+        Option(flag="--alias", help="alias to serve (resolved to a fixed version)"),
+        Option(flag="--port", help="first of the two loopback ports", kind="int",
+               config_key="serving.port"),
+    ),
+    result_keys=("model_name", "version", "endpoint", "replaced_version"),
+    resources=Resources(cpu="500m", memory="1Gi"),
+)
+
+STEPS: dict[str, StepSpec] = {
+    s.name: s for s in (PREPARE_DATA, TUNE, TRAIN, REGISTER, DEPLOY)
+}
+
+
+def get(name: str) -> StepSpec:
+    """The step called ``name``, with an error that lists the steps."""
+    try:
+        return STEPS[name]
+    except KeyError:
+        raise MlkubeError(f"unknown step {name!r}; steps: {', '.join(STEPS)}") from None

@@ -1,0 +1,88 @@
+"""The MLflow side: the embedded default store, experiments, and run lookups.
+
+Without MLFLOW_TRACKING_URI, a step uses the embedded default: MLflow on SQLite with
+artifacts, both under the state directory. In a pod, the operator sets MLFLOW_TRACKING_URI
+(and credentials from a Secret) and this module uses whatever server that names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlkube.errors import MlkubeError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+TAG_STEP = "mlkube.step"
+TAG_DIGEST = "mlkube.dataset_digest"
+TAG_PIPELINE_RUN = "mlkube.pipeline_run_id"
+TAG_CODE_VERSION = "mlkube.code_version"
+TAG_RUN_KEY = "mlkube.run_key"
+
+
+def embedded_tracking_uri(state_dir: Path) -> str:
+    """The tracking URI of the embedded default store."""
+    return f"sqlite:///{state_dir / 'mlflow.db'}"
+
+
+def configure(state_dir: Path, experiment: str) -> str:
+    """Point MLflow at the configured server (or the embedded store); return the experiment id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mlflow")
+    embedded = "MLFLOW_TRACKING_URI" not in os.environ
+    if embedded:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri(state_dir)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        location = (state_dir / "mlruns").as_uri() if embedded else None
+        try:
+            return str(mlflow.create_experiment(experiment, artifact_location=location))
+        except MlflowException:  # created by a parallel worker in the meantime
+            found = mlflow.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+    except MlflowException as exc:
+        raise MlkubeError(
+            f"MLflow at {os.environ['MLFLOW_TRACKING_URI']} refused experiment {experiment!r}: "
+            f"{exc.message.splitlines()[0]}"
+        ) from None
+
+
+def client() -> MlflowClient:
+    """A client for the configured tracking server."""
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def find_run(experiment_id: str, tags: dict[str, str]) -> Any | None:
+    """The newest finished run carrying all ``tags``, or ``None``."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client().search_runs([experiment_id], filter_string=query,
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    return finished[0] if finished else None
+
+
+def lineage_tags(step: str, pipeline_run_id: str | None) -> dict[str, str]:
+    """Tags every run and model version carries."""
+    from mlkube import __version__
+
+    tags = {TAG_STEP: step, TAG_CODE_VERSION: os.environ.get("MLKUBE_CODE_VERSION", __version__)}
+    if pipeline_run_id:
+        tags[TAG_PIPELINE_RUN] = pipeline_run_id
+    return tags

@@ -127,8 +127,12 @@ PREPARE_DATA = StepSpec(
                choices=("classification", "regression")),
         Option(flag="--split", help="split fractions and seed (JSON object)", kind="json",
                config_key="data.split"),
+        Option(flag="--model-name", help="registered model whose champion's dataset digest "
+                                         "decides `changed`", config_key="registry.model_name"),
     ),
-    result_keys=("dataset_uri", "dataset_digest", "rows", "dropped_rows", "mlflow_run_id"),
+    # changed: "true" unless the digest equals the one the current champion was trained on.
+    result_keys=("dataset_uri", "dataset_digest", "rows", "dropped_rows", "mlflow_run_id",
+                 "champion_digest", "changed"),
 )
 
 TUNE = StepSpec(
@@ -185,8 +189,9 @@ REGISTER = StepSpec(
         Option(flag="--margin", help="how much better the challenger must be", kind="float",
                config_key="registry.margin"),
     ),
-    result_keys=("model_name", "version", "promoted", "champion_version", "metric",
-                 "challenger_value", "champion_value"),
+    # champion_uri: the champion version's artifact source (what a cluster server loads).
+    result_keys=("model_name", "version", "promoted", "champion_version", "champion_uri",
+                 "metric", "challenger_value", "champion_value"),
 )
 
 DEPLOY = StepSpec(

@@ -1,0 +1,204 @@
+"""The five step operators: typed parameters in, the step's result out.
+
+Each maps its keyword-only parameters to its step's options (:mod:`mlkube.spec`); everything
+else — image, resources, GPUs, MLflow, backends, the result — is :class:`StepOperator`'s.
+Parameters left ``None`` take the lifecycle config's value (or the step's default). Every
+parameter listed in ``step_fields`` is templated and accepts an upstream ``task.output[...]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from mlkube import spec
+from mlkube.airflow.base import StepOperator
+
+
+class PrepareDataOperator(StepOperator):
+    """Validate, clean and split the data; write Parquet; log the dataset to MLflow.
+
+    Result: ``dataset_uri``, ``dataset_digest``, ``rows``, ``dropped_rows``, ``mlflow_run_id``,
+    ``champion_digest``, ``changed`` (whether the data differs from the champion's).
+
+    Args:
+        input_uri: CSV or Parquet path/URI; default: the bundled demo data.
+        target: the target column.
+        features: feature columns; default: every other column.
+        types: declared column types, e.g. ``{"age": "int"}``.
+        learning_task: ``classification`` or ``regression``.
+        split: split fractions and seed, e.g. ``{"validation": 0.15, "test": 0.15, "seed": 42}``.
+        model_name: registered model whose champion's dataset digest decides ``changed``.
+        **kwargs: see :class:`StepOperator`.
+    """
+
+    step = spec.PREPARE_DATA
+    step_fields: ClassVar[dict[str, str]] = {
+        "input_uri": "input", "target": "target", "features": "features", "types": "types",
+        "learning_task": "task", "split": "split", "model_name": "model_name",
+    }
+    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
+
+    def __init__(self, *, input_uri: str | None = None, target: str | None = None,
+                 features: list[str] | None = None, types: dict[str, str] | None = None,
+                 learning_task: str | None = None, split: dict[str, Any] | None = None,
+                 model_name: str | None = None, **kwargs: Any) -> None:
+        """Store the parameters; see the class doc."""
+        self.input_uri = input_uri
+        self.target = target
+        self.features = features
+        self.types = types
+        self.learning_task = learning_task
+        self.split = split
+        self.model_name = model_name
+        super().__init__(**kwargs)
+
+
+class TuneOperator(StepOperator):
+    """An Optuna study over the search space; each trial is a nested MLflow run.
+
+    ``role="all"`` runs the whole study in one task. For fan-out, map workers over
+    ``worker_index`` with ``role="worker"`` and finish with one ``role="select"`` task
+    (:func:`mlkube.airflow.lifecycle.tune_fan_out` does both). Result: ``study_name``,
+    ``best_params``, ``best_value``, ``best_run_id``, ``trials``, ``mlflow_run_id``.
+
+    Args:
+        dataset: the prepared dataset URI (prepare's ``dataset_uri``).
+        role: ``all``, ``worker`` or ``select``.
+        worker_index: which worker this is (given to the step as ``MLKUBE_TUNE_WORKER``).
+        study_name: the study; default: derived from the dataset, so workers share it.
+        storage: Optuna storage URL the workers share; default: SQLite in the state directory
+            (on the artifact volume in pods).
+        n_trials: trials in the whole study.
+        workers: parallel worker processes inside one ``role="all"`` task.
+        epochs: epochs per trial.
+        pruner: ``median``, ``hyperband`` or ``none``.
+        search_space: the search space (the config's ``tune.search_space`` format).
+        **kwargs: see :class:`StepOperator`.
+    """
+
+    step = spec.TUNE
+    step_fields: ClassVar[dict[str, str]] = {
+        "dataset": "dataset", "role": "role", "study_name": "study_name", "storage": "storage",
+        "n_trials": "n_trials", "workers": "workers", "epochs": "epochs", "pruner": "pruner",
+        "search_space": "search_space",
+    }
+    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
+
+    def __init__(self, *, dataset: str | None = None, role: str = "all",
+                 worker_index: int | None = None, study_name: str | None = None,
+                 storage: str | None = None, n_trials: int | None = None,
+                 workers: int | None = None, epochs: int | None = None,
+                 pruner: str | None = None, search_space: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        """Store the parameters; see the class doc."""
+        self.dataset = dataset
+        self.role = role
+        self.worker_index = worker_index
+        self.study_name = study_name
+        self.storage = storage
+        self.n_trials = n_trials
+        self.workers = workers
+        self.epochs = epochs
+        self.pruner = pruner
+        self.search_space = search_space
+        super().__init__(**kwargs)
+
+    def extra_env(self) -> dict[str, str]:
+        """Tell a worker its index."""
+        return {} if self.worker_index is None else {"MLKUBE_TUNE_WORKER": str(self.worker_index)}
+
+
+class TrainOperator(StepOperator):
+    """Train the model, on a GPU by default (``gpus=1``); log it to MLflow.
+
+    Result: ``run_id``, ``model_uri``, ``metric``, ``value``, ``epochs``, ``device``.
+
+    Args:
+        dataset: the prepared dataset URI (prepare's ``dataset_uri``).
+        hyperparameters: over the config's model section, e.g. tune's ``best_params``.
+        epochs: training epochs.
+        run_key: run identity for resuming after a lost pod; default: derived from inputs.
+        **kwargs: see :class:`StepOperator` (``gpus``, ``gpu_product``, ``shm_size``,
+            ``image`` and ``command`` for your own trainer).
+    """
+
+    step = spec.TRAIN
+    step_fields: ClassVar[dict[str, str]] = {
+        "dataset": "dataset", "hyperparameters": "params", "epochs": "epochs", "run_key": "run_key",
+    }
+    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
+    ui_color = "#c9e7c2"
+
+    def __init__(self, *, dataset: str | None = None,
+                 hyperparameters: dict[str, Any] | None = None, epochs: int | None = None,
+                 run_key: str | None = None, **kwargs: Any) -> None:
+        """Store the parameters; see the class doc."""
+        self.dataset = dataset
+        self.hyperparameters = hyperparameters
+        self.epochs = epochs
+        self.run_key = run_key
+        super().__init__(**kwargs)
+
+
+class RegisterModelOperator(StepOperator):
+    """Register the model; move the ``champion`` alias only when it wins by the margin.
+
+    Result: ``model_name``, ``version``, ``promoted``, ``champion_version``, ``champion_uri``,
+    ``metric``, ``challenger_value``, ``champion_value``.
+
+    Args:
+        dataset: the prepared dataset URI (its test split judges the challenger).
+        run_id: the MLflow run that logged the model (train's ``run_id``).
+        model_name: the registered model.
+        margin: how much better the challenger must be.
+        **kwargs: see :class:`StepOperator`.
+    """
+
+    step = spec.REGISTER
+    step_fields: ClassVar[dict[str, str]] = {
+        "dataset": "dataset", "run_id": "run_id", "model_name": "model_name", "margin": "margin",
+    }
+    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
+
+    def __init__(self, *, dataset: str | None = None, run_id: str | None = None,
+                 model_name: str | None = None, margin: float | None = None,
+                 **kwargs: Any) -> None:
+        """Store the parameters; see the class doc."""
+        self.dataset = dataset
+        self.run_id = run_id
+        self.model_name = model_name
+        self.margin = margin
+        super().__init__(**kwargs)
+
+
+class DeployModelOperator(StepOperator):
+    """Serve ``models:/<name>@<alias>`` on a model server; smoke-test; roll back on failure.
+
+    In a pod the step creates the serving objects, so give the task a service account that may
+    (``service_account_name=``). Result: ``model_name``, ``version``, ``endpoint``,
+    ``replaced_version``.
+
+    Args:
+        dataset: the prepared dataset URI (rows for the smoke test).
+        model_name: the registered model.
+        alias: the alias to serve (resolved to a fixed version); default ``champion``.
+        port: first of the two loopback ports (local serving).
+        **kwargs: see :class:`StepOperator`.
+    """
+
+    step = spec.DEPLOY
+    step_fields: ClassVar[dict[str, str]] = {
+        "dataset": "dataset", "model_name": "model_name", "alias": "alias", "port": "port",
+    }
+    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
+    ui_color = "#f8e3c4"
+
+    def __init__(self, *, dataset: str | None = None, model_name: str | None = None,
+                 alias: str | None = None, port: int | None = None, **kwargs: Any) -> None:
+        """Store the parameters; see the class doc."""
+        self.dataset = dataset
+        self.model_name = model_name
+        self.alias = alias
+        self.port = port
+        super().__init__(**kwargs)

@@ -1,0 +1,36 @@
+"""Point Airflow at a throwaway home before anything imports it (shared by tests/dags)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+
+
+def configure() -> Path:
+    """Set the Airflow environment once per process; returns AIRFLOW_HOME."""
+    if "MLKUBE_TEST_AIRFLOW_HOME" in os.environ:
+        return Path(os.environ["MLKUBE_TEST_AIRFLOW_HOME"])
+    home = Path(tempfile.mkdtemp(prefix="mlkube-airflow-"))
+    (home / "plugins").mkdir()
+    os.environ.update({
+        "MLKUBE_TEST_AIRFLOW_HOME": str(home),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        # plugins/ as the plugins folder is tested in a subprocess of its own
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    })
+    return home
+
+
+def migrate_db() -> None:
+    """Create the Airflow metadata database (SQLite) in the test home."""
+    from airflow.utils import db
+
+    db.initdb()

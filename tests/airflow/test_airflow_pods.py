@@ -1,0 +1,185 @@
+"""The pods each operator would submit, built without a cluster and validated strictly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubernetes.client import ApiClient, V1EnvVar, V1Pod, V1Volume
+from kubernetes.client import V1ConfigMapVolumeSource as ConfigMapSource
+
+from mlkube.airflow import (
+    DeployModelOperator,
+    PrepareDataOperator,
+    RegisterModelOperator,
+    SecretEnv,
+    StepOperator,
+    TrainOperator,
+    TuneOperator,
+)
+
+K8S_VERSION = "1.33.0"
+
+
+def as_dict(pod: V1Pod) -> dict[str, Any]:
+    data: dict[str, Any] = ApiClient().sanitize_for_serialization(pod)
+    return data
+
+
+def submitted(op: StepOperator) -> dict[str, Any]:
+    """The pod as KubernetesPodOperator would create it, checked against the OpenAPI schema."""
+    pod = as_dict(op.build_pod_request_obj(dry_run=True))
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    return pod
+
+
+def base(pod: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+ALL_OPERATORS = [
+    PrepareDataOperator(task_id="prepare", input_uri="s3://bucket/data.csv", target="y",
+                        features=["a", "b"], split={"validation": 0.2, "test": 0.2, "seed": 1}),
+    TuneOperator(task_id="tune", dataset="/mnt/mlkube/ds", n_trials=8, workers=2),
+    TuneOperator(task_id="tune_worker", dataset="/mnt/mlkube/ds", role="worker", worker_index=3),
+    TrainOperator(task_id="train", dataset="/mnt/mlkube/ds", hyperparameters={"learning_rate": 0.01},
+                  gpus=2, gpu_product="NVIDIA-A100-SXM4-80GB", shm_size="8Gi"),
+    RegisterModelOperator(task_id="register", dataset="/mnt/mlkube/ds", run_id="abc123", margin=0.01),
+    DeployModelOperator(task_id="deploy", dataset="/mnt/mlkube/ds", model_name="churn",
+                        service_account_name="mlkube-deployer"),
+]
+
+
+@pytest.mark.parametrize("op", ALL_OPERATORS, ids=lambda op: op.task_id)
+def test_every_pod_is_valid_restricted_and_sidecar_free(op: StepOperator) -> None:
+    pod = submitted(op)
+    spec = pod["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["base"]  # no XCom sidecar
+    container = base(pod)
+    assert container["command"] == ["python", "-m", op.step.module]
+    assert container["args"][:2] == ["--result-file", "/tmp/mlkube/result.json"]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] in ("File", "FallbackToLogsOnError")
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["restartPolicy"] == "Never"
+    assert pod["metadata"]["labels"]["mlkube.io/step"] == op.step.name
+    assert op.do_xcom_push is True  # the result is still returned
+
+
+def test_arguments_come_from_the_step_description() -> None:
+    op = PrepareDataOperator(task_id="prepare", input_uri="/data/x.csv", features=["a", "b"],
+                             learning_task="regression", pipeline_run_id="run-1")
+    args = base(submitted(op))["args"]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs == {"--result-file": "/tmp/mlkube/result.json", "--pipeline-run-id": "run-1",
+                     "--input": "/data/x.csv", "--features": '["a", "b"]', "--task": "regression"}
+
+
+def test_train_pod_gets_gpus_toleration_node_selector_and_shm() -> None:
+    op = TrainOperator(task_id="train", dataset="/d", gpus=4, gpu_product="NVIDIA-H100-80GB-HBM3",
+                       shm_size="16Gi", memory="64Gi", cpu="16")
+    pod = submitted(op)
+    container = base(pod)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"] == "64Gi"
+    assert container["image"].startswith("ghcr.io/mlkube/mlkube-gpu:")
+    spec = pod["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    (shm,) = [v for v in spec["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_cpu_only_train_has_no_gpu_scheduling() -> None:
+    pod = submitted(TrainOperator(task_id="train", dataset="/d", gpus=0))
+    assert "nvidia.com/gpu" not in base(pod)["resources"]["limits"]
+    assert not pod["spec"].get("tolerations")
+    assert not pod["spec"].get("nodeSelector")
+
+
+def test_mlflow_connection_reaches_the_pod_with_credentials_by_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_TEAM", json.dumps({
+        "conn_type": "mlflow", "host": "http://mlflow.mlops:5000", "login": "alice",
+        "password": "s3cret-password",
+        "extra": {"experiment": "churn", "credentials_secret": "mlflow-credentials"},
+    }))
+    op = TrainOperator(task_id="train", dataset="/d", mlflow_conn_id="mlflow_team")
+    pod = submitted(op)
+    env = env_of(base(pod))
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlops:5000"
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "churn"
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[key] == {"secretKeyRef": {"name": "mlflow-credentials", "key": key}}
+    assert "s3cret-password" not in json.dumps(pod)
+    assert "alice" not in json.dumps(pod)
+    args = base(pod)["args"]
+    assert args[args.index("--experiment") + 1] == "churn"
+
+
+def test_password_without_a_secret_is_refused_for_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_INLINE", json.dumps({
+        "conn_type": "mlflow", "host": "mlflow.mlops", "port": 5000, "password": "pw"}))
+    op = RegisterModelOperator(task_id="register", dataset="/d", run_id="r",
+                               mlflow_conn_id="mlflow_inline")
+    with pytest.raises(Exception, match="'register'.*Secret by reference"):
+        op.build_pod_request_obj(dry_run=True)
+
+
+def test_user_secrets_and_kpo_options_are_kept() -> None:
+    op = DeployModelOperator(
+        task_id="deploy", dataset="/d", namespace="ml", artifact_pvc="mlkube-artifacts",
+        secret_env=[SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="s3", key="secret")],
+        env_vars={"LOG_LEVEL": "debug", "MLFLOW_TRACKING_URI": "http://override"},
+        mlflow_tracking_uri="http://mlflow:5000",
+        volumes=[V1Volume(name="cfg", config_map=ConfigMapSource(name="mlkube-config"))],
+        labels={"team": "ml"}, on_finish_action="keep_pod", deferrable=True,
+    )
+    pod = submitted(op)
+    container = base(pod)
+    env = env_of(container)
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    assert env["LOG_LEVEL"] == "debug"
+    assert env["MLFLOW_TRACKING_URI"] == "http://override"  # the user's env_vars win
+    assert [e["name"] for e in container["env"]].count("MLFLOW_TRACKING_URI") == 1
+    assert env["MLKUBE_STATE_DIR"] == "/mnt/mlkube/state"
+    assert pod["metadata"]["namespace"] == "ml"
+    assert pod["metadata"]["labels"]["team"] == "ml"
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"mlkube-artifacts", "cfg"}
+    args = container["args"]
+    assert args[args.index("--artifact-root") + 1] == "/mnt/mlkube"
+
+
+def test_building_twice_gives_the_same_pod() -> None:
+    op = TrainOperator(task_id="train", dataset="/d", env_vars=[V1EnvVar(name="A", value="1")],
+                       mlflow_tracking_uri="http://mlflow:5000", artifact_pvc="pvc")
+    first, second = (base(submitted(op)) for _ in range(2))
+    assert first == second
+
+
+def test_tune_worker_knows_its_index() -> None:
+    pod = submitted(TuneOperator(task_id="w", dataset="/d", role="worker", worker_index=2))
+    assert env_of(base(pod))["MLKUBE_TUNE_WORKER"] == "2"
+    args = base(pod)["args"]
+    assert args[args.index("--role") + 1] == "worker"
+
+
+def test_own_image_and_command_keep_the_contract() -> None:
+    op = TrainOperator(task_id="train", dataset="/d", image="registry.example.com/team/trainer:2.1",
+                       command=["torchrun", "--nproc-per-node=2", "-m", "team.train"], gpus=2)
+    container = base(submitted(op))
+    assert container["image"] == "registry.example.com/team/trainer:2.1"
+    assert container["command"] == ["torchrun", "--nproc-per-node=2", "-m", "team.train"]
+    assert "--dataset" in container["args"] and "--result-file" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"

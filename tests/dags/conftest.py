@@ -1,0 +1,20 @@
+"""DAG tests share the Airflow setup of tests/airflow (a temporary AIRFLOW_HOME)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "airflow"))
+
+import airflow_env  # noqa: E402
+
+airflow_env.configure()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """The metadata database, migrated once per session."""
+    airflow_env.migrate_db()

@@ -38,10 +38,10 @@ def configure(state_dir: Path, experiment: str) -> str:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
-    embedded = "MLFLOW_TRACKING_URI" not in os.environ
+    default = embedded_tracking_uri(state_dir)
+    embedded = os.environ.setdefault("MLFLOW_TRACKING_URI", default) == default
     if embedded:
         state_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri(state_dir)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     try:
         found = mlflow.get_experiment_by_name(experiment)
@@ -86,3 +86,15 @@ def lineage_tags(step: str, pipeline_run_id: str | None) -> dict[str, str]:
     if pipeline_run_id:
         tags[TAG_PIPELINE_RUN] = pipeline_run_id
     return tags
+
+
+def log_history(run_id: str, key: str, history: dict[int, float]) -> None:
+    """Log a per-epoch metric history in one request."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step) for step, value in history.items()]
+    if metrics:
+        client().log_batch(run_id, metrics=metrics)

@@ -31,6 +31,7 @@ class Context:
     state_dir: Path
     artifact_root: Path
     pipeline_run_id: str | None
+    argv: list[str]
 
     def log(self, message: str) -> None:
         """One progress line, prefixed with the step name."""
@@ -50,6 +51,7 @@ def _parser(spec: StepSpec) -> argparse.ArgumentParser:
 
 def build_context(spec: StepSpec, argv: list[str] | None) -> Context:
     """Parse ``argv`` and fold the options that set config keys into the config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser(spec).parse_args(argv)
     config = configmod.load(args.config)
     for option in spec.options:
@@ -65,7 +67,7 @@ def build_context(spec: StepSpec, argv: list[str] | None) -> Context:
     state_dir = Path(os.environ.get("MLKUBE_STATE_DIR") or config.state_dir).resolve()
     artifact_root = Path(args.artifact_root or state_dir / "artifacts").resolve()
     return Context(spec=spec, config=config, args=args, state_dir=state_dir,
-                   artifact_root=artifact_root,
+                   artifact_root=artifact_root, argv=argv,
                    pipeline_run_id=args.pipeline_run_id or os.environ.get("MLKUBE_PIPELINE_RUN_ID"))
 
 

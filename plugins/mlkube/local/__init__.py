@@ -1,0 +1,1 @@
+"""The embedded backend: steps as local processes, a model server on loopback."""

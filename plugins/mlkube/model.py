@@ -1,0 +1,185 @@
+"""The model: a PyTorch MLP for tabular data, and the loop that trains it.
+
+Used by the train step (with checkpoints) and by every tuning trial (without). CUDA with
+bf16 autocast when a GPU is present, CPU otherwise. The network normalises its own inputs
+(and, for regression, de-normalises its output), so a served model takes raw feature rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlkube.config import ModelConfig
+
+
+def metric_for(task: str) -> tuple[str, str]:
+    """The metric a task is judged by, and its direction."""
+    return ("accuracy", "maximize") if task == "classification" else ("rmse", "minimize")
+
+
+def is_better(a: float, b: float, direction: str, margin: float = 0.0) -> bool:
+    """Whether ``a`` beats ``b`` by more than ``margin``."""
+    return a - b > margin if direction == "maximize" else b - a > margin
+
+
+def hidden_sizes(value: Any) -> list[int]:
+    """Hidden layer sizes from a list or a comma string such as ``"64,32"``."""
+    if isinstance(value, str):
+        return [int(v) for v in value.split(",") if v.strip()]
+    return [int(v) for v in value]
+
+
+def model_params(base: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
+    """The model section with ``overrides`` (e.g. tuned parameters) applied and checked."""
+    from mlkube import config as configmod
+
+    data = configmod.Config(model=base).to_dict()
+    for key, value in overrides.items():
+        data["model"][key] = hidden_sizes(value) if key == "hidden_sizes" else value
+    return configmod.from_dict(data).model
+
+
+class MLP(nn.Module):
+    """Input normalisation, ReLU hidden layers, a linear head.
+
+    ``forward`` returns class probabilities (classification) or the prediction in the
+    target's units (regression); ``logits`` is the raw head used by the loss.
+    """
+
+    def __init__(self, *, n_features: int, hidden: list[int], n_outputs: int, task: str,
+                 x_mean: np.ndarray, x_std: np.ndarray, y_mean: float = 0.0, y_std: float = 1.0):
+        super().__init__()
+        self.task = task
+        self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32))
+        self.register_buffer("x_std", torch.as_tensor(x_std, dtype=torch.float32))
+        self.register_buffer("y_mean", torch.tensor(y_mean, dtype=torch.float32))
+        self.register_buffer("y_std", torch.tensor(y_std, dtype=torch.float32))
+        layers: list[nn.Module] = []
+        width = n_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, n_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's raw output on normalised inputs."""
+        return self.net((x - self.x_mean) / self.x_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities or predictions in the target's units."""
+        out = self.logits(x).float()
+        if self.task == "classification":
+            return torch.softmax(out, dim=-1)
+        return (out * self.y_std + self.y_mean).squeeze(-1)
+
+
+@dataclass(kw_only=True)
+class Splits:
+    """Arrays of the train and validation splits."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    task: str
+    n_classes: int
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build(splits: Splits, params: ModelConfig) -> MLP:
+    """A freshly initialised network sized for ``splits``."""
+    torch.manual_seed(params.seed)
+    std = splits.x_train.std(axis=0)
+    std[std == 0] = 1.0
+    y_mean, y_std = 0.0, 1.0
+    if splits.task == "regression":
+        y_mean = float(splits.y_train.mean())
+        y_std = float(splits.y_train.std()) or 1.0
+    return MLP(n_features=splits.x_train.shape[1], hidden=params.hidden_sizes,
+               n_outputs=splits.n_classes if splits.task == "classification" else 1,
+               task=splits.task, x_mean=splits.x_train.mean(axis=0), x_std=std,
+               y_mean=y_mean, y_std=y_std)
+
+
+class Trainer:
+    """Runs epochs over in-memory tensors; its state is what a checkpoint holds."""
+
+    def __init__(self, model: MLP, splits: Splits, params: ModelConfig):
+        self.device = device()
+        self.model = model.to(self.device)
+        self.params = params
+        self.splits = splits
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
+                                           weight_decay=params.weight_decay)
+        self.x = torch.tensor(splits.x_train, device=self.device)
+        self.y = torch.tensor(splits.y_train, device=self.device)
+        self.epoch = 0  # epochs completed
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                            enabled=self.device.type == "cuda"):
+            logits = self.model.logits(x).float()
+        if self.model.task == "classification":
+            return nn.functional.cross_entropy(logits, y)
+        target = (y - self.model.y_mean) / self.model.y_std
+        return nn.functional.mse_loss(logits.squeeze(-1), target)
+
+    def run_epoch(self) -> float:
+        """One pass over the training data in a seeded order; returns the mean loss."""
+        self.model.train()
+        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(
+            self.params.seed * 100_003 + self.epoch)).to(self.device)
+        total = 0.0
+        for start in range(0, len(order), self.params.batch_size):
+            idx = order[start:start + self.params.batch_size]
+            loss = self._loss(self.x[idx], self.y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss) * len(idx)
+        self.epoch += 1
+        return total / len(order)
+
+    def evaluate(self) -> float:
+        """The task's metric on the validation split."""
+        return evaluate(self.model, self.splits.x_val, self.splits.y_val, self.splits.task)
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this left off."""
+        return {"epoch": self.epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+
+
+def score(predictions: np.ndarray, y: np.ndarray, task: str) -> float:
+    """Accuracy of probabilities (classification) or RMSE of predictions (regression)."""
+    predictions = np.asarray(predictions)
+    if task == "classification":
+        return float((predictions.argmax(axis=-1) == y).mean())
+    return float(math.sqrt(((predictions.reshape(-1) - y) ** 2).mean()))
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:
+    """The task's metric of ``model`` on ``x``/``y``."""
+    model.eval()
+    param = next(model.parameters())
+    with torch.no_grad():
+        out = model(torch.as_tensor(x, device=param.device)).float().cpu().numpy()
+    return score(out, y, task)

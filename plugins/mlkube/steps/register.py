@@ -1,0 +1,148 @@
+"""register: register the model; the champion gate decides whether it takes ``champion``.
+
+``python -m mlkube.steps.register --run-id RUN --dataset DIR [--model-name NAME] [--margin M]``
+
+Both the challenger and the current champion are evaluated on the held-out test split before
+anything is written; the challenger takes the ``champion`` alias only when it is better by more
+than the margin, otherwise it gets ``challenger``. The same run registered twice is one
+version.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from mlkube import spec
+from mlkube.errors import MlkubeError
+from mlkube.steps._main import Context, run_step
+
+SPEC = spec.REGISTER
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def _first_line(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+def test_score(model_uri: str, dataset_uri: str, task: str) -> float:
+    """The task's metric of the model at ``model_uri`` on the test split."""
+    import mlflow
+
+    from mlkube import data
+    from mlkube import model as modelmod
+
+    x_test, y_test, _ = data.load_split(dataset_uri, "test")
+    try:
+        predictions = mlflow.pyfunc.load_model(model_uri).predict(x_test)
+    except Exception as exc:  # any load or predict failure means: not servable
+        raise MlkubeError(f"model {model_uri} cannot be loaded or predict: {_first_line(exc)}") from None
+    return modelmod.score(predictions, y_test, task)
+
+
+def _champion(name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    from mlkube import tracking
+
+    try:
+        return tracking.client().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _check_inputs(name: str, run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    from mlkube import tracking
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise MlkubeError(f"model name {name!r} is rejected by MLflow: {_first_line(exc)}; "
+                          "set registry.model_name / --model-name") from None
+    try:
+        run = tracking.client().get_run(run_id)
+    except MlflowException:
+        raise MlkubeError(f"MLflow run {run_id!r} not found: pass train's run_id") from None
+    logged = tracking.client().search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    ready = sorted((m for m in logged if str(m.status).endswith("READY")),
+                   key=lambda m: m.creation_timestamp)
+    if not ready:
+        raise MlkubeError(f"MLflow run {run_id} logged no finished model: pass train's run_id")
+    return str(ready[-1].model_uri)
+
+
+def _existing_version(name: str, run_id: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    from mlkube import tracking
+
+    try:
+        found = tracking.client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Evaluate, gate, register, and move the aliases."""
+    import mlflow
+
+    from mlkube import data, tracking
+    from mlkube import model as modelmod
+
+    tracking.configure(ctx.state_dir, ctx.config.experiment)
+    name, run_id = ctx.config.registry.model_name, ctx.args.run_id
+    model_uri = _check_inputs(name, run_id)
+    info = data.load_info(ctx.args.dataset)
+    metric, direction = modelmod.metric_for(info.task)
+    challenger_value = test_score(model_uri, ctx.args.dataset, info.task)
+    champion = _champion(name)
+    champion_value = (test_score(f"models:/{name}/{champion.version}", ctx.args.dataset, info.task)
+                      if champion else None)
+    ctx.log(f"test {metric}: challenger {challenger_value:.4f}, champion "
+            + (f"v{champion.version} {champion_value:.4f}" if champion else "none"))
+
+    client = tracking.client()
+    existing = _existing_version(name, run_id)
+    if existing is not None:
+        version = existing.version
+        ctx.log(f"run {run_id} is already version {version}; not registering it again")
+    else:
+        tags = {**tracking.lineage_tags(SPEC.name, ctx.pipeline_run_id),
+                tracking.TAG_DIGEST: info.digest, f"test_{metric}": f"{challenger_value:.6f}"}
+        version = mlflow.register_model(model_uri, name, tags=tags).version
+
+    is_champion = champion is not None and str(champion.version) == str(version)
+    promote = champion is None or is_champion or modelmod.is_better(
+        challenger_value, champion_value, direction, ctx.config.registry.margin)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        ctx.log(f"version {version} is the champion")
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
+        client.set_model_version_tag(name, str(version), "mlkube.gate",
+                                     f"not better than v{champion.version} by > "
+                                     f"{ctx.config.registry.margin}")
+        ctx.log(f"version {version} is not better than champion v{champion.version} by more than "
+                f"{ctx.config.registry.margin}: tagged {CHALLENGER}; champion unchanged")
+    champion_version = str(version) if promote else str(champion.version)
+    return {"model_name": name, "version": str(version), "promoted": "true" if promote else "false",
+            "champion_version": champion_version,
+            "champion_uri": client.get_model_version_download_uri(name, champion_version),
+            "metric": metric, "challenger_value": challenger_value,
+            "champion_value": champion_value if champion_value is not None else ""}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the step."""
+    return run_step(SPEC, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""tune: an Optuna study over the declared search space, trials in parallel workers.
+
+``python -m mlkube.steps.tune --dataset DIR [--role all|worker|select] ...``
+
+- ``worker`` joins the study (creating it and its parent MLflow run if it is the first) and
+  runs trials until the study holds ``n_trials``; any number of workers (pods, mapped tasks,
+  processes) share one storage.
+- ``select`` reports the best trial and logs the optimisation history and parameter
+  importances to the parent run.
+- ``all`` (the default) creates the study once, starts ``workers`` local worker processes,
+  waits for them, then selects.
+
+Each trial is an MLflow run nested under the study's parent run, and reports the validation
+metric every epoch so that the pruner can stop unpromising trials early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from typing import Any
+
+from mlkube import spec
+from mlkube.errors import MlkubeError
+from mlkube.steps._main import Context, run_step
+
+SPEC = spec.TUNE
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+
+
+def study_name(ctx: Context, digest: str) -> str:
+    """The study's name: given, or derived from the data and the tuning setup."""
+    if ctx.args.study_name:
+        return str(ctx.args.study_name)
+    setup = {"tune": asdict(ctx.config.tune) | {"workers": None}, "model": asdict(ctx.config.model)}
+    key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:8]
+    return f"mlkube-{digest[:12]}-{key}"
+
+
+def storage(ctx: Context) -> Any:
+    """The study storage; retries the first creation of SQLite tables by parallel workers."""
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    url = ctx.config.tune.storage or f"sqlite:///{ctx.state_dir / 'optuna.db'}"
+    ctx.state_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs)
+        except sqlalchemy.exc.OperationalError as exc:
+            if attempt == 4 or not url.startswith("sqlite"):
+                raise MlkubeError(f"Optuna storage {url} is not usable: {exc.orig}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _pruner(name: str, epochs: int) -> Any:
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(ctx: Context, name: str, direction: str) -> Any:
+    """Create the study and its parent MLflow run, or join the one that exists."""
+    import mlflow
+    import optuna
+
+    from mlkube import tracking
+
+    experiment_id = tracking.configure(ctx.state_dir, ctx.config.experiment)
+    store = storage(ctx)
+    pruner = _pruner(ctx.config.tune.pruner, ctx.config.tune.epochs)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, direction=direction,
+                                    pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
+        for _ in range(120):  # the creator is writing the parent run id
+            if PARENT_ATTR in study.user_attrs:
+                return study
+            time.sleep(0.5)
+            study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
+        raise MlkubeError(f"study {name} has no parent MLflow run after 60 s; "
+                          "delete the study from the storage and run again") from None
+    tags = tracking.lineage_tags(SPEC.name, ctx.pipeline_run_id) | {"mlkube.study": name}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{name}", tags=tags) as run:
+        mlflow.log_params({"n_trials": ctx.config.tune.n_trials, "pruner": ctx.config.tune.pruner,
+                           "search_space": json.dumps(asdict(ctx.config.tune)["search_space"])})
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    return study
+
+
+def suggest(trial: Any, ctx: Context) -> dict[str, Any]:
+    """One point of the declared search space."""
+    params: dict[str, Any] = {}
+    for name, space in ctx.config.tune.search_space.items():
+        if space.type == "categorical":
+            params[name] = trial.suggest_categorical(name, space.choices)
+        elif space.type == "int":
+            params[name] = trial.suggest_int(name, int(space.low), int(space.high), log=space.log)
+        else:
+            params[name] = trial.suggest_float(name, space.low, space.high, log=space.log)
+    return params
+
+
+def objective(ctx: Context, splits: Any, parent_run_id: str, experiment_id: str) -> Any:
+    """The trial function: train with the suggested parameters, report every epoch."""
+    import mlflow
+    import optuna
+
+    from mlkube import model as modelmod
+    from mlkube import tracking
+
+    metric, _ = modelmod.metric_for(splits.task)
+
+    def run_trial(trial: optuna.Trial) -> float:
+        suggested = suggest(trial, ctx)
+        params = modelmod.model_params(ctx.config.model, suggested | {"epochs": ctx.config.tune.epochs})
+        tags = {"mlflow.parentRunId": parent_run_id, "mlkube.trial": str(trial.number),
+                **tracking.lineage_tags("tune-trial", ctx.pipeline_run_id)}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{trial.number}",
+                              tags=tags) as run:
+            trial.set_user_attr(RUN_ATTR, run.info.run_id)
+            mlflow.log_params(suggested)
+            trainer = modelmod.Trainer(modelmod.build(splits, params), splits, params)
+            history: dict[int, float] = {}
+            try:
+                while trainer.epoch < params.epochs:
+                    trainer.run_epoch()
+                    history[trainer.epoch] = trainer.evaluate()
+                    trial.report(history[trainer.epoch], trainer.epoch)
+                    if trial.should_prune():
+                        mlflow.set_tag("mlkube.pruned_at_epoch", str(trainer.epoch))
+                        raise optuna.TrialPruned()
+            finally:  # one write per trial, not one per epoch
+                tracking.log_history(run.info.run_id, f"val_{metric}", history)
+            return history[trainer.epoch]
+
+    return run_trial
+
+
+def _counted(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                         TrialState.RUNNING)))
+
+
+def work(ctx: Context, name: str) -> None:
+    """Run trials until the study holds ``n_trials`` (finished, pruned or running)."""
+    import optuna
+
+    from mlkube import data, tracking
+    from mlkube import model as modelmod
+
+    info = data.load_info(ctx.args.dataset)
+    _, direction = modelmod.metric_for(info.task)
+    study = open_study(ctx, name, direction)
+    x_train, y_train, _ = data.load_split(ctx.args.dataset, "train")
+    x_val, y_val, _ = data.load_split(ctx.args.dataset, "validation")
+    splits = modelmod.Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+                             task=info.task, n_classes=len(info.classes or []))
+    experiment_id = tracking.configure(ctx.state_dir, ctx.config.experiment)
+    run_trial = objective(ctx, splits, study.user_attrs[PARENT_ATTR], experiment_id)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def report(_: Any, trial: Any) -> None:
+        value = "" if trial.value is None else f" val={trial.value:.4f}"
+        ctx.log(f"trial {trial.number} {trial.state.name.lower()}{value} {trial.params}")
+
+    while _counted(study) < ctx.config.tune.n_trials:
+        study.optimize(run_trial, n_trials=1, callbacks=[report])
+
+
+def _log_plots(study: Any, parent_run_id: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_figure(plots.plot_optimization_history(study).figure,
+                          "tune/optimization_history.png")
+        try:
+            mlflow.log_figure(plots.plot_param_importances(study).figure,
+                              "tune/param_importances.png")
+        except (ValueError, RuntimeError) as exc:  # too few finished trials to rank parameters
+            mlflow.set_tag("mlkube.param_importances", f"not computed: {exc}")
+        plt.close("all")
+
+
+def select(ctx: Context, name: str, plots: bool = True) -> dict[str, Any]:
+    """Report the best trial; log plots and the best values to the parent run."""
+    import mlflow
+    import optuna
+
+    from mlkube import tracking
+
+    tracking.configure(ctx.state_dir, ctx.config.experiment)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage(ctx))
+    except KeyError:
+        raise MlkubeError(f"study {name} does not exist in the storage: run the tune workers "
+                          "first, with the same --study-name and --storage") from None
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise MlkubeError(f"study {name} has no finished trial: every trial was pruned or failed; "
+                          "widen the search space or raise tune.epochs") from None
+    parent = study.user_attrs[PARENT_ATTR]
+    if plots:
+        _log_plots(study, parent)
+        with mlflow.start_run(run_id=parent):
+            mlflow.log_metric("best_value", best.value)
+            mlflow.set_tag("mlkube.best_params", json.dumps(best.params, sort_keys=True))
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return {"study_name": name, "best_params": best.params, "best_value": best.value,
+            "best_run_id": best.user_attrs.get(RUN_ATTR, ""), "trials": len(finished),
+            "mlflow_run_id": parent}
+
+
+def _worker_argv(ctx: Context) -> list[str]:
+    """This step's arguments, for a worker of the same study."""
+    argv, skip = [], False
+    for arg in ctx.argv:
+        if skip:
+            skip = False
+        elif arg in ("--role", "--result-file", "--study-name"):
+            skip = True
+        else:
+            argv.append(arg)
+    return [*argv, "--role", "worker", "--study-name", ctx.args.study_name]
+
+
+def _run_workers(ctx: Context, count: int, name: str) -> None:
+    """Run ``count`` workers: this process and ``count - 1`` more; wait for all of them."""
+    logs = ctx.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for index in range(1, count):
+        log = (logs / f"tune-worker-{index}.log").open("w")
+        workers.append((subprocess.Popen([*SPEC.command(sys.executable), *_worker_argv(ctx)],
+                                         stderr=log, text=True), log))
+    try:
+        work(ctx, name)
+    except BaseException:
+        for process, _ in workers:
+            process.terminate()
+        raise
+    failures = []
+    for process, log in workers:
+        if process.wait() != 0:
+            lines = [x for x in open(log.name).read().splitlines() if x.strip()]
+            failures.append(lines[-1] if lines else f"exit status {process.returncode}")
+        log.close()
+    if failures:
+        raise MlkubeError(f"a tune worker failed ({logs}): {failures[0]}")
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Dispatch on ``--role``."""
+    from mlkube import data
+    from mlkube import model as modelmod
+
+    info = data.load_info(ctx.args.dataset)
+    name = study_name(ctx, info.digest)
+    role = ctx.args.role or "all"
+    if role == "worker":
+        work(ctx, name)
+        return select(ctx, name, plots=False)
+    if role == "all":
+        _, direction = modelmod.metric_for(info.task)
+        open_study(ctx, name, direction)  # once, before the workers start
+        ctx.args.study_name = name
+        ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "
+                f"{ctx.config.tune.workers} workers")
+        _run_workers(ctx, ctx.config.tune.workers, name)
+    return select(ctx, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the step."""
+    return run_step(SPEC, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Argo Workflows adapter: the steps as reusable templates, the lifecycle DAG, retraining.
+
+Built with Hera from the same step descriptions (:mod:`mlkube.spec`) and pod pieces
+(:mod:`mlkube.kube.pod`) the Airflow operators use. One module per concept:
+
+- :mod:`~mlkube.argo.options`: what a render can be told (validated, with defaults)
+- :mod:`~mlkube.argo.io`: a step's input and output parameters, derived from its spec
+- :mod:`~mlkube.argo.templates`: the ``mlkube-steps`` WorkflowTemplate, one template per step
+- :mod:`~mlkube.argo.lifecycle`: the ``mlkube-lifecycle`` DAG and a Workflow that runs it
+- :mod:`~mlkube.argo.cron`: the ``mlkube-retrain`` CronWorkflow and the schedule check
+- :mod:`~mlkube.argo.rbac`: least-privilege service accounts for the workflow and deploy
+- :mod:`~mlkube.argo.render`: every object as YAML, written to or compared with workflows/
+- :mod:`~mlkube.argo.schema`: strict offline validation (Argo JSON schema, KServe CRD)
+- :mod:`~mlkube.argo.submit`: submission to an Argo Server through Hera's client
+
+Importing this package is cheap; the modules import Hera themselves.
+"""

@@ -1,0 +1,97 @@
+"""The ``mlkube-lifecycle`` WorkflowTemplate: the whole lifecycle as one DAG.
+
+    prepare-data → tune-worker × P → select-best → train (GPU) → register → deploy
+
+Every task calls a template of ``mlkube-steps`` by ``templateRef``. Data moves by reference:
+datasets and checkpoints on the shared volume, models in MLflow; parameters carry only URIs,
+run ids and small JSON. With ``skip-unchanged=true`` (the retraining cron), tuning and training
+run only when prepare-data reports the dataset changed; a skipped task's dependants wait on its
+``Succeeded``, so they are skipped too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlkube.argo.templates import step_ref
+
+if TYPE_CHECKING:
+    from hera.workflows import Task, Workflow, WorkflowTemplate
+
+    from mlkube.argo.options import RenderOptions
+
+ENTRYPOINT = "lifecycle"
+CONFIG = "config"
+SKIP_UNCHANGED = "skip-unchanged"
+TRAINING_WHEN = (f"{{{{workflow.parameters.{SKIP_UNCHANGED}}}}} == false || "
+                 "{{tasks.prepare-data.outputs.parameters.changed}} == true")
+
+
+def _out(task: str, key: str) -> str:
+    return f"{{{{tasks.{task}.outputs.parameters.{key}}}}}"
+
+
+def _task(options: RenderOptions, name: str, depends: str | None = None,
+          when: str | None = None, **arguments: str) -> Task:
+    """A task calling the step template ``name``; ``arguments`` use Python names (run_id)."""
+    from hera.workflows import Task
+
+    args = {key.replace("_", "-"): value for key, value in arguments.items()}
+    return Task(name=name, template_ref=step_ref(options, name), depends=depends, when=when,
+                arguments=args)
+
+
+def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
+    """The lifecycle DAG as a WorkflowTemplate, with deadlines, pod GC and its account."""
+    from hera.workflows import DAG, Parameter, WorkflowTemplate
+    from hera.workflows.models import PodGC, TTLStrategy
+
+    config = f"{{{{workflow.parameters.{CONFIG}}}}}"
+    dataset = _out("prepare-data", "dataset_uri")
+    with WorkflowTemplate(
+        name=options.lifecycle_name, namespace=options.namespace,
+        labels={"app.kubernetes.io/part-of": "mlkube"},
+        annotations={"workflows.argoproj.io/description":
+                     "prepare -> tune x P -> select -> train (GPU) -> register -> deploy"},
+        entrypoint=ENTRYPOINT,
+        arguments=[
+            Parameter(name=CONFIG, value="{}",
+                      description="lifecycle config (YAML), the same file `mlkube run` reads"),
+            Parameter(name=SKIP_UNCHANGED, value="false", enum=["true", "false"],
+                      description="skip tuning and training when the dataset digest is the "
+                                  "champion's"),
+        ],
+        service_account_name=options.workflow_service_account,
+        active_deadline_seconds=options.workflow_deadline_seconds,
+        pod_gc=PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
+        ttl_strategy=TTLStrategy(seconds_after_success=7 * 86400,
+                                 seconds_after_failure=14 * 86400),
+    ) as workflow:
+        with DAG(name=ENTRYPOINT, parallelism=options.parallelism):
+            prepare = _task(options, "prepare-data", config=config)
+            tune = _task(options, "tune-worker", depends="prepare-data.Succeeded",
+                         when=TRAINING_WHEN, config=config, dataset=dataset)
+            tune.with_items = list(range(options.workers))
+            select = _task(options, "select-best", depends="tune-worker.Succeeded",
+                           when=TRAINING_WHEN, config=config, dataset=dataset)
+            train = _task(options, "train", depends="select-best.Succeeded", when=TRAINING_WHEN,
+                          config=config, dataset=dataset,
+                          params=_out("select-best", "best_params"))
+            register = _task(options, "register", depends="train.Succeeded", config=config,
+                             dataset=dataset, run_id=_out("train", "run_id"))
+            deploy = _task(options, "deploy", depends="register.Succeeded",
+                           model_name=_out("register", "model_name"),
+                           version=_out("register", "champion_version"),
+                           storage_uri=_out("register", "champion_uri"))
+            del prepare, tune, select, train, register, deploy  # added to the DAG by context
+    return workflow
+
+
+def lifecycle_run(options: RenderOptions) -> Workflow:
+    """A Workflow that runs ``mlkube-lifecycle`` with its defaults (what `submit` creates)."""
+    from hera.workflows import Workflow
+    from hera.workflows.models import WorkflowTemplateRef
+
+    return Workflow(generate_name=f"{options.lifecycle_name}-", namespace=options.namespace,
+                    labels={"app.kubernetes.io/part-of": "mlkube"},
+                    workflow_template_ref=WorkflowTemplateRef(name=options.lifecycle_name))

@@ -1,0 +1,91 @@
+"""What a render of the Argo objects can be told, checked before anything is built."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mlkube.errors import MlkubeError
+from mlkube.kube import validation
+from mlkube.kube.pod import SecretEnv
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderOptions:
+    """Names, sizes and schedules of the rendered objects; the defaults give workflows/.
+
+    Attributes:
+        steps_name: the WorkflowTemplate holding one template per step.
+        lifecycle_name: the WorkflowTemplate holding the lifecycle DAG.
+        cron_name: the retraining CronWorkflow.
+        namespace: namespace written into the objects, or ``None`` for the one applied to.
+        workers: tune workers fanned out (P).
+        parallelism: at most this many lifecycle pods at once (bounds the tune fan-out).
+        schedules: cron expressions for retraining (five fields, or a ``@`` descriptor).
+        timezone: the IANA time zone the schedules are read in.
+        artifact_pvc: the ReadWriteMany claim shared by the steps (datasets, checkpoints).
+        gpu_product: pin training to nodes with this ``nvidia.com/gpu.product`` label.
+        image: the CPU steps' image, or ``None`` for the step's default.
+        gpu_image: the training image, or ``None`` for the step's default.
+        mlflow_tracking_uri: the MLflow server every step logs to.
+        secret_env: credentials as Secret references (e.g. MLflow or object-store keys).
+        service_name: the InferenceService the deploy template applies.
+        workflow_service_account: runs the step pods (reports their results only).
+        deploy_service_account: runs the deploy template (may apply InferenceServices).
+        retry_limit: retries of a step after a transient failure.
+        step_deadline_seconds: how long a CPU step may run.
+        train_deadline_seconds: how long training may run.
+        workflow_deadline_seconds: how long the whole lifecycle may run.
+    """
+
+    steps_name: str = "mlkube-steps"
+    lifecycle_name: str = "mlkube-lifecycle"
+    cron_name: str = "mlkube-retrain"
+    namespace: str | None = None
+    workers: int = 2
+    parallelism: int = 2
+    schedules: Sequence[str] = ("0 3 * * *",)
+    timezone: str = "UTC"
+    artifact_pvc: str = "mlkube-artifacts"
+    gpu_product: str | None = None
+    image: str | None = None
+    gpu_image: str | None = None
+    mlflow_tracking_uri: str = "http://mlflow:5000"
+    secret_env: Sequence[SecretEnv] = ()
+    service_name: str = "mlkube-demo"
+    workflow_service_account: str = "mlkube-workflow"
+    deploy_service_account: str = "mlkube-deploy"
+    retry_limit: int = 3
+    step_deadline_seconds: int = 3600
+    train_deadline_seconds: int = 6 * 3600
+    workflow_deadline_seconds: int = 12 * 3600
+
+    def validated(self) -> RenderOptions:
+        """Check every field; an error names the option, what is wrong and what to write."""
+        from mlkube.argo.cron import check_schedule
+
+        for what in ("steps_name", "lifecycle_name", "cron_name", "artifact_pvc", "service_name",
+                     "workflow_service_account", "deploy_service_account"):
+            validation.dns1123_label(getattr(self, what), what)
+        if self.namespace is not None:
+            validation.dns1123_label(self.namespace, "namespace")
+        for what in ("workers", "parallelism", "step_deadline_seconds", "train_deadline_seconds",
+                     "workflow_deadline_seconds"):
+            _positive(getattr(self, what), what)
+        if isinstance(self.retry_limit, bool) or not isinstance(self.retry_limit, int) \
+                or self.retry_limit < 0:
+            raise MlkubeError(f"retry_limit is {self.retry_limit!r}: give a whole number >= 0")
+        if not self.schedules:
+            raise MlkubeError("schedules is empty: give at least one cron expression, e.g. '0 3 * * *'")
+        for schedule in self.schedules:
+            check_schedule(schedule)
+        if self.image is not None:
+            validation.image(self.image, "image")
+        if self.gpu_image is not None:
+            validation.image(self.gpu_image, "gpu_image")
+        return self
+
+
+def _positive(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MlkubeError(f"{what} is {value!r}: give a whole number of at least 1")

@@ -1,0 +1,34 @@
+"""Least-privilege service accounts for the lifecycle's pods.
+
+- the workflow account runs every step pod: Argo's executor may only report the pod's
+  results (``workflowtaskresults``); the steps themselves never call the Kubernetes API;
+- the deploy account runs the deploy template: that, plus applying the serving objects
+  (:data:`mlkube.kube.serving.DEPLOY_RULES`). Neither can read Secrets or leave the namespace.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.client import V1PolicyRule
+
+from mlkube.kube import serving
+
+if TYPE_CHECKING:
+    from mlkube.argo.options import RenderOptions
+
+# What Argo's executor (argoexec, in every pod) needs since Argo Workflows 3.4.
+EXECUTOR_RULES = (
+    V1PolicyRule(api_groups=["argoproj.io"], resources=["workflowtaskresults"],
+                 verbs=["create", "patch"]),
+)
+
+
+def rbac_objects(options: RenderOptions) -> list[Any]:
+    """ServiceAccount, Role and RoleBinding for the workflow, then for deploy."""
+    return [
+        *serving.service_account_rbac(options.workflow_service_account, EXECUTOR_RULES,
+                                      options.namespace),
+        *serving.deploy_rbac(options.deploy_service_account, options.namespace,
+                             extra_rules=EXECUTOR_RULES),
+    ]

@@ -1,0 +1,143 @@
+"""Strict offline validation: Argo's JSON schema, KServe's CRD, Kubernetes' own schemas.
+
+"Strict" as the API servers are: a field the schema does not declare is an error, so every
+object schema with ``properties`` is read as ``additionalProperties: false`` (except where a
+CRD says ``x-kubernetes-preserve-unknown-fields``). No cluster is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlkube.errors import MlkubeError
+
+ARGO_SCHEMA_ENV = "MLKUBE_ARGO_SCHEMA"
+KSERVE_CRD_ENV = "MLKUBE_KSERVE_CRD"
+ARGO_SCHEMA_FILE = "argo-workflows-v4.1.schema.json"
+KSERVE_CRD_FILE = "kserve-v0.20-inferenceservice-crd.yaml"
+ARGO_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow")
+KUBERNETES_VERSION = "1.33"
+
+
+def strict(schema: Any) -> Any:
+    """A copy of ``schema`` where objects with ``properties`` take no other keys."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy = {k: strict(v) if k not in ("enum", "const", "default", "example") else v
+            for k, v in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        copy["additionalProperties"] = False
+    return copy
+
+
+def default_schema_path(env: str, name: str) -> Path:
+    """``$env`` if set, else ``../shared/schemas/<name>`` from the working directory."""
+    return Path(os.environ.get(env) or Path("..", "shared", "schemas", name))
+
+
+def _error_line(error: Any) -> str:
+    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    return f"at {where}: {error.message}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Validator:
+    """Validates rendered objects; the schema files are read on first use."""
+
+    argo_schema: Path
+    kserve_crd: Path
+
+    @cached_property
+    def _argo(self) -> dict[str, Any]:
+        """A validator per Argo kind, sharing the strict definitions."""
+        from jsonschema import Draft202012Validator
+
+        schema = strict(json.loads(_read(self.argo_schema, ARGO_SCHEMA_ENV)))
+        return {kind: Draft202012Validator({
+            "$ref": f"#/definitions/io.argoproj.workflow.v1alpha1.{kind}",
+            "definitions": schema["definitions"]}) for kind in ARGO_KINDS}
+
+    @cached_property
+    def _isvc(self) -> Any:
+        from jsonschema import Draft7Validator
+
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is 2 MB
+        crd = yaml.load(_read(self.kserve_crd, KSERVE_CRD_ENV), Loader=loader)  # noqa: S506
+        version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+        return Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+
+    def argo_errors(self, obj: dict[str, Any]) -> list[str]:
+        """Where ``obj`` (an Argo kind) breaks the Argo schema; empty when it is valid."""
+        kind = obj.get("kind")
+        if kind not in ARGO_KINDS:
+            return [f"kind {kind!r} is not one of {', '.join(ARGO_KINDS)}"]
+        found = [_error_line(e) for e in self._argo[kind].iter_errors(obj)]
+        for path, manifest in embedded_manifests(obj):
+            found += [f"{path}: {line}" for line in self.manifest_errors(manifest)]
+        return found
+
+    def isvc_errors(self, obj: dict[str, Any]) -> list[str]:
+        """Where ``obj`` breaks KServe's InferenceService CRD schema."""
+        return [_error_line(e) for e in self._isvc.iter_errors(obj)]
+
+    def kubernetes_errors(self, obj: dict[str, Any]) -> list[str]:
+        """Where ``obj`` (a built-in kind) breaks the Kubernetes OpenAPI schema."""
+        try:
+            import kubernetes_validate
+        except ImportError:  # a dev dependency: say so rather than pass silently
+            return ["kubernetes-validate is not installed: pip install 'mlkube[dev]'"]
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            return [_error_line(exc)]
+        return []
+
+    def manifest_errors(self, obj: Any) -> list[str]:
+        """Errors of a manifest an Argo resource template applies (InferenceService only)."""
+        if isinstance(obj, dict) and obj.get("kind") == "InferenceService":
+            return self.isvc_errors(obj)
+        return []
+
+    def errors(self, obj: dict[str, Any]) -> list[str]:
+        """Errors of any object mlkube renders, by its kind."""
+        if obj.get("apiVersion", "").startswith("argoproj.io/"):
+            return self.argo_errors(obj)
+        if obj.get("kind") == "InferenceService":
+            return self.isvc_errors(obj)
+        return self.kubernetes_errors(obj)
+
+
+def embedded_manifests(obj: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The manifests of the resource templates in an Argo object, with where they are."""
+    spec = obj.get("spec", {})
+    spec = spec.get("workflowSpec", spec)
+    for i, template in enumerate(spec.get("templates", [])):
+        manifest = template.get("resource", {}).get("manifest")
+        if manifest:
+            yield f"templates[{i}] ({template.get('name')}) manifest", yaml.safe_load(manifest)
+
+
+def default_validator() -> Validator:
+    """A validator reading the schemas from the environment or ../shared/schemas."""
+    return Validator(argo_schema=default_schema_path(ARGO_SCHEMA_ENV, ARGO_SCHEMA_FILE),
+                     kserve_crd=default_schema_path(KSERVE_CRD_ENV, KSERVE_CRD_FILE))
+
+
+def _read(path: Path, env: str) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise MlkubeError(
+            f"schema file {path} not found: pass its path (--schema/--kserve-crd) or set {env}"
+        ) from None

@@ -1,0 +1,185 @@
+"""The ``mlkube-steps`` WorkflowTemplate: one reusable template per step.
+
+Each container template is built by :func:`mlkube.kube.pod.step_pod` from the step's
+:class:`~mlkube.spec.StepSpec`, the same call the Airflow operators make, and converted to
+Hera's models: command, arguments, image, resources, GPU scheduling, volumes, environment and
+the restricted security context are never listed here. Deploy is an Argo ``resource``
+template applying the KServe InferenceService from :mod:`mlkube.kube.serving`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mlkube import spec
+from mlkube.argo import io
+from mlkube.argo.convert import to_hera, to_hera_list
+from mlkube.errors import MlkubeError
+from mlkube.kube import serving
+from mlkube.kube.pod import Placement, step_pod
+
+if TYPE_CHECKING:
+    from hera.workflows import WorkflowTemplate
+    from hera.workflows.models import RetryStrategy, Template, TemplateRef
+
+    from mlkube.argo.options import RenderOptions
+
+# IntOrString fields are written as strings: Argo's JSON schema declares them so.
+# Retry what may pass on a second try (pod lost, node drained, OOM, API errors); never a
+# step's own one-line error (exit 1: bad input that a retry would only repeat).
+RETRY_EXPRESSION = ("lastRetry.status == 'Error' or "
+                    "(lastRetry.status == 'Failed' and asInt(lastRetry.exitCode) != 1)")
+# The InferenceService's model is loaded and serving; or it cannot be.
+ISVC_READY = ("status.modelStatus.transitionStatus == UpToDate,"
+              "status.modelStatus.states.activeModelState == Loaded")
+ISVC_FAILED = "status.modelStatus.transitionStatus in (BlockedByFailedLoad,InvalidSpec)"
+DEPLOY_INPUTS = ("model-name", "version", "storage-uri")
+# The deploy template's outputs, read from the applied InferenceService (DEPLOY.result_keys
+# less replaced_version: the applied object no longer says which version it replaced).
+DEPLOY_OUTPUTS = {
+    "model_name": "{.metadata.annotations.mlkube\\.io/model-name}",
+    "version": "{.metadata.annotations.mlkube\\.io/model-version}",
+    "endpoint": "{.status.url}",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepTemplate:
+    """One container template: which step, run how."""
+
+    name: str
+    step: spec.StepSpec
+    fixed: dict[str, Any] = field(default_factory=dict)  # option values the template sets
+    cpu: str | None = None
+    memory: str | None = None
+
+
+STEP_TEMPLATES = (
+    StepTemplate(name="prepare-data", step=spec.PREPARE_DATA),
+    StepTemplate(name="tune-worker", step=spec.TUNE, fixed={"role": "worker"}),
+    StepTemplate(name="select-best", step=spec.TUNE, fixed={"role": "select"},
+                 cpu="500m", memory="1Gi"),
+    StepTemplate(name="train", step=spec.TRAIN),
+    StepTemplate(name="register", step=spec.REGISTER),
+)
+DEPLOY_TEMPLATE = "deploy"
+TEMPLATE_NAMES = (*(t.name for t in STEP_TEMPLATES), DEPLOY_TEMPLATE)
+
+
+def retry_strategy(options: RenderOptions) -> RetryStrategy:
+    """Retries with exponential backoff (30 s, 60 s, 120 s, ... at most 10 minutes)."""
+    from hera.workflows.models import Backoff, IntOrString, RetryStrategy
+
+    return RetryStrategy(limit=IntOrString(root=str(options.retry_limit)), retry_policy="Always",
+                         expression=RETRY_EXPRESSION,
+                         backoff=Backoff(duration="30s", factor=IntOrString(root="2"),
+                                         max_duration="10m"))
+
+
+def placement(template: StepTemplate, options: RenderOptions) -> Placement:
+    """Where the template's pod runs: the shared volume, MLflow, the step's image and size."""
+    gpu = template.step.resources.gpus > 0
+    return Placement(
+        image=options.gpu_image if gpu else options.image,
+        cpu=template.cpu, memory=template.memory,
+        gpu_product=options.gpu_product if gpu else None,
+        artifact_pvc=options.artifact_pvc,
+        env={"MLFLOW_TRACKING_URI": options.mlflow_tracking_uri, **io.outputs_env()},
+        secret_env=options.secret_env,
+    )
+
+
+def step_template(template: StepTemplate, options: RenderOptions) -> Template:
+    """The container template running ``template.step`` with its inputs and outputs."""
+    from hera.workflows.models import (
+        Container,
+        IntOrString,
+        PodSecurityContext,
+        Toleration,
+        Volume,
+    )
+    from hera.workflows.models import Template as ModelTemplate
+
+    values = io.step_values(template.step, template.fixed)
+    pod = step_pod(template.step, values, placement(template, options), what=template.name)
+    gpu = template.step.resources.gpus > 0
+    deadline = options.train_deadline_seconds if gpu else options.step_deadline_seconds
+    return ModelTemplate(
+        name=template.name,
+        inputs=io.step_inputs(template.step),
+        outputs=io.step_outputs(template.step),
+        container=to_hera(pod.container, Container),
+        volumes=to_hera_list(pod.volumes, Volume),
+        tolerations=to_hera_list(pod.tolerations, Toleration),
+        node_selector=pod.node_selector or None,
+        security_context=to_hera(pod.security_context, PodSecurityContext),
+        retry_strategy=retry_strategy(options),
+        active_deadline_seconds=IntOrString(root=str(deadline)),
+    )
+
+
+def deploy_template(options: RenderOptions) -> Template:
+    """Apply the InferenceService for the given model version; wait until it serves."""
+    from hera.workflows.models import (
+        Inputs,
+        IntOrString,
+        Outputs,
+        Parameter,
+        ResourceTemplate,
+        Template,
+        ValueFrom,
+    )
+
+    placeholder = {name: f"{{{{inputs.parameters.{name}}}}}" for name in DEPLOY_INPUTS}
+    isvc = serving.inference_service(serving.ModelServing(
+        name=options.service_name, namespace=options.namespace,
+        model_name=placeholder["model-name"], version=placeholder["version"],
+        storage_uri=placeholder["storage-uri"],
+    ))
+    return Template(
+        name=DEPLOY_TEMPLATE,
+        inputs=Inputs(parameters=[
+            Parameter(name="model-name", description="registered model name (register's model_name)"),
+            Parameter(name="version", description="model version to serve, fixed "
+                                                  "(register's champion_version)"),
+            Parameter(name="storage-uri", description="the version's files, a URI KServe "
+                                                      "downloads from (register's champion_uri)"),
+        ]),
+        outputs=Outputs(parameters=[Parameter(name=key, value_from=ValueFrom(json_path=path))
+                                    for key, path in DEPLOY_OUTPUTS.items()]),
+        resource=ResourceTemplate(action="apply", manifest=yaml.safe_dump(isvc, sort_keys=False),
+                                  success_condition=ISVC_READY, failure_condition=ISVC_FAILED),
+        service_account_name=options.deploy_service_account,
+        retry_strategy=retry_strategy(options),
+        active_deadline_seconds=IntOrString(root=str(options.step_deadline_seconds)),
+    )
+
+
+def steps_template(options: RenderOptions) -> WorkflowTemplate:
+    """The ``mlkube-steps`` WorkflowTemplate: every step, callable by ``templateRef``."""
+    from hera.workflows import WorkflowTemplate
+
+    templates: list[Any] = [step_template(t, options) for t in STEP_TEMPLATES]
+    templates.append(deploy_template(options))
+    return WorkflowTemplate(
+        name=options.steps_name, namespace=options.namespace,
+        labels={"app.kubernetes.io/part-of": "mlkube"},
+        annotations={"workflows.argoproj.io/description":
+                     "mlkube's lifecycle steps; call them with templateRef"},
+        templates=templates,
+    )
+
+
+def step_ref(options: RenderOptions, template: str) -> TemplateRef:
+    """A ``templateRef`` to one of the steps, checked to exist."""
+    from hera.workflows.models import TemplateRef
+
+    if template not in TEMPLATE_NAMES:
+        raise MlkubeError(
+            f"templateRef {options.steps_name}/{template}: no such template; "
+            f"{options.steps_name} has {', '.join(TEMPLATE_NAMES)}"
+        )
+    return TemplateRef(name=options.steps_name, template=template)

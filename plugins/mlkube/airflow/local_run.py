@@ -25,7 +25,7 @@ from mlkube.spec import StepSpec
 class Log(Protocol):
     """What the runner logs to (a ``logging.Logger`` or Airflow's task logger)."""
 
-    def info(self, msg: str, *args: Any) -> Any:
+    def info(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Log one line."""
 
 

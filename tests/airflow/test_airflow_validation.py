@@ -1,0 +1,74 @@
+"""Parameters are checked when the DAG is parsed, with a message naming the task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mlkube.airflow import PrepareDataOperator, TrainOperator, TuneOperator, tune_fan_out
+from mlkube.errors import MlkubeError
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"gpus": -1}, r"task 'train': gpus is -1; give a whole number"),
+    ({"gpus": 1.5}, r"task 'train': gpus is 1.5"),
+    ({"gpus": "2"}, r"task 'train': gpus is '2'"),
+    ({"gpus": True}, r"task 'train': gpus is True"),
+    ({"memory": "16 GB"}, r"task 'train': memory is '16 GB', not a Kubernetes quantity"),
+    ({"cpu": "four"}, r"task 'train': cpu is 'four', not a Kubernetes quantity"),
+    ({"shm_size": "lots"}, r"task 'train': shm_size is 'lots'"),
+    ({"image": "Not An Image!"}, r"task 'train': image is 'Not An Image!', not a valid image"),
+    ({"backend": "docker"}, r"task 'train': backend is 'docker'; use one of: kubernetes, local"),
+    ({"epochs": "ten"}, r"task 'train': epochs is 'ten'; it must be int"),
+    ({"hyperparameters": "{lr: 1}"}, r"task 'train': hyperparameters is not valid JSON"),
+    ({"dataset": None}, r"task 'train': dataset is required"),
+    ({"cmds": ["bash"]}, r"task 'train': cmds is set by the step; use command="),
+    ({"container_resources": {}}, r"task 'train': container_resources is set by the step"),
+])
+def test_bad_parameters_fail_at_parse_time(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(MlkubeError, match=message):
+        TrainOperator(**{"task_id": "train", "dataset": "/d", **kwargs})
+
+
+def test_choices_are_checked() -> None:
+    with pytest.raises(MlkubeError, match="task 'prepare': learning_task is 'clustering'; use one of"):
+        PrepareDataOperator(task_id="prepare", learning_task="clustering")
+    with pytest.raises(MlkubeError, match="task 'tune': role is 'boss'"):
+        TuneOperator(task_id="tune", dataset="/d", role="boss")
+
+
+def test_templates_and_upstream_outputs_wait_for_run_time() -> None:
+    from airflow.sdk import DAG
+
+    with DAG("validation_templates", schedule=None):
+        prepare = PrepareDataOperator(task_id="prepare")
+        TrainOperator(task_id="train", dataset=prepare.output["dataset_uri"],
+                      memory="{{ var.value.train_memory }}",
+                      image="{{ var.value.trainer_image }}", epochs="{{ params.epochs }}")
+
+
+def test_task_group_prefix_is_in_the_message() -> None:
+    from airflow.sdk import DAG, TaskGroup
+
+    with DAG("validation_group", schedule=None), TaskGroup("training"):
+        with pytest.raises(MlkubeError, match="task 'training.train': gpus"):
+            TrainOperator(task_id="train", dataset="/d", gpus=-2)
+
+
+def test_fan_out_needs_workers() -> None:
+    with pytest.raises(MlkubeError, match="workers is 0"):
+        tune_fan_out(workers=0, dataset="/d")
+    with pytest.raises(MlkubeError, match="sets role itself"):
+        tune_fan_out(workers=2, dataset="/d", role="all")
+
+
+def test_fan_out_maps_workers_and_selects() -> None:
+    from airflow.sdk import DAG
+
+    with DAG("fan_out", schedule=None) as dag:
+        workers, select = tune_fan_out(workers=3, dataset="/d", n_trials=6)
+    assert workers.task_id == "tune_workers" and select.task_id == "tune_select"
+    assert workers.expand_input.value == {"worker_index": [0, 1, 2]}
+    assert workers.partial_kwargs["role"] == "worker" and select.role == "select"
+    assert dag.task_dict["tune_select"].upstream_task_ids == {"tune_workers"}

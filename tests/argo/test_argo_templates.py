@@ -1,0 +1,157 @@
+"""Each step template is its step: inputs from its options, outputs from its result keys,
+the container from kube.pod.step_pod; training gets the GPU pieces; deploy applies KServe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from mlkube import spec
+from mlkube.argo import io
+from mlkube.argo.options import RenderOptions
+from mlkube.argo.templates import (
+    DEPLOY_OUTPUTS,
+    ISVC_READY,
+    STEP_TEMPLATES,
+    placement,
+    step_ref,
+)
+from mlkube.errors import MlkubeError
+from mlkube.kube.pod import step_pod
+from mlkube.kube.serving import to_dict
+
+BY_NAME = {t.name: t for t in STEP_TEMPLATES}
+
+
+def test_the_steps_template_holds_one_template_per_step(steps: dict[str, Any]) -> None:
+    assert list(steps) == ["prepare-data", "tune-worker", "select-best", "train", "register",
+                           "deploy"]
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_inputs_match_the_step_options(steps: dict[str, Any], name: str) -> None:
+    step = BY_NAME[name].step
+    params = {p["name"]: p for p in steps[name]["inputs"]["parameters"]}
+    # the config document (--config, from a file) plus each option a caller sets itself
+    expected = {"config"} | {o.flag.removeprefix("--") for o in step.options
+                             if o.config_key is None and o.dest not in io.TEMPLATE_SET
+                             and (o.required or o.dest in io.OPTIONAL_DEFAULTS)}
+    assert set(params) == expected
+    # every other option is accounted for: a config key, set by the template, or derived
+    for option in step.options:
+        if option.flag.removeprefix("--") not in params:
+            assert option.config_key or option.dest in io.TEMPLATE_SET | io.DERIVED, option
+    required = {o.flag.removeprefix("--") for o in step.options if o.required}
+    assert {n for n, p in params.items() if "default" not in p} == required
+    assert params["config"]["default"] == "{}"
+    (artifact,) = steps[name]["inputs"]["artifacts"]
+    assert artifact == {"name": "config", "path": io.CONFIG_PATH,
+                        "raw": {"data": "{{inputs.parameters.config}}"}}
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_outputs_match_the_result_keys(steps: dict[str, Any], name: str) -> None:
+    outputs = steps[name]["outputs"]["parameters"]
+    assert [p["name"] for p in outputs] == list(BY_NAME[name].step.result_keys)
+    assert all(p["valueFrom"] == {"path": f"{io.OUTPUTS_DIR}/{p['name']}"} for p in outputs)
+    env = {e["name"]: e.get("value") for e in steps[name]["container"]["env"]}
+    assert env["MLKUBE_OUTPUTS_DIR"] == io.OUTPUTS_DIR
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_the_container_is_the_one_step_pod_builds(steps: dict[str, Any], name: str) -> None:
+    template = BY_NAME[name]
+    options = RenderOptions()
+    pod = step_pod(template.step, io.step_values(template.step, template.fixed),
+                   placement(template, options))
+    assert steps[name]["container"] == to_dict(pod.container)
+    assert steps[name]["securityContext"] == to_dict(pod.security_context)
+    args = steps[name]["container"]["args"]
+    assert steps[name]["container"]["command"] == template.step.command()
+    assert args[args.index("--config") + 1] == io.CONFIG_PATH
+    for key, value in template.fixed.items():
+        flag = template.step.option(key).flag
+        assert args[args.index(flag) + 1] == value
+
+
+def test_the_tune_templates_fix_the_role(steps: dict[str, Any]) -> None:
+    def role(name: str) -> str:
+        args = steps[name]["container"]["args"]
+        return str(args[args.index("--role") + 1])
+
+    assert (role("tune-worker"), role("select-best")) == ("worker", "select")
+
+
+@pytest.mark.parametrize("name", list(BY_NAME) + ["deploy"])
+def test_every_template_retries_with_backoff_and_has_a_deadline(steps: dict[str, Any],
+                                                                name: str) -> None:
+    retry = steps[name]["retryStrategy"]
+    assert retry["limit"] == "3" and retry["backoff"]["duration"] == "30s"
+    assert "exitCode) != 1" in retry["expression"]  # a step's own error is not retried
+    assert int(steps[name]["activeDeadlineSeconds"]) > 0
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_pods_meet_the_restricted_profile_and_share_the_artifact_volume(steps: dict[str, Any],
+                                                                        name: str) -> None:
+    template = steps[name]
+    pod, container = template["securityContext"], template["container"]["securityContext"]
+    assert pod["runAsNonRoot"] and pod["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"]["drop"] == ["ALL"]
+    (claim,) = [v for v in template["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["claimName"] == RenderOptions().artifact_pvc
+    assert {"name": claim["name"], "mountPath": spec.ARTIFACT_MOUNT} in \
+        template["container"]["volumeMounts"]
+
+
+def test_train_gets_a_gpu_its_toleration_and_shared_memory(steps: dict[str, Any]) -> None:
+    train = steps["train"]
+    resources = train["container"]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1"
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                     "effect": "NoSchedule"}]
+    (shm,) = [v for v in train["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in train["container"]["volumeMounts"]
+    assert "nodeSelector" not in train  # no product asked for: any GPU node
+    assert int(train["activeDeadlineSeconds"]) == RenderOptions().train_deadline_seconds
+    for name in ("prepare-data", "tune-worker", "register"):
+        assert "nvidia.com/gpu" not in steps[name]["container"]["resources"]["limits"]
+        assert "tolerations" not in steps[name]
+
+
+def test_deploy_applies_the_inference_service_and_waits_for_it(steps: dict[str, Any],
+                                                              validator: Any) -> None:
+    deploy = steps["deploy"]
+    resource = deploy["resource"]
+    assert resource["action"] == "apply" and resource["successCondition"] == ISVC_READY
+    assert "setOwnerReference" not in resource  # serving outlives the workflow
+    assert deploy["serviceAccountName"] == RenderOptions().deploy_service_account
+    isvc = yaml.safe_load(resource["manifest"])
+    assert validator.isvc_errors(isvc) == []
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["storageUri"] == "{{inputs.parameters.storage-uri}}"
+    assert isvc["metadata"]["annotations"]["mlkube.io/model-version"] == \
+        "{{inputs.parameters.version}}"
+    assert [p["name"] for p in deploy["inputs"]["parameters"]] == ["model-name", "version",
+                                                                   "storage-uri"]
+    outputs = [p["name"] for p in deploy["outputs"]["parameters"]]
+    assert outputs == list(DEPLOY_OUTPUTS)
+    assert set(outputs) == set(spec.DEPLOY.result_keys) - {"replaced_version"}
+
+
+def test_a_template_ref_to_a_missing_template_is_an_error() -> None:
+    assert step_ref(RenderOptions(), "train").template == "train"
+    with pytest.raises(MlkubeError, match=r"templateRef mlkube-steps/trian: no such template; "
+                                          r"mlkube-steps has prepare-data, .*deploy"):
+        step_ref(RenderOptions(), "trian")
+
+
+def test_an_unplaced_option_fails_the_render() -> None:
+    step = spec.StepSpec(name="x", module="m", summary="s", result_keys=("a",),
+                         options=(spec.Option(flag="--shiny", help="new and optional"),))
+    with pytest.raises(MlkubeError, match=r"option --shiny has no Argo input rule"):
+        io.input_options(step)

@@ -32,13 +32,17 @@ def _out(task: str, key: str) -> str:
 
 
 def _task(options: RenderOptions, name: str, depends: str | None = None,
-          when: str | None = None, **arguments: str) -> Task:
-    """A task calling the step template ``name``; ``arguments`` use Python names (run_id)."""
+          when: str | None = None, with_items: list[int] | None = None,
+          **arguments: str) -> Task:
+    """A task calling the step template ``name``; ``arguments`` use Python names (run_id).
+
+    Called inside a ``DAG`` context, which collects the task.
+    """
     from hera.workflows import Task
 
     args = {key.replace("_", "-"): value for key, value in arguments.items()}
     return Task(name=name, template_ref=step_ref(options, name), depends=depends, when=when,
-                arguments=args)
+                with_items=with_items, arguments=args)
 
 
 def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
@@ -68,22 +72,19 @@ def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
                                  seconds_after_failure=14 * 86400),
     ) as workflow:
         with DAG(name=ENTRYPOINT, parallelism=options.parallelism):
-            prepare = _task(options, "prepare-data", config=config)
-            tune = _task(options, "tune-worker", depends="prepare-data.Succeeded",
-                         when=TRAINING_WHEN, config=config, dataset=dataset)
-            tune.with_items = list(range(options.workers))
-            select = _task(options, "select-best", depends="tune-worker.Succeeded",
-                           when=TRAINING_WHEN, config=config, dataset=dataset)
-            train = _task(options, "train", depends="select-best.Succeeded", when=TRAINING_WHEN,
-                          config=config, dataset=dataset,
-                          params=_out("select-best", "best_params"))
-            register = _task(options, "register", depends="train.Succeeded", config=config,
-                             dataset=dataset, run_id=_out("train", "run_id"))
-            deploy = _task(options, "deploy", depends="register.Succeeded",
-                           model_name=_out("register", "model_name"),
-                           version=_out("register", "champion_version"),
-                           storage_uri=_out("register", "champion_uri"))
-            del prepare, tune, select, train, register, deploy  # added to the DAG by context
+            _task(options, "prepare-data", config=config)
+            _task(options, "tune-worker", depends="prepare-data.Succeeded", when=TRAINING_WHEN,
+                  with_items=list(range(options.workers)), config=config, dataset=dataset)
+            _task(options, "select-best", depends="tune-worker.Succeeded", when=TRAINING_WHEN,
+                  config=config, dataset=dataset)
+            _task(options, "train", depends="select-best.Succeeded", when=TRAINING_WHEN,
+                  config=config, dataset=dataset, params=_out("select-best", "best_params"))
+            _task(options, "register", depends="train.Succeeded", config=config,
+                  dataset=dataset, run_id=_out("train", "run_id"))
+            _task(options, "deploy", depends="register.Succeeded",
+                  model_name=_out("register", "model_name"),
+                  version=_out("register", "champion_version"),
+                  storage_uri=_out("register", "champion_uri"))
     return workflow
 
 

@@ -57,19 +57,18 @@ def _part_ok(part: str, low: int, high: int, names: tuple[str, ...]) -> bool:
         return False
     if base in ("*", "?"):
         return True
-    bounds = [_number(b, names) for b in base.split("-")]
+    bounds = [_number(b, low, names) for b in base.split("-")]
     if any(b is None or not low <= b <= high for b in bounds):
         return False
     return len(bounds) == 1 or bounds[0] <= bounds[1]  # type: ignore[operator]
 
 
-def _number(text: str, names: tuple[str, ...]) -> int | None:
+def _number(text: str, low: int, names: tuple[str, ...]) -> int | None:
+    """A field value as a number; names count from the field's lowest value (JAN=1, SUN=0)."""
     if text.isdigit():
         return int(text)
     upper = text.upper()
-    if upper in names:
-        return names.index(upper) + (1 if len(names) == 12 else 0)
-    return None
+    return names.index(upper) + low if upper in names else None
 
 
 def retrain_cron(options: RenderOptions) -> CronWorkflow:
@@ -78,11 +77,12 @@ def retrain_cron(options: RenderOptions) -> CronWorkflow:
     from hera.workflows.models import WorkflowTemplateRef
 
     from mlkube.argo.lifecycle import SKIP_UNCHANGED
+    from mlkube.argo.options import LABELS
 
     return CronWorkflow(
         name=options.cron_name,
         namespace=options.namespace,
-        labels={"app.kubernetes.io/part-of": "mlkube"},
+        labels=dict(LABELS),
         schedules=[check_schedule(s) for s in options.schedules],
         timezone=options.timezone,
         concurrency_policy="Forbid",

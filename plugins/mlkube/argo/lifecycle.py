@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mlkube.argo.options import LABELS
 from mlkube.argo.templates import step_ref
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
     dataset = _out("prepare-data", "dataset_uri")
     with WorkflowTemplate(
         name=options.lifecycle_name, namespace=options.namespace,
-        labels={"app.kubernetes.io/part-of": "mlkube"},
+        labels=dict(LABELS),
         annotations={"workflows.argoproj.io/description":
                      "prepare -> tune x P -> select -> train (GPU) -> register -> deploy"},
         entrypoint=ENTRYPOINT,
@@ -94,5 +95,5 @@ def lifecycle_run(options: RenderOptions) -> Workflow:
     from hera.workflows.models import WorkflowTemplateRef
 
     return Workflow(generate_name=f"{options.lifecycle_name}-", namespace=options.namespace,
-                    labels={"app.kubernetes.io/part-of": "mlkube"},
+                    labels=dict(LABELS),
                     workflow_template_ref=WorkflowTemplateRef(name=options.lifecycle_name))

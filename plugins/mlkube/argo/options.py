@@ -9,6 +9,9 @@ from mlkube.errors import MlkubeError
 from mlkube.kube import validation
 from mlkube.kube.pod import SecretEnv
 
+# On every Argo object mlkube renders (``kubectl get wftmpl -l app.kubernetes.io/part-of=mlkube``).
+LABELS = {"app.kubernetes.io/part-of": "mlkube"}
+
 
 @dataclass(frozen=True, kw_only=True)
 class RenderOptions:

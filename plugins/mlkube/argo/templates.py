@@ -17,6 +17,7 @@ import yaml
 from mlkube import spec
 from mlkube.argo import io
 from mlkube.argo.convert import to_hera, to_hera_list
+from mlkube.argo.options import LABELS
 from mlkube.errors import MlkubeError
 from mlkube.kube import serving
 from mlkube.kube.pod import Placement, step_pod
@@ -166,7 +167,7 @@ def steps_template(options: RenderOptions) -> WorkflowTemplate:
     templates.append(deploy_template(options))
     return WorkflowTemplate(
         name=options.steps_name, namespace=options.namespace,
-        labels={"app.kubernetes.io/part-of": "mlkube"},
+        labels=dict(LABELS),
         annotations={"workflows.argoproj.io/description":
                      "mlkube's lifecycle steps; call them with templateRef"},
         templates=templates,

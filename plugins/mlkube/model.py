@@ -141,16 +141,16 @@ class Trainer:
         self.model.train()
         order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(
             self.params.seed * 100_003 + self.epoch)).to(self.device)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for start in range(0, len(order), self.params.batch_size):
             idx = order[start:start + self.params.batch_size]
             loss = self._loss(self.x[idx], self.y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.detach() * len(idx)
         self.epoch += 1
-        return total / len(order)
+        return float(total) / len(order)
 
     def evaluate(self) -> float:
         """The task's metric on the validation split."""
@@ -181,5 +181,5 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float
     model.eval()
     param = next(model.parameters())
     with torch.no_grad():
-        out = model(torch.as_tensor(x, device=param.device)).float().cpu().numpy()
+        out = model(torch.tensor(x, device=param.device)).float().cpu().numpy()
     return score(out, y, task)

@@ -67,7 +67,7 @@ def log_model(model: Any, x_example: Any, features: list[str], params: ModelConf
     model = model.cpu().eval()
     example = x_example[:5]
     with torch.no_grad():
-        output = model(torch.as_tensor(example)).numpy()
+        output = model(torch.tensor(example)).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}",
                     f"mlflow=={mlflow.__version__}", "numpy", "pandas"]
     info = mlflow.pytorch.log_model(

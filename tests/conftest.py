@@ -1,0 +1,66 @@
+"""Shared fixtures: every test gets its own state directory and MLflow store.
+
+The ``cluster`` and ``gpu`` markers are deselected unless a kubeconfig / a CUDA GPU is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlkube_testing import SMALL_CONFIG, free_port_pair
+
+
+def _kubeconfig_present() -> bool:
+    path = Path(os.environ.get("KUBECONFIG", Path.home() / ".kube" / "config"))
+    return path.is_file()
+
+
+def _cuda_present() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip cluster tests without a kubeconfig and GPU tests without CUDA."""
+    for item in items:
+        if "cluster" in item.keywords and not _kubeconfig_present():
+            item.add_marker(pytest.mark.skip(reason="no kubeconfig: cluster tests need a cluster"))
+        if "gpu" in item.keywords and not _cuda_present():
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh state directory with its own MLflow store; servers stopped afterwards."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLKUBE_STATE_DIR", str(state_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir / 'mlflow.db'}")
+    yield state_dir
+    from mlkube.local import serving
+
+    if (state_dir / "serving").is_dir():
+        for deployment in serving.deployments(state_dir):
+            serving.stop(deployment)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """The small config, with a free port pair for serving."""
+    data = json.loads(json.dumps(SMALL_CONFIG))
+    data["serving"]["port"] = free_port_pair()
+    path = tmp_path / "mlkube.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+

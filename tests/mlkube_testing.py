@@ -1,0 +1,75 @@
+"""Helpers the tests share: a small config, free ports, running a step in this process."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlkube import spec
+
+# Small but real: every step does its full work on the bundled data in seconds.
+SMALL_CONFIG: dict[str, Any] = {
+    "experiment": "mlkube-test",
+    "model": {"epochs": 4, "hidden_sizes": [16]},
+    "tune": {"n_trials": 3, "workers": 2, "epochs": 3},
+    "serving": {"port": 0},  # replaced per test by a free port
+}
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are free on loopback (blue/green serving)."""
+
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port >= 65534:
+            continue
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return int(port)
+    raise RuntimeError("no free pair of ports")
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    """The small config with ``sections`` merged in (one level deep)."""
+    data = json.loads(json.dumps(SMALL_CONFIG))
+    data["serving"]["port"] = free_port_pair()
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """Copy a directory tree (a prepared state reused by several tests)."""
+    shutil.copytree(src, dst)
+    return dst
+def run(step: str, *args: str, tmp: Path, capsys: pytest.CaptureFixture[str] | None = None,
+        ) -> tuple[int, dict[str, Any] | None, str]:
+    """Run ``step`` with ``args``; return (exit status, result or None, stderr)."""
+    module = importlib.import_module(spec.get(step).module)
+    result_file = tmp / f"{step}-result.json"
+    result_file.unlink(missing_ok=True)
+    code = module.main([*args, "--result-file", str(result_file)])
+    err = capsys.readouterr().err if capsys is not None else ""
+    result = json.loads(result_file.read_text()) if result_file.exists() else None
+    return code, result, err
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines the step wrote on stderr that are its own (not library warnings)."""
+    return [line for line in stderr.splitlines() if line.startswith("mlkube ")]

@@ -149,6 +149,10 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise MlkubeError(f"config key '{where}' must be a mapping, got {value!r}")
         _, inner = typing.get_args(hint)
         return {str(k): _convert(v, inner, f"{where}.{k}") for k, v in value.items()}
+    return _scalar(value, hint, where)
+
+
+def _scalar(value: Any, hint: Any, where: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):

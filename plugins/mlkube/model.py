@@ -116,8 +116,9 @@ def build(splits: Splits, params: ModelConfig) -> MLP:
 class Trainer:
     """Runs epochs over in-memory tensors; its state is what a checkpoint holds."""
 
-    def __init__(self, model: MLP, splits: Splits, params: ModelConfig):
-        self.device = device()
+    def __init__(self, model: MLP, splits: Splits, params: ModelConfig,
+                 on: torch.device | None = None):
+        self.device = on or device()
         self.model = model.to(self.device)
         self.params = params
         self.splits = splits

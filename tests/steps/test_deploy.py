@@ -8,9 +8,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from mlkube_testing import error_lines, run, write_config
 
 from mlkube.local import serving
+from mlkube_testing import error_lines, run, write_config
 
 
 @pytest.fixture

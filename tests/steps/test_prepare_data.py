@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+
 from mlkube_testing import error_lines, run
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlkube_testing import error_lines, run
 
 from mlkube.data import load_info
+from mlkube_testing import error_lines, run
 
 
 def _versions(name: str = "mlkube-demo") -> list[str]:

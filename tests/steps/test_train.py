@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+
 from mlkube_testing import error_lines, run
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+
 from mlkube_testing import error_lines, run, write_config
 
 

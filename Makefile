@@ -1,0 +1,43 @@
+# The two commands: `make demo` (the whole lifecycle, locally, to a live endpoint) and
+# `make test`. Both create the virtual environment first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint render stop bench clean
+
+setup: $(STAMP)
+
+# torch is installed by pip, pinned: pip takes the CPU wheel this machine keeps on disk,
+# where an unpinned install (or uv) would download a multi-GB CUDA build. uv installs the rest.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip uv
+	$(PY) -m pip install -q torch==2.13.0
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[all,dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/mlkube run $(if $(CONFIG),--config $(CONFIG))
+
+test: setup
+	$(VENV)/bin/ruff check plugins tests dags workflows benchmarks
+	$(VENV)/bin/mlkube argo render --check
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check plugins tests dags workflows benchmarks
+	$(VENV)/bin/mypy
+
+render: setup
+	$(VENV)/bin/mlkube argo render
+
+stop: setup
+	$(VENV)/bin/mlkube serve stop
+
+bench: setup
+	$(PY) benchmarks/lifecycle.py
+
+clean:
+	-$(VENV)/bin/mlkube serve stop
+	rm -rf .mlkube

@@ -74,7 +74,7 @@ class LocalStep:
             log.info("local backend: %s", shlex.join(argv))
             self.process = subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                errors="replace", env={**os.environ, **self.env}, bufsize=1,
+                errors="replace", env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, bufsize=1,
             )
             tail: deque[str] = deque(maxlen=50)
             assert self.process.stdout is not None

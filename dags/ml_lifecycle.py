@@ -1,0 +1,42 @@
+"""The whole ML lifecycle: prepare → tune (parallel workers) → train on a GPU → register → deploy.
+
+Runs on Kubernetes by default (each step a pod; the steps share the artifact volume) and on
+this machine with ``MLKUBE_BACKEND=local``. Settings from the environment, all optional:
+``MLKUBE_CONFIG`` (lifecycle YAML), ``MLKUBE_TUNE_WORKERS`` (default 2),
+``MLKUBE_ARTIFACT_PVC`` (default ``mlkube-artifacts``), ``MLKUBE_MLFLOW_CONN_ID`` (an
+``mlflow`` connection; unset = the steps' embedded MLflow).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from mlkube.airflow import (
+    DeployModelOperator,
+    PrepareDataOperator,
+    RegisterModelOperator,
+    TrainOperator,
+    tune_fan_out,
+)
+
+common = {
+    "config": os.environ.get("MLKUBE_CONFIG"),
+    "artifact_pvc": os.environ.get("MLKUBE_ARTIFACT_PVC", "mlkube-artifacts"),
+    "mlflow_conn_id": os.environ.get("MLKUBE_MLFLOW_CONN_ID"),
+}
+
+with DAG(dag_id="ml_lifecycle", schedule=None, start_date=datetime(2025, 1, 1), catchup=False,
+         tags=["mlkube"], doc_md=__doc__):
+    prepare = PrepareDataOperator(task_id="prepare_data", **common)
+    dataset = prepare.output["dataset_uri"]
+    _, best = tune_fan_out(workers=int(os.environ.get("MLKUBE_TUNE_WORKERS", "2")),
+                           dataset=dataset, **common)
+    train = TrainOperator(task_id="train", dataset=dataset, gpus=1,
+                          hyperparameters=best.output["best_params"], **common)
+    register = RegisterModelOperator(task_id="register", dataset=dataset,
+                                     run_id=train.output["run_id"], **common)
+    deploy = DeployModelOperator(task_id="deploy", dataset=dataset, **common)
+    register >> deploy

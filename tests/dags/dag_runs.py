@@ -1,0 +1,87 @@
+"""Helpers for the dag.test() runs: a throwaway lifecycle setup, run states and results."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A loopback port whose successor is free too (deploys alternate between the two)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < 65000 and _free(port + 1):
+            return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
+def small_config(path: Path) -> Path:
+    """A lifecycle config that runs in about a minute on two CPU cores."""
+    path.write_text(yaml.safe_dump({
+        "tune": {"n_trials": 2, "epochs": 2, "workers": 1},
+        "model": {"epochs": 3},
+        "serving": {"port": free_port_pair()},
+    }))
+    return path
+
+
+def get_dag(dag_id: str) -> Any:
+    """Parse dags/ (with the current environment) and return one DAG."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def task_states(dag_run: Any) -> dict[str, str]:
+    """Final state per task (mapped tasks: the set of their instances' states)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)).all()
+    states: dict[str, set[str]] = {}
+    for task_id, state in rows:
+        states.setdefault(task_id, set()).add(str(state))
+    return {task_id: "/".join(sorted(s)) for task_id, s in states.items()}
+
+
+def result(dag_run: Any, task_id: str, map_index: int = -1) -> Any:
+    """A task's return value (the step's result document)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(
+            run_id=dag_run.run_id, key="return_value", dag_ids=dag_run.dag_id,
+            task_ids=task_id, map_indexes=map_index)).first()
+        assert row is not None, f"no result for {task_id}"
+        return XComModel.deserialize_value(row)
+
+
+def stop_servers(state_dir: Path) -> None:
+    """Stop the model servers the local deploy step started under ``state_dir``."""
+    from mlkube.local import serving
+
+    for deployment in serving.deployments(state_dir):
+        serving.stop(deployment)
+        serving.forget(state_dir, deployment.model_name)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import V1EnvVar, V1Pod
+from kubernetes.client.exceptions import ApiException
 
 from mlkube.airflow import backend as backends
 from mlkube.airflow.links import MlflowRunLink, mlflow_url
@@ -25,6 +26,7 @@ from mlkube.airflow.local_run import LocalStep
 from mlkube.airflow.mlflow_connection import MlflowHook, MlflowSettings
 from mlkube.airflow.termination import result_from_pod
 from mlkube.errors import MlkubeError
+from mlkube.kube import preflight as preflights
 from mlkube.kube.pod import Placement, SecretEnv, StepPod, step_pod
 from mlkube.spec import StepSpec
 
@@ -89,11 +91,16 @@ class StepOperator(KubernetesPodOperator):
         mlflow_tracking_uri: the tracking URI, overriding the connection's.
         command: replaces ``python -m <step module>`` (bring your own image and program);
             the step's arguments follow it and it must honour the result contract.
+        preflight: before submitting, check that some node can allocate the pod's requests
+            and that the namespace quotas have room; fail at once instead of a Pending pod.
+            Skipped (with a warning) when the Airflow identity may not list nodes or quotas.
         do_xcom_push: return the step's result (default ``True``); never adds a sidecar.
         multiple_outputs: also push each result key as its own XCom, so that
             ``task.output["key"]`` works (default ``True``).
         **kwargs: everything else KubernetesPodOperator and BaseOperator take (``task_id``,
             ``namespace``, ``image``, ``env_vars``, ``secrets``, ``affinity``, ...).
+            ``log_events_on_failure`` defaults to ``True`` so that a pod that never got
+            scheduled fails with the scheduler's reason.
     """
 
     step: ClassVar[StepSpec]
@@ -123,6 +130,7 @@ class StepOperator(KubernetesPodOperator):
         mlflow_conn_id: str | None = None,
         mlflow_tracking_uri: str | None = None,
         command: Sequence[str] | None = None,
+        preflight: bool = True,
         do_xcom_push: bool = True,
         multiple_outputs: bool = True,
         **kwargs: Any,
@@ -132,6 +140,7 @@ class StepOperator(KubernetesPodOperator):
         for name, instead in _OWNED.items():
             if kwargs.get(name) is not None:
                 raise MlkubeError(f"task {task!r}: {name} is set by the step; use {instead}")
+        kwargs.setdefault("log_events_on_failure", True)
         super().__init__(do_xcom_push=do_xcom_push, multiple_outputs=multiple_outputs, **kwargs)
         self.config = config
         self.experiment = experiment
@@ -148,6 +157,7 @@ class StepOperator(KubernetesPodOperator):
         self.mlflow_conn_id = mlflow_conn_id
         self.mlflow_tracking_uri = mlflow_tracking_uri
         self.command = list(command) if command else None
+        self.preflight = preflight
         self.mlflow_link: str | None = None
         self._local: LocalStep | None = None
         self._check_parameters()
@@ -280,9 +290,35 @@ class StepOperator(KubernetesPodOperator):
         """Run the step on the chosen backend and return its result."""
         if backends.resolve(self.backend) == "local":
             return self._finish(self._run_local())
+        if self.preflight:
+            self.name = self._set_name(self.name)
+            self.pod_request_obj = self.build_pod_request_obj(context)
+            self._preflight(self.pod_request_obj)
         with self._without_xcom_sidecar():
             super().execute(context)  # deferrable: defers here, resumes in trigger_reentry
         return self._finish(self._result_from(self.remote_pod))
+
+    def _preflight(self, pod: V1Pod) -> None:
+        """Fail now when no node or quota can take ``pod`` (see :mod:`mlkube.kube.preflight`)."""
+        checks = (
+            ("nodes", lambda: self.client.list_node().items, preflights.check_nodes),
+            ("resource quotas",
+             lambda: self.client.list_namespaced_resource_quota(pod.metadata.namespace).items,
+             preflights.check_quotas),
+        )
+        for what, read, check in checks:
+            try:
+                found = read()
+            except ApiException as exc:
+                if exc.status not in (401, 403):
+                    raise
+                self.log.warning("preflight: may not list %s (HTTP %s); that check is skipped",
+                                 what, exc.status)
+                continue
+            try:
+                check(pod, found)
+            except MlkubeError as exc:
+                raise MlkubeError(f"{self._what}: {exc}") from None
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after deferral: KubernetesPodOperator finishes the pod, we read the result."""

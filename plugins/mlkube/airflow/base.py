@@ -21,6 +21,7 @@ from kubernetes.client import V1EnvVar, V1Pod
 from kubernetes.client.exceptions import ApiException
 
 from mlkube.airflow import backend as backends
+from mlkube.airflow import checks
 from mlkube.airflow.links import MlflowRunLink, mlflow_url
 from mlkube.airflow.local_run import LocalStep
 from mlkube.airflow.mlflow_connection import MlflowHook, MlflowSettings
@@ -34,20 +35,12 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 STEP_LABEL = "mlkube.io/step"
-_CONVERTERS = {"int": (int,), "float": (int, float), "str": (str,)}
 # KubernetesPodOperator parameters the step description owns; the message says what to use.
 _OWNED = {
     "cmds": "command= (the step's arguments follow it)",
     "arguments": "the operator's typed parameters",
     "container_resources": "cpu=, memory= and gpus=",
 }
-
-
-def _templated(value: Any) -> bool:
-    """Whether ``value`` is only known when the task runs (a template or an upstream output)."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    return not isinstance(value, int | float | bool | dict | list | tuple) and value is not None
 
 
 def _name(item: Any) -> str | None:
@@ -171,30 +164,9 @@ class StepOperator(KubernetesPodOperator):
     def _check_parameters(self) -> None:
         """Fail when the DAG is parsed, naming the task, for what is already wrong."""
         backends.check(self.backend, f"{self._what}: backend")
-        static = {k: v for k, v in self._placement_fields().items() if not _templated(v)}
-        Placement(**static).validated(self._what)
+        checks.placement(self._placement_fields(), self._what)
         for attr, dest in self.step_fields.items():
-            self._check_option(attr, dest, getattr(self, attr))
-
-    def _check_option(self, attr: str, dest: str, value: Any) -> None:
-        option = self.step.option(dest)
-        where = f"{self._what}: {attr}"
-        if value is None:
-            if option.required:
-                raise MlkubeError(f"{where} is required ({option.help})")
-            return
-        if _templated(value):
-            return
-        allowed = _CONVERTERS.get(option.kind)
-        if allowed and (isinstance(value, bool) or not isinstance(value, allowed)):
-            raise MlkubeError(f"{where} is {value!r}; it must be {option.kind} ({option.help})")
-        if option.kind == "json" and isinstance(value, str):
-            try:
-                json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise MlkubeError(f"{where} is not valid JSON ({exc.msg}): {value!r}") from None
-        if option.choices and value not in option.choices:
-            raise MlkubeError(f"{where} is {value!r}; use one of: {', '.join(option.choices)}")
+            checks.option(self.step.option(dest), getattr(self, attr), f"{self._what}: {attr}")
 
     # -- what the step gets ----------------------------------------------------------------
 

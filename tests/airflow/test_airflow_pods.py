@@ -7,6 +7,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import ApiClient, V1EnvVar, V1Pod, V1Volume
 from kubernetes.client import V1ConfigMapVolumeSource as ConfigMapSource
 
@@ -66,7 +67,7 @@ def test_every_pod_is_valid_restricted_and_sidecar_free(op: StepOperator) -> Non
     assert container["command"] == ["python", "-m", op.step.module]
     assert container["args"][:2] == ["--result-file", "/tmp/mlkube/result.json"]
     assert container["terminationMessagePath"] == "/dev/termination-log"
-    assert container["terminationMessagePolicy"] in ("File", "FallbackToLogsOnError")
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"  # errors surface
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -144,12 +145,14 @@ def test_user_secrets_and_kpo_options_are_kept() -> None:
         env_vars={"LOG_LEVEL": "debug", "MLFLOW_TRACKING_URI": "http://override"},
         mlflow_tracking_uri="http://mlflow:5000",
         volumes=[V1Volume(name="cfg", config_map=ConfigMapSource(name="mlkube-config"))],
+        secrets=[Secret("env", "HF_TOKEN", "huggingface", "token")],
         labels={"team": "ml"}, on_finish_action="keep_pod", deferrable=True,
     )
     pod = submitted(op)
     container = base(pod)
     env = env_of(container)
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "huggingface", "key": "token"}}
     assert env["LOG_LEVEL"] == "debug"
     assert env["MLFLOW_TRACKING_URI"] == "http://override"  # the user's env_vars win
     assert [e["name"] for e in container["env"]].count("MLFLOW_TRACKING_URI") == 1

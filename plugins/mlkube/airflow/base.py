@@ -93,7 +93,8 @@ class StepOperator(KubernetesPodOperator):
         **kwargs: everything else KubernetesPodOperator and BaseOperator take (``task_id``,
             ``namespace``, ``image``, ``env_vars``, ``secrets``, ``affinity``, ...).
             ``log_events_on_failure`` defaults to ``True`` so that a pod that never got
-            scheduled fails with the scheduler's reason.
+            scheduled fails with the scheduler's reason, and ``termination_message_policy``
+            to ``FallbackToLogsOnError`` so that a failed step's error line reaches the task.
     """
 
     step: ClassVar[StepSpec]
@@ -134,6 +135,9 @@ class StepOperator(KubernetesPodOperator):
             if kwargs.get(name) is not None:
                 raise MlkubeError(f"task {task!r}: {name} is set by the step; use {instead}")
         kwargs.setdefault("log_events_on_failure", True)
+        # A failed step writes no result, so the kubelet puts its last log lines (the one-line
+        # error) in the termination message, which KubernetesPodOperator's failure reports.
+        kwargs.setdefault("termination_message_policy", "FallbackToLogsOnError")
         super().__init__(do_xcom_push=do_xcom_push, multiple_outputs=multiple_outputs, **kwargs)
         self.config = config
         self.experiment = experiment

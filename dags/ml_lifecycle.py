@@ -38,5 +38,7 @@ with DAG(dag_id="ml_lifecycle", schedule=None, start_date=datetime(2025, 1, 1), 
                           hyperparameters=best.output["best_params"], **common)
     register = RegisterModelOperator(task_id="register", dataset=dataset,
                                      run_id=train.output["run_id"], **common)
-    deploy = DeployModelOperator(task_id="deploy", dataset=dataset, **common)
-    register >> deploy
+    DeployModelOperator(task_id="deploy", dataset=dataset,
+                        model_name=register.output["model_name"],
+                        version=register.output["champion_version"],
+                        storage_uri=register.output["champion_uri"], **common)

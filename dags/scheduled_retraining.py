@@ -53,5 +53,7 @@ with DAG(dag_id="scheduled_retraining", schedule=schedule, start_date=datetime(2
     data_changed(prepare.output["changed"]) >> train
     register = RegisterModelOperator(task_id="register", dataset=dataset,
                                      run_id=train.output["run_id"], **common)
-    deploy = DeployModelOperator(task_id="deploy", dataset=dataset, **common)
-    register >> deploy
+    DeployModelOperator(task_id="deploy", dataset=dataset,
+                        model_name=register.output["model_name"],
+                        version=register.output["champion_version"],
+                        storage_uri=register.output["champion_uri"], **common)

@@ -12,7 +12,6 @@ from kubernetes.client import ApiClient, V1EnvVar, V1Pod, V1Volume
 from kubernetes.client import V1ConfigMapVolumeSource as ConfigMapSource
 
 from mlkube.airflow import (
-    DeployModelOperator,
     PrepareDataOperator,
     RegisterModelOperator,
     SecretEnv,
@@ -53,8 +52,7 @@ ALL_OPERATORS = [
     TrainOperator(task_id="train", dataset="/mnt/mlkube/ds", hyperparameters={"learning_rate": 0.01},
                   gpus=2, gpu_product="NVIDIA-A100-SXM4-80GB", shm_size="8Gi"),
     RegisterModelOperator(task_id="register", dataset="/mnt/mlkube/ds", run_id="abc123", margin=0.01),
-    DeployModelOperator(task_id="deploy", dataset="/mnt/mlkube/ds", model_name="churn",
-                        service_account_name="mlkube-deployer"),
+    # DeployModelOperator submits no step pod on a cluster: see test_airflow_deploy.py
 ]
 
 
@@ -139,8 +137,8 @@ def test_password_without_a_secret_is_refused_for_pods(monkeypatch: pytest.Monke
 
 
 def test_user_secrets_and_kpo_options_are_kept() -> None:
-    op = DeployModelOperator(
-        task_id="deploy", dataset="/d", namespace="ml", artifact_pvc="mlkube-artifacts",
+    op = RegisterModelOperator(
+        task_id="register", dataset="/d", run_id="r", namespace="ml", artifact_pvc="mlkube-artifacts",
         secret_env=[SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="s3", key="secret")],
         env_vars={"LOG_LEVEL": "debug", "MLFLOW_TRACKING_URI": "http://override"},
         mlflow_tracking_uri="http://mlflow:5000",

@@ -36,6 +36,7 @@ def test_ml_lifecycle_shape() -> None:
     assert tasks["train"].upstream_task_ids == {"prepare_data", "tune_select"}
     assert tasks["register"].upstream_task_ids == {"prepare_data", "train"}
     assert tasks["deploy"].upstream_task_ids == {"prepare_data", "register"}
+    assert tasks["deploy"].serving == "auto"
     assert tasks["train"].gpus == 1
 
 

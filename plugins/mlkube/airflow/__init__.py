@@ -19,7 +19,7 @@ _EXPORTS = {
     "TuneOperator": "mlkube.airflow.operators",
     "TrainOperator": "mlkube.airflow.operators",
     "RegisterModelOperator": "mlkube.airflow.operators",
-    "DeployModelOperator": "mlkube.airflow.operators",
+    "DeployModelOperator": "mlkube.airflow.deploy",
     "StepOperator": "mlkube.airflow.base",
     "tune_fan_out": "mlkube.airflow.lifecycle",
     "MlflowHook": "mlkube.airflow.mlflow_connection",

@@ -276,13 +276,13 @@ class StepOperator(KubernetesPodOperator):
 
     def _preflight(self, pod: V1Pod) -> None:
         """Fail now when no node or quota can take ``pod`` (see :mod:`mlkube.kube.preflight`)."""
-        checks = (
+        probes = (
             ("nodes", lambda: self.client.list_node().items, preflights.check_nodes),
             ("resource quotas",
              lambda: self.client.list_namespaced_resource_quota(pod.metadata.namespace).items,
              preflights.check_quotas),
         )
-        for what, read, check in checks:
+        for what, read, check in probes:
             try:
                 found = read()
             except ApiException as exc:

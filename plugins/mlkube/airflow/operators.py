@@ -1,5 +1,8 @@
 """The five step operators: typed parameters in, the step's result out.
 
+DeployModelOperator, which also deploys to clusters without a step pod, lives in
+:mod:`mlkube.airflow.deploy`.
+
 Each maps its keyword-only parameters to its step's options (:mod:`mlkube.spec`); everything
 else — image, resources, GPUs, MLflow, backends, the result — is :class:`StepOperator`'s.
 Parameters left ``None`` take the lifecycle config's value (or the step's default). Every
@@ -13,6 +16,10 @@ from typing import Any, ClassVar
 
 from mlkube import spec
 from mlkube.airflow.base import StepOperator
+from mlkube.airflow.deploy import DeployModelOperator
+
+__all__ = ["DeployModelOperator", "PrepareDataOperator", "RegisterModelOperator",
+           "TrainOperator", "TuneOperator"]
 
 
 class PrepareDataOperator(StepOperator):
@@ -169,36 +176,4 @@ class RegisterModelOperator(StepOperator):
         self.run_id = run_id
         self.model_name = model_name
         self.margin = margin
-        super().__init__(**kwargs)
-
-
-class DeployModelOperator(StepOperator):
-    """Serve ``models:/<name>@<alias>`` on a model server; smoke-test; roll back on failure.
-
-    In a pod the step creates the serving objects, so give the task a service account that may
-    (``service_account_name=``). Result: ``model_name``, ``version``, ``endpoint``,
-    ``replaced_version``.
-
-    Args:
-        dataset: the prepared dataset URI (rows for the smoke test).
-        model_name: the registered model.
-        alias: the alias to serve (resolved to a fixed version); default ``champion``.
-        port: first of the two loopback ports (local serving).
-        **kwargs: see :class:`StepOperator`.
-    """
-
-    step = spec.DEPLOY
-    step_fields: ClassVar[dict[str, str]] = {
-        "dataset": "dataset", "model_name": "model_name", "alias": "alias", "port": "port",
-    }
-    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
-    ui_color = "#f8e3c4"
-
-    def __init__(self, *, dataset: str | None = None, model_name: str | None = None,
-                 alias: str | None = None, port: int | None = None, **kwargs: Any) -> None:
-        """Store the parameters; see the class doc."""
-        self.dataset = dataset
-        self.model_name = model_name
-        self.alias = alias
-        self.port = port
         super().__init__(**kwargs)

@@ -26,7 +26,7 @@ def get_provider_info() -> dict[str, Any]:
         }],
         "operators": [{
             "integration-name": "mlkube",
-            "python-modules": ["mlkube.airflow.operators"],
+            "python-modules": ["mlkube.airflow.operators", "mlkube.airflow.deploy"],
         }],
         "hooks": [{
             "integration-name": "mlkube",

@@ -53,6 +53,11 @@ class MLP(nn.Module):
     target's units (regression); ``logits`` is the raw head used by the loss.
     """
 
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     def __init__(self, *, n_features: int, hidden: list[int], n_outputs: int, task: str,
                  x_mean: np.ndarray, x_std: np.ndarray, y_mean: float = 0.0, y_std: float = 1.0):
         super().__init__()

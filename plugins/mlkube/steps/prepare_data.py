@@ -31,6 +31,7 @@ def champion_digest(model_name: str) -> str:
 def _log_dataset(ctx: Context, experiment_id: str, splits: dict[str, Any], info: Any,
                  dataset_uri: str) -> str:
     import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
 
     from mlkube import tracking
 
@@ -39,7 +40,7 @@ def _log_dataset(ctx: Context, experiment_id: str, splits: dict[str, Any], info:
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"prepare-{info.digest[:8]}",
                           tags=tags) as run:
         for name, frame in splits.items():
-            dataset = mlflow.data.from_pandas(frame, source=info.source, targets=info.target,
+            dataset = from_pandas(frame, source=info.source, targets=info.target,
                                               name=f"{name}-{info.digest[:8]}", digest=info.digest[:8])
             mlflow.log_input(dataset, context=name)
         mlflow.log_params({"source": info.source, "target": info.target, "task": info.task,

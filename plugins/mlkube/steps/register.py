@@ -119,19 +119,21 @@ def run(ctx: Context) -> dict[str, Any]:
         version = mlflow.register_model(model_uri, name, tags=tags).version
 
     is_champion = champion is not None and str(champion.version) == str(version)
-    promote = champion is None or is_champion or modelmod.is_better(
-        challenger_value, champion_value, direction, ctx.config.registry.margin)
+    promote = (champion is None or champion_value is None or is_champion
+               or modelmod.is_better(challenger_value, champion_value, direction,
+                                     ctx.config.registry.margin))
     if promote:
         client.set_registered_model_alias(name, CHAMPION, str(version))
         ctx.log(f"version {version} is the champion")
     else:
+        assert champion is not None
         client.set_registered_model_alias(name, CHALLENGER, str(version))
         client.set_model_version_tag(name, str(version), "mlkube.gate",
                                      f"not better than v{champion.version} by > "
                                      f"{ctx.config.registry.margin}")
         ctx.log(f"version {version} is not better than champion v{champion.version} by more than "
                 f"{ctx.config.registry.margin}: tagged {CHALLENGER}; champion unchanged")
-    champion_version = str(version) if promote else str(champion.version)
+    champion_version = str(version) if promote or champion is None else str(champion.version)
     return {"model_name": name, "version": str(version), "promoted": "true" if promote else "false",
             "champion_version": champion_version,
             "champion_uri": client.get_model_version_download_uri(name, champion_version),

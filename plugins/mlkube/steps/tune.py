@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal, cast
 
 from mlkube import spec
 from mlkube.errors import MlkubeError
@@ -71,7 +71,7 @@ def _pruner(name: str, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(ctx: Context, name: str, direction: str) -> Any:
+def open_study(ctx: Context, name: str, direction: Literal["minimize", "maximize"]) -> Any:
     """Create the study and its parent MLflow run, or join the one that exists."""
     import mlflow
     import optuna
@@ -108,9 +108,11 @@ def suggest(trial: Any, ctx: Context) -> dict[str, Any]:
         if space.type == "categorical":
             params[name] = trial.suggest_categorical(name, space.choices)
         elif space.type == "int":
-            params[name] = trial.suggest_int(name, int(space.low), int(space.high), log=space.log)
+            params[name] = trial.suggest_int(name, int(cast(float, space.low)),
+                                             int(cast(float, space.high)), log=space.log)
         else:
-            params[name] = trial.suggest_float(name, space.low, space.high, log=space.log)
+            params[name] = trial.suggest_float(name, cast(float, space.low),
+                                               cast(float, space.high), log=space.log)
     return params
 
 
@@ -166,7 +168,7 @@ def work(ctx: Context, name: str) -> None:
 
     info = data.load_info(ctx.args.dataset)
     _, direction = modelmod.metric_for(info.task)
-    study = open_study(ctx, name, direction)
+    study = open_study(ctx, name, cast(Literal["minimize", "maximize"], direction))
     x_train, y_train, _ = data.load_split(ctx.args.dataset, "train")
     x_val, y_val, _ = data.load_split(ctx.args.dataset, "validation")
     splits = modelmod.Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
@@ -223,11 +225,13 @@ def select(ctx: Context, name: str, plots: bool = True) -> dict[str, Any]:
         raise MlkubeError(f"study {name} has no finished trial: every trial was pruned or failed; "
                           "widen the search space or raise tune.epochs") from None
     parent = study.user_attrs[PARENT_ATTR]
-    if plots:
+    logged = mlflow.get_run(parent).data.tags.get("mlkube.best_trial")
+    if plots and logged != str(best.number):  # not again for the same best trial
         _log_plots(study, parent)
         with mlflow.start_run(run_id=parent):
-            mlflow.log_metric("best_value", best.value)
-            mlflow.set_tag("mlkube.best_params", json.dumps(best.params, sort_keys=True))
+            mlflow.log_metric("best_value", float(cast(float, best.value)))
+            mlflow.set_tags({"mlkube.best_params": json.dumps(best.params, sort_keys=True),
+                             "mlkube.best_trial": str(best.number)})
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {"study_name": name, "best_params": best.params, "best_value": best.value,
             "best_run_id": best.user_attrs.get(RUN_ATTR, ""), "trials": len(finished),
@@ -285,11 +289,14 @@ def run(ctx: Context) -> dict[str, Any]:
         return select(ctx, name, plots=False)
     if role == "all":
         _, direction = modelmod.metric_for(info.task)
-        open_study(ctx, name, direction)  # once, before the workers start
+        study = open_study(ctx, name, cast(Literal["minimize", "maximize"], direction))  # once, before the workers start
         ctx.args.study_name = name
-        ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "
-                f"{ctx.config.tune.workers} workers")
-        _run_workers(ctx, ctx.config.tune.workers, name)
+        if _counted(study) >= ctx.config.tune.n_trials:
+            ctx.log(f"study {name} already holds {ctx.config.tune.n_trials} trials")
+        else:
+            ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "
+                    f"{ctx.config.tune.workers} workers")
+            _run_workers(ctx, ctx.config.tune.workers, name)
     return select(ctx, name)
 
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint render stop bench clean
+.PHONY: setup demo run test lint render stop bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[all,dev]'
 	touch $@
 
+# dags/ml_lifecycle.py through real Airflow (dag.test, local backend) to a live endpoint.
 demo: setup
+	$(PY) -m mlkube.airflow.demo $(if $(CONFIG),--config $(CONFIG))
+
+# The same five steps without Airflow: the local runner.
+run: setup
 	$(VENV)/bin/mlkube run $(if $(CONFIG),--config $(CONFIG))
 
 test: setup
@@ -37,6 +42,8 @@ stop: setup
 
 bench: setup
 	$(PY) benchmarks/lifecycle.py
+	$(PY) benchmarks/dag_parse.py --repeat 15
+	$(PY) benchmarks/serving.py
 
 clean:
 	-$(VENV)/bin/mlkube serve stop

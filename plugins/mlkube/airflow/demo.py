@@ -72,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlkube demo: DAG run {run.run_id} ended {run.state}; the failing task's log is "
               "above", file=sys.stderr)
         return 1
+    registered = _result(run, "register") or {}
     print(f"\nmlkube demo: {DAG_ID} succeeded through Airflow (state: {state})\n"
-          f"  model {deployed['model_name']} v{deployed['version']} is live at "
-          f"{deployed['endpoint']}\n  stop it with: mlkube serve stop")
+          f"  champion   {deployed['model_name']} v{deployed['version']}; this run's model "
+          f"v{registered.get('version')} {registered.get('metric')} "
+          f"{registered.get('challenger_value')}, promoted: {registered.get('promoted')}\n"
+          f"  endpoint   {deployed['endpoint']}  (mlkube serve status; mlkube serve stop)\n"
+          f"  MLflow UI  mlflow ui --backend-store-uri "
+          f"{os.environ.get('MLFLOW_TRACKING_URI', f'sqlite:///{state}/mlflow.db')}")
     return 0
 
 

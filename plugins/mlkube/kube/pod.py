@@ -137,7 +137,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
         volume_mounts=mounts or None,
         security_context=security.container_security_context(),
         termination_message_path="/dev/termination-log",
-        termination_message_policy="File",
+        termination_message_policy="FallbackToLogsOnError",
     )
     return StepPod(container=container, volumes=volumes, tolerations=tolerations,
                    node_selector=selector, security_context=security.pod_security_context())

@@ -8,7 +8,8 @@ bf16 autocast when a GPU is present, CPU otherwise. The network normalises its o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +99,48 @@ class Splits:
     n_classes: int
 
 
-def device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass(frozen=True, kw_only=True)
+class Distributed:
+    """This process's place in a torchrun job (one process per GPU); world 1 = not distributed."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0 logs, checkpoints and writes the result; the others only train."""
+        return self.rank == 0
+
+
+def init_distributed() -> Distributed:
+    """Join the process group torchrun describes in the environment (NCCL on GPUs, else Gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    dist = Distributed(rank=int(os.environ["RANK"]), world=world,
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist
+
+
+def device(local_rank: int = 0) -> torch.device:
+    """CUDA (this process's GPU) when present, else CPU."""
+    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+class _Logits(nn.Module):
+    """The MLP's training forward pass, as the module DistributedDataParallel wraps."""
+
+    def __init__(self, model: MLP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(x)
 
 
 def build(splits: Splits, params: ModelConfig) -> MLP:
@@ -119,12 +159,23 @@ def build(splits: Splits, params: ModelConfig) -> MLP:
 
 
 class Trainer:
-    """Runs epochs over in-memory tensors; its state is what a checkpoint holds."""
+    """Runs epochs over in-memory tensors; its state is what a checkpoint holds.
+
+    Under torchrun (``dist.world > 1``) every process holds the data, takes its own shard of
+    each epoch's seeded order, and DistributedDataParallel averages the gradients.
+    """
 
     def __init__(self, model: MLP, splits: Splits, params: ModelConfig,
-                 on: torch.device | None = None):
-        self.device = on or device()
+                 on: torch.device | None = None, dist: Distributed | None = None):
+        self.dist = dist or Distributed()
+        self.device = on or device(self.dist.local_rank)
         self.model = model.to(self.device)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model.logits
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(_Logits(self.model), device_ids=ids)
         self.params = params
         self.splits = splits
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
@@ -136,7 +187,7 @@ class Trainer:
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
-            logits = self.model.logits(x).float()
+            logits = self.forward(x).float()
         if self.model.task == "classification":
             return nn.functional.cross_entropy(logits, y)
         target = (y - self.model.y_mean) / self.model.y_std
@@ -147,6 +198,9 @@ class Trainer:
         self.model.train()
         order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(
             self.params.seed * 100_003 + self.epoch)).to(self.device)
+        if self.dist.world > 1:  # equal shards, so every process runs as many steps
+            usable = len(order) // self.dist.world * self.dist.world
+            order = order[self.dist.rank:usable:self.dist.world]
         total = torch.zeros((), device=self.device)
         for start in range(0, len(order), self.params.batch_size):
             idx = order[start:start + self.params.batch_size]
@@ -156,7 +210,11 @@ class Trainer:
             self.optimizer.step()
             total += loss.detach() * len(idx)
         self.epoch += 1
-        return float(total) / len(order)
+        count = torch.tensor(float(len(order)), device=self.device)
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(total)
+            torch.distributed.all_reduce(count)
+        return float(total / count)
 
     def evaluate(self) -> float:
         """The task's metric on the validation split."""

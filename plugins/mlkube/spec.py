@@ -71,6 +71,7 @@ class StepSpec:
     result_keys: tuple[str, ...]
     image: str = CPU_IMAGE
     resources: Resources = field(default_factory=Resources)
+    distributed: bool = False  # runs under torchrun, one process per GPU, when given several
 
     def option(self, dest: str) -> Option:
         """The option whose Python name is ``dest``."""
@@ -80,8 +81,11 @@ class StepSpec:
         known = ", ".join(o.dest for o in self.options)
         raise MlkubeError(f"step {self.name} has no option {dest!r}; known: {known}")
 
-    def command(self, python: str = "python") -> list[str]:
-        """The program that runs this step."""
+    def command(self, python: str = "python", processes: int = 1) -> list[str]:
+        """The program that runs this step; torchrun for ``processes`` > 1 on a distributed step."""
+        if processes > 1 and self.distributed:
+            return [python, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={processes}", "-m", self.module]
         return [python, "-m", self.module]
 
     def arguments(self, values: Mapping[str, Any]) -> list[str]:
@@ -175,6 +179,7 @@ TRAIN = StepSpec(
     result_keys=("run_id", "model_uri", "metric", "value", "epochs", "device"),
     image=GPU_IMAGE,
     resources=Resources(cpu="4", memory="16Gi", gpus=1),
+    distributed=True,
 )
 
 REGISTER = StepSpec(

@@ -62,7 +62,9 @@ def test_every_pod_is_valid_restricted_and_sidecar_free(op: StepOperator) -> Non
     spec = pod["spec"]
     assert [c["name"] for c in spec["containers"]] == ["base"]  # no XCom sidecar
     container = base(pod)
-    assert container["command"] == ["python", "-m", op.step.module]
+    gpus = int(container["resources"].get("limits", {}).get("nvidia.com/gpu", 1))
+    assert container["command"] == op.step.command(processes=gpus)  # torchrun for 2+ GPUs
+    assert container["command"][-1] == op.step.module
     assert container["args"][:2] == ["--result-file", "/tmp/mlkube/result.json"]
     assert container["terminationMessagePath"] == "/dev/termination-log"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"  # errors surface

@@ -130,7 +130,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
     container = V1Container(
         name="base",
         image=placement.image or spec.image,
-        command=spec.command(),
+        command=spec.command(processes=int((reqs.limits or {}).get(gpu.GPU_RESOURCE, 1))),
         args=step_arguments(spec, values, placement),
         env=env or None,
         resources=reqs,

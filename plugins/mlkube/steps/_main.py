@@ -85,6 +85,8 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
         missing = set(spec.result_keys) ^ set(result)
         if missing:  # a bug in the step, not the user's input: keep the traceback
             raise RuntimeError(f"step {spec.name} result keys differ from its spec: {missing}")
+        if os.environ.get("RANK", "0") != "0":  # a torchrun follower: rank 0 reports
+            return 0
         result_file = Path(ctx.args.result_file) if ctx.args.result_file else None
         write_result(result, result_file)
         ctx.log(f"done: {result}")

@@ -110,7 +110,6 @@ def _fit(ctx: Context, trainer: Any, directory: Path, params: ModelConfig, metri
 
 def run(ctx: Context) -> dict[str, Any]:
     """Train (or resume, or return the finished run's result)."""
-    import mlflow
     import torch
 
     from mlkube import data
@@ -136,24 +135,47 @@ def run(ctx: Context) -> dict[str, Any]:
     x_val, y_val, _ = data.load_split(ctx.args.dataset, "validation")
     splits = modelmod.Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
                              task=info.task, n_classes=len(info.classes or []))
-    trainer = modelmod.Trainer(modelmod.build(splits, params), splits, params)
-    metric, _ = modelmod.metric_for(info.task)
+    dist = modelmod.init_distributed()
+    trainer = modelmod.Trainer(modelmod.build(splits, params), splits, params, dist=dist)
     checkpoint = latest_checkpoint(directory)
+    if checkpoint is not None:
+        trainer.load_state(torch.load(checkpoint, map_location=trainer.device))
+    if dist.leader:
+        result = _lead(ctx, trainer, directory, key, checkpoint, info, params)
+        atomic_write_text(finished, json.dumps(result))
+    else:
+        while trainer.epoch < params.epochs:
+            trainer.run_epoch()
+    if dist.world > 1:  # the followers return the leader's result
+        shared = [result if dist.leader else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        result = dict(shared[0] or {})
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _lead(ctx: Context, trainer: Any, directory: Path, key: str, checkpoint: Path | None,
+          info: Any, params: ModelConfig) -> dict[str, Any]:
+    """The leader's part: MLflow run, per-epoch metrics, checkpoints, the logged model."""
+    import mlflow
+
+    from mlkube import model as modelmod
+
+    metric, _ = modelmod.metric_for(info.task)
     with _start_run(ctx, directory, key, info.digest) as active:
         if checkpoint is not None:
-            trainer.load_state(torch.load(checkpoint, map_location=trainer.device))
             ctx.log(f"resumed run {key} from {checkpoint.name} (epoch {trainer.epoch})")
         else:
-            mlflow.log_params({**asdict(params), "dataset_uri": ctx.args.dataset})
-        ctx.log(f"training on {trainer.device.type} for {params.epochs} epochs")
+            mlflow.log_params({**asdict(params), "dataset_uri": ctx.args.dataset,
+                               "world_size": trainer.dist.world})
+        ctx.log(f"training on {trainer.device.type} x{trainer.dist.world} for "
+                f"{params.epochs} epochs")
         value = _fit(ctx, trainer, directory, params, metric)
         if math.isnan(value):  # every epoch ran before the restart
             value = trainer.evaluate()
-        model_uri = log_model(trainer.model, x_val, info.features, params)
-        result = {"run_id": active.info.run_id, "model_uri": model_uri, "metric": metric,
-                  "value": value, "epochs": trainer.epoch, "device": trainer.device.type}
-    atomic_write_text(finished, json.dumps(result))
-    return result
+        model_uri = log_model(trainer.model, trainer.splits.x_val, info.features, params)
+        return {"run_id": active.info.run_id, "model_uri": model_uri, "metric": metric,
+                "value": value, "epochs": trainer.epoch, "device": trainer.device.type}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,68 @@
+"""Step pods: GPU scheduling, torchrun for several GPUs, secrets by reference, restricted."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+from kubernetes.client import ApiClient, V1ObjectMeta, V1Pod, V1PodSpec
+
+from mlkube import spec
+from mlkube.errors import MlkubeError
+from mlkube.kube.pod import Placement, SecretEnv, step_pod
+
+
+def _pod(step: spec.StepSpec, placement: Placement) -> dict:  # type: ignore[type-arg]
+    values = {"dataset": "/mnt/mlkube/datasets/x", "run_id": "0" * 32}
+    parts = step_pod(step, {k: v for k, v in values.items()
+                            if any(o.dest == k for o in step.options)}, placement)
+    pod = V1Pod(api_version="v1", kind="Pod", metadata=V1ObjectMeta(name="p"),
+                spec=V1PodSpec(containers=[parts.container], volumes=parts.volumes,
+                               tolerations=parts.tolerations, node_selector=parts.node_selector,
+                               security_context=parts.security_context, restart_policy="Never"))
+    data: dict = ApiClient().sanitize_for_serialization(pod)  # type: ignore[type-arg]
+    kubernetes_validate.validate(data, "1.33", strict=True)
+    return data
+
+
+def test_two_gpus_run_torchrun_with_one_process_each() -> None:
+    pod = _pod(spec.TRAIN, Placement(gpus=2, gpu_product="NVIDIA-H100-80GB-HBM3",
+                                     artifact_pvc="mlkube-artifacts"))
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc-per-node=2", "-m", "mlkube.steps.train"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_one_gpu_and_cpu_steps_run_the_plain_program() -> None:
+    assert _pod(spec.TRAIN, Placement())["spec"]["containers"][0]["command"] == [
+        "python", "-m", "mlkube.steps.train"]
+    cpu = _pod(spec.TUNE, Placement(gpus=0))
+    assert "nvidia.com/gpu" not in cpu["spec"]["containers"][0]["resources"]["limits"]
+    assert not cpu["spec"].get("tolerations")
+
+
+def test_secrets_by_reference_and_restricted_profile() -> None:
+    pod = _pod(spec.REGISTER, Placement(
+        env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+        secret_env=[SecretEnv(env="MLFLOW_TRACKING_TOKEN", secret="mlflow", key="token")]))
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_TOKEN"] == {"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {
+        "secretKeyRef": {"name": "mlflow", "key": "token"}}}
+    security = pod["spec"]["containers"][0]["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+@pytest.mark.parametrize(("placement", "message"), [
+    (Placement(gpus=-1), "give a whole number of GPUs"),
+    (Placement(memory="16 GB"), "not a Kubernetes quantity"),
+    (Placement(image="Bad Image!"), "not a valid image reference"),
+])
+def test_bad_placement_names_the_field(placement: Placement, message: str) -> None:
+    with pytest.raises(MlkubeError, match=message):
+        step_pod(spec.TRAIN, {"dataset": "/d"}, placement, what="task train")

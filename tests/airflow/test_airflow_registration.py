@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mlkube.airflow.provider import get_provider_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,8 +61,11 @@ def test_plugins_dir_works_as_the_plugins_folder() -> None:
     assert report["sources"], report
 
 
-@pytest.mark.xfail(not (REPO / "plugins" / ".airflowignore").exists(), strict=False,
-                   reason="Airflow imports every .py under the plugins folder as a top-level "
-                          "module; plugins/.airflowignore must keep only mlkube/airflow/plugin.py")
 def test_plugins_folder_imports_only_the_plugin() -> None:
-    assert _plugins_folder_report()["errors"] == {}
+    # plugins/.airflowignore keeps Airflow from importing every .py under plugins/ as a
+    # top-level module (argo/io.py would shadow the standard library's io). Here the package
+    # is installed too, so the entry point registers the plugin first and the folder's copy is
+    # skipped as a duplicate; anything else would be an import error.
+    errors = _plugins_folder_report()["errors"]
+    assert isinstance(errors, dict)
+    assert [e for e in errors.values() if "already registered" not in str(e)] == []

@@ -25,7 +25,7 @@ def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=900)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-        found = re.search(r"is live at (http://127\.0\.0\.1:\d+)/invocations", done.stdout)
+        found = re.search(r"endpoint +(http://127\.0\.0\.1:\d+)/invocations", done.stdout)
         assert found, done.stdout[-2000:]
         with urllib.request.urlopen(f"{found.group(1)}/ping", timeout=10) as response:
             assert response.status == 200

@@ -6,14 +6,11 @@ The ``cluster`` and ``gpu`` markers are deselected unless a kubeconfig / a CUDA 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from mlkube_testing import SMALL_CONFIG, free_port_pair
 
 
 def _kubeconfig_present() -> bool:
@@ -45,22 +42,13 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state_dir.mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLKUBE_STATE_DIR", str(state_dir))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir / 'mlflow.db'}")
+    uri = f"sqlite:///{state_dir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if "mlflow" in sys.modules:  # a step run in this process earlier pinned MLflow's global URI
+        sys.modules["mlflow"].set_tracking_uri(uri)
     yield state_dir
     from mlkube.local import serving
 
     if (state_dir / "serving").is_dir():
         for deployment in serving.deployments(state_dir):
             serving.stop(deployment)
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    """The small config, with a free port pair for serving."""
-    data = json.loads(json.dumps(SMALL_CONFIG))
-    data["serving"]["port"] = free_port_pair()
-    path = tmp_path / "mlkube.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-

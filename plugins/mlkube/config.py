@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,6 +184,11 @@ def from_dict(data: dict[str, Any] | None) -> Config:
     config: Config = _build(Config, data or {}, "")
     validate(config)
     return config
+
+
+def state_dir(config: Config) -> Path:
+    """The embedded state directory: MLKUBE_STATE_DIR when set, else ``config.state_dir``."""
+    return Path(os.environ.get("MLKUBE_STATE_DIR") or config.state_dir).resolve()
 
 
 def load(path: str | Path | None) -> Config:

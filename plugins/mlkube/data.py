@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlkube.config import DataConfig
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,8 +88,7 @@ def read_table(uri: str) -> pd.DataFrame:
         else:
             raise MlkubeError(f"input file {uri}: unknown format {suffix!r}; use .csv or .parquet")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MlkubeError(f"input file {uri} cannot be read: {first}") from None
+        raise MlkubeError(f"input file {uri} cannot be read: {first_line(exc)}") from None
     if frame.empty:
         raise MlkubeError(f"input file {uri} has no data rows")
     return frame

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of a library's exception message (MLflow keeps it in .message)."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class MlkubeError(Exception):
     """A problem with the user's input or environment, reported as one clear line.
 

@@ -113,6 +113,16 @@ class Distributed:
         return self.rank == 0
 
 
+def load_splits(dataset_uri: str, info: Any) -> Splits:
+    """The train and validation splits of a prepared dataset (``info``: its DatasetInfo)."""
+    from mlkube import data
+
+    x_train, y_train, _ = data.load_split(dataset_uri, "train")
+    x_val, y_val, _ = data.load_split(dataset_uri, "validation")
+    return Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+                  task=info.task, n_classes=len(info.classes or []))
+
+
 def init_distributed() -> Distributed:
     """Join the process group torchrun describes in the environment (NCCL on GPUs, else Gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, first_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -58,7 +58,7 @@ def configure(state_dir: Path, experiment: str) -> str:
     except MlflowException as exc:
         raise MlkubeError(
             f"MLflow at {os.environ['MLFLOW_TRACKING_URI']} refused experiment {experiment!r}: "
-            f"{exc.message.splitlines()[0]}"
+            f"{first_line(exc)}"
         ) from None
 
 
@@ -71,11 +71,11 @@ def client() -> MlflowClient:
 
 def find_run(experiment_id: str, tags: dict[str, str]) -> Any | None:
     """The newest finished run carrying all ``tags``, or ``None``."""
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    query = " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()),
+                          "attributes.status = 'FINISHED'"])
     runs = client().search_runs([experiment_id], filter_string=query,
                                 order_by=["attributes.start_time DESC"], max_results=1)
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    return finished[0] if finished else None
+    return runs[0] if runs else None
 
 
 def lineage_tags(step: str, pipeline_run_id: str | None) -> dict[str, str]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from mlkube import config as configmod
 
 
 def _state_dir(config_path: str | None) -> Path:
-    config = configmod.load(config_path)
-    return Path(os.environ.get("MLKUBE_STATE_DIR") or config.state_dir).resolve()
+    return configmod.state_dir(configmod.load(config_path))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ class LocalRun:
 def lifecycle(config_path: str | None) -> dict[str, Any]:
     """Run prepare-data → tune → train → register → deploy; return the summary."""
     config = configmod.load(config_path)  # bad config fails here, before any step runs
-    state_dir = Path(os.environ.get("MLKUBE_STATE_DIR") or config.state_dir).resolve()
+    state_dir = configmod.state_dir(config)
     local = LocalRun(config_path=str(Path(config_path).resolve()) if config_path else None,
                      state_dir=state_dir, run_id=time.strftime("local-%Y%m%dT%H%M%S"))
     started = time.perf_counter()

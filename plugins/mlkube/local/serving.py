@@ -48,9 +48,13 @@ class Deployment:
         return f"{self.url}/invocations"
 
 
+def _safe(model_name: str) -> str:
+    """The model name as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+
+
 def _record(state_dir: Path, model_name: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
-    return state_dir / "serving" / f"{safe}.json"
+    return state_dir / "serving" / f"{_safe(model_name)}.json"
 
 
 def current(state_dir: Path, model_name: str) -> Deployment | None:
@@ -97,7 +101,7 @@ def start(state_dir: Path, model_name: str, version: str, host: str, port: int) 
                           "set serving.port / --port to a free pair of ports")
     logs = state_dir / "serving" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', model_name)}-v{version}-{port}.log"
+    log = logs / f"{_safe(model_name)}-v{version}-{port}.log"
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [sys.executable, "-m", "mlflow", "models", "serve",

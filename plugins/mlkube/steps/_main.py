@@ -64,7 +64,7 @@ def build_context(spec: StepSpec, argv: list[str] | None) -> Context:
             config = configmod.override(config, option.config_key, value)
         except MlkubeError as exc:
             raise MlkubeError(f"{option.flag}: {exc}") from None
-    state_dir = Path(os.environ.get("MLKUBE_STATE_DIR") or config.state_dir).resolve()
+    state_dir = configmod.state_dir(config)
     artifact_root = Path(args.artifact_root or state_dir / "artifacts").resolve()
     return Context(spec=spec, config=config, args=args, state_dir=state_dir,
                    artifact_root=artifact_root, argv=argv,

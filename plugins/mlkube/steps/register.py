@@ -14,17 +14,12 @@ import sys
 from typing import Any
 
 from mlkube import spec
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, first_line
 from mlkube.steps._main import Context, run_step
 
 SPEC = spec.REGISTER
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-def _first_line(exc: Exception) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
 
 
 def test_score(model_uri: str, dataset_uri: str, task: str) -> float:
@@ -38,7 +33,7 @@ def test_score(model_uri: str, dataset_uri: str, task: str) -> float:
     try:
         predictions = mlflow.pyfunc.load_model(model_uri).predict(x_test)
     except Exception as exc:  # any load or predict failure means: not servable
-        raise MlkubeError(f"model {model_uri} cannot be loaded or predict: {_first_line(exc)}") from None
+        raise MlkubeError(f"model {model_uri} cannot be loaded or predict: {first_line(exc)}") from None
     return modelmod.score(predictions, y_test, task)
 
 
@@ -62,7 +57,7 @@ def _check_inputs(name: str, run_id: str) -> str:
     try:
         _validate_model_name(name)
     except MlflowException as exc:
-        raise MlkubeError(f"model name {name!r} is rejected by MLflow: {_first_line(exc)}; "
+        raise MlkubeError(f"model name {name!r} is rejected by MLflow: {first_line(exc)}; "
                           "set registry.model_name / --model-name") from None
     try:
         run = tracking.client().get_run(run_id)

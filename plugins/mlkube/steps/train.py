@@ -131,10 +131,7 @@ def run(ctx: Context) -> dict[str, Any]:
         return result
     directory.mkdir(parents=True, exist_ok=True)
 
-    x_train, y_train, _ = data.load_split(ctx.args.dataset, "train")
-    x_val, y_val, _ = data.load_split(ctx.args.dataset, "validation")
-    splits = modelmod.Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
-                             task=info.task, n_classes=len(info.classes or []))
+    splits = modelmod.load_splits(ctx.args.dataset, info)
     dist = modelmod.init_distributed()
     trainer = modelmod.Trainer(modelmod.build(splits, params), splits, params, dist=dist)
     checkpoint = latest_checkpoint(directory)

@@ -71,8 +71,12 @@ def _pruner(name: str, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(ctx: Context, name: str, direction: Literal["minimize", "maximize"]) -> Any:
-    """Create the study and its parent MLflow run, or join the one that exists."""
+def open_study(ctx: Context, name: str,
+               direction: Literal["minimize", "maximize"]) -> tuple[Any, str]:
+    """Create the study and its parent MLflow run, or join the one that exists.
+
+    Returns the study and the MLflow experiment id.
+    """
     import mlflow
     import optuna
 
@@ -88,7 +92,7 @@ def open_study(ctx: Context, name: str, direction: Literal["minimize", "maximize
         study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
         for _ in range(120):  # the creator is writing the parent run id
             if PARENT_ATTR in study.user_attrs:
-                return study
+                return study, experiment_id
             time.sleep(0.5)
             study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
         raise MlkubeError(f"study {name} has no parent MLflow run after 60 s; "
@@ -98,7 +102,7 @@ def open_study(ctx: Context, name: str, direction: Literal["minimize", "maximize
         mlflow.log_params({"n_trials": ctx.config.tune.n_trials, "pruner": ctx.config.tune.pruner,
                            "search_space": json.dumps(asdict(ctx.config.tune)["search_space"])})
     study.set_user_attr(PARENT_ATTR, run.info.run_id)
-    return study
+    return study, experiment_id
 
 
 def suggest(trial: Any, ctx: Context) -> dict[str, Any]:
@@ -159,21 +163,13 @@ def _counted(study: Any) -> int:
                                                          TrialState.RUNNING)))
 
 
-def work(ctx: Context, name: str) -> None:
+def work(ctx: Context, study: Any, experiment_id: str, info: Any) -> None:
     """Run trials until the study holds ``n_trials`` (finished, pruned or running)."""
     import optuna
 
-    from mlkube import data, tracking
     from mlkube import model as modelmod
 
-    info = data.load_info(ctx.args.dataset)
-    _, direction = modelmod.metric_for(info.task)
-    study = open_study(ctx, name, cast(Literal["minimize", "maximize"], direction))
-    x_train, y_train, _ = data.load_split(ctx.args.dataset, "train")
-    x_val, y_val, _ = data.load_split(ctx.args.dataset, "validation")
-    splits = modelmod.Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
-                             task=info.task, n_classes=len(info.classes or []))
-    experiment_id = tracking.configure(ctx.state_dir, ctx.config.experiment)
+    splits = modelmod.load_splits(ctx.args.dataset, info)
     run_trial = objective(ctx, splits, study.user_attrs[PARENT_ATTR], experiment_id)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -251,7 +247,7 @@ def _worker_argv(ctx: Context) -> list[str]:
     return [*argv, "--role", "worker", "--study-name", ctx.args.study_name]
 
 
-def _run_workers(ctx: Context, count: int, name: str) -> None:
+def _run_workers(ctx: Context, count: int, study: Any, experiment_id: str, info: Any) -> None:
     """Run ``count`` workers: this process and ``count - 1`` more; wait for all of them."""
     logs = ctx.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -261,7 +257,7 @@ def _run_workers(ctx: Context, count: int, name: str) -> None:
         workers.append((subprocess.Popen([*SPEC.command(sys.executable), *_worker_argv(ctx)],
                                          stderr=log, text=True), log))
     try:
-        work(ctx, name)
+        work(ctx, study, experiment_id, info)
     except BaseException:
         for process, _ in workers:
             process.terminate()
@@ -284,19 +280,21 @@ def run(ctx: Context) -> dict[str, Any]:
     info = data.load_info(ctx.args.dataset)
     name = study_name(ctx, info.digest)
     role = ctx.args.role or "all"
+    if role == "select":
+        return select(ctx, name)
+    _, direction = modelmod.metric_for(info.task)
+    # role all: created once, here, before the workers start
+    study, experiment_id = open_study(ctx, name, cast(Literal["minimize", "maximize"], direction))
     if role == "worker":
-        work(ctx, name)
+        work(ctx, study, experiment_id, info)
         return select(ctx, name, plots=False)
-    if role == "all":
-        _, direction = modelmod.metric_for(info.task)
-        study = open_study(ctx, name, cast(Literal["minimize", "maximize"], direction))  # once, before the workers start
-        ctx.args.study_name = name
-        if _counted(study) >= ctx.config.tune.n_trials:
-            ctx.log(f"study {name} already holds {ctx.config.tune.n_trials} trials")
-        else:
-            ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "
-                    f"{ctx.config.tune.workers} workers")
-            _run_workers(ctx, ctx.config.tune.workers, name)
+    ctx.args.study_name = name
+    if _counted(study) >= ctx.config.tune.n_trials:
+        ctx.log(f"study {name} already holds {ctx.config.tune.n_trials} trials")
+    else:
+        ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "
+                f"{ctx.config.tune.workers} workers")
+        _run_workers(ctx, ctx.config.tune.workers, study, experiment_id, info)
     return select(ctx, name)
 
 

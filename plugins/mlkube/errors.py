@@ -15,3 +15,21 @@ class MlkubeError(Exception):
     Step programs turn it into a one-line message on stderr and a non-zero exit; every
     other exception is a bug and keeps its traceback.
     """
+
+
+# The extra that installs each optional top-level module (pyproject.toml's optional-dependencies).
+EXTRAS = {
+    "mlflow": "ml", "torch": "ml", "optuna": "ml", "pandas": "ml", "pyarrow": "ml",
+    "sklearn": "ml", "numpy": "ml", "matplotlib": "ml", "airflow": "airflow", "hera": "argo",
+    "jsonschema": "argo", "kubernetes": "kube",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> MlkubeError | None:
+    """The one-line install hint for a missing optional dependency, or ``None`` if not one."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return MlkubeError(f"the Python package {top!r} is not installed: it comes with the "
+                       f"{extra!r} extra, install it with pip install 'mlkube[{extra}]'")

@@ -10,10 +10,9 @@ import yaml
 
 from mlkube.argo.options import RenderOptions
 from mlkube.argo.render import render
-from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator
+from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator, packaged_schema
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = REPO.parent / "shared" / "schemas"
 WORKFLOWS = REPO / "workflows"
 
 
@@ -25,7 +24,9 @@ def workflows_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def validator() -> Validator:
-    return Validator(argo_schema=SCHEMAS / ARGO_SCHEMA_FILE, kserve_crd=SCHEMAS / KSERVE_CRD_FILE)
+    """The strict validator on the schemas shipped inside the package (mlkube/schemas/)."""
+    return Validator(argo_schema=packaged_schema(ARGO_SCHEMA_FILE),
+                     kserve_crd=packaged_schema(KSERVE_CRD_FILE))
 
 
 @pytest.fixture(scope="session")

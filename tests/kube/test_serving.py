@@ -8,19 +8,18 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from mlkube.argo.schema import KSERVE_CRD_FILE, Validator
+from mlkube.argo.schema import KSERVE_CRD_FILE, Validator, packaged_schema
 from mlkube.errors import MlkubeError
 from mlkube.kube import serving
 from mlkube.spec import ARTIFACT_MOUNT
 
-SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
 SERVING = serving.ModelServing(name="churn", model_name="Churn Model", version="7",
                                storage_uri="s3://models/churn/7", namespace="ml")
 
 
 @pytest.fixture(scope="module")
 def crd() -> Validator:
-    return Validator(argo_schema=Path("unused"), kserve_crd=SCHEMAS / KSERVE_CRD_FILE)
+    return Validator(argo_schema=Path("unused"), kserve_crd=packaged_schema(KSERVE_CRD_FILE))
 
 
 def test_inference_service_serves_the_fixed_version(crd: Validator) -> None:

@@ -30,9 +30,9 @@ def add_parser(subparsers: Any) -> None:
     lint.add_argument("paths", nargs="*", type=Path,
                       help="YAML files to check (default: a fresh render)")
     lint.add_argument("--schema", type=Path, help="Argo JSON schema (default: $MLKUBE_ARGO_"
-                      "SCHEMA or ../shared/schemas/argo-workflows-v4.1.schema.json)")
+                      "SCHEMA or the copy shipped with mlkube, Argo Workflows v4.1)")
     lint.add_argument("--kserve-crd", type=Path, help="KServe InferenceService CRD (default: "
-                      "$MLKUBE_KSERVE_CRD or ../shared/schemas/kserve-v0.20-...-crd.yaml)")
+                      "$MLKUBE_KSERVE_CRD or the copy shipped with mlkube, KServe v0.20)")
     lint.set_defaults(handler=_lint)
 
     submit = sub.add_parser("submit", help="submit to an Argo Server (templates first)")

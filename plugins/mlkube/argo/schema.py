@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ ARGO_SCHEMA_FILE = "argo-workflows-v4.1.schema.json"
 KSERVE_CRD_FILE = "kserve-v0.20-inferenceservice-crd.yaml"
 ARGO_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow")
 KUBERNETES_VERSION = "1.33"
+SCHEMAS_PACKAGE = "mlkube.schemas"  # the copies shipped as package data (see its README.md)
 
 
 def strict(schema: Any) -> Any:
@@ -41,9 +44,15 @@ def strict(schema: Any) -> Any:
     return copy
 
 
-def default_schema_path(env: str, name: str) -> Path:
-    """``$env`` if set, else ``../shared/schemas/<name>`` from the working directory."""
-    return Path(os.environ.get(env) or Path("..", "shared", "schemas", name))
+def packaged_schema(name: str) -> Traversable:
+    """The copy of schema file ``name`` shipped inside the mlkube package."""
+    return resources.files(SCHEMAS_PACKAGE).joinpath(name)
+
+
+def default_schema_path(env: str, name: str) -> Path | Traversable:
+    """``$env`` if set, else the packaged copy of ``name`` (works from any directory)."""
+    override = os.environ.get(env)
+    return Path(override) if override else packaged_schema(name)
 
 
 def _error_line(error: Any) -> str:
@@ -55,8 +64,8 @@ def _error_line(error: Any) -> str:
 class Validator:
     """Validates rendered objects; the schema files are read on first use."""
 
-    argo_schema: Path
-    kserve_crd: Path
+    argo_schema: Path | Traversable
+    kserve_crd: Path | Traversable
 
     @cached_property
     def _argo(self) -> dict[str, Any]:
@@ -129,12 +138,12 @@ def embedded_manifests(obj: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def default_validator() -> Validator:
-    """A validator reading the schemas from the environment or ../shared/schemas."""
+    """A validator reading the schemas named by the environment, else the packaged ones."""
     return Validator(argo_schema=default_schema_path(ARGO_SCHEMA_ENV, ARGO_SCHEMA_FILE),
                      kserve_crd=default_schema_path(KSERVE_CRD_ENV, KSERVE_CRD_FILE))
 
 
-def _read(path: Path, env: str) -> str:
+def _read(path: Path | Traversable, env: str) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:

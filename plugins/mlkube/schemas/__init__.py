@@ -1,0 +1,1 @@
+"""Schemas ``mlkube argo lint`` validates against, shipped as package data (see README.md)."""

@@ -9,17 +9,20 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch is installed by pip, pinned: pip takes the CPU wheel this machine keeps on disk,
-# where an unpinned install (or uv) would download a multi-GB CUDA build. uv installs the rest.
+# where an unpinned install (or uv) would download a multi-GB CUDA build. uv installs the rest,
+# compiling bytecode: uv does not by default, and where PYTHONDONTWRITEBYTECODE is set every
+# step process would otherwise compile mlflow, torch and pandas again (seconds per process).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
 	$(PY) -m pip install -q torch==2.13.0
-	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[all,dev]'
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[all,dev]'
 	touch $@
 
 # dags/ml_lifecycle.py through real Airflow (dag.test, local backend) to a live endpoint.
+# Airflow's log goes to .mlkube/airflow/demo.log; VERBOSE=1 prints it instead.
 demo: setup
-	$(PY) -m mlkube.airflow.demo $(if $(CONFIG),--config $(CONFIG))
+	$(PY) -m mlkube.airflow.demo $(if $(CONFIG),--config $(CONFIG)) $(if $(filter-out 0,$(VERBOSE)),--verbose)
 
 # The same five steps without Airflow: the local runner.
 run: setup

@@ -1,9 +1,16 @@
-"""The demo entry point runs dags/ml_lifecycle.py through real Airflow to a live endpoint."""
+"""The demo entry point runs dags/ml_lifecycle.py through real Airflow to a live endpoint.
+
+What the terminal gets: a start and an end line per task, a summary ending with a real request
+to the endpoint and its answer; Airflow's own log goes to a file.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -13,6 +20,18 @@ import pytest
 from dag_runs import REPO, small_config, stop_servers
 
 pytestmark = pytest.mark.slow
+
+TASKS = {"prepare_data", "tune_workers[0]", "tune_workers[1]", "tune_select", "train",
+         "register", "deploy"}
+AIRFLOW_NOISE = ("alembic", "Pushing xcom", "[DAG TEST]", "Task instance state updated")
+
+
+def _prediction(stdout: str) -> tuple[dict, dict, str]:
+    """The request body, the answer and the URL of the summary's curl line."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  $ curl "))
+    argv = shlex.split(lines[at].removeprefix("  $ "))
+    return json.loads(argv[argv.index("-d") + 1]), json.loads(lines[at + 1]), argv[-3]
 
 
 def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
@@ -30,5 +49,27 @@ def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"{found.group(1)}/ping", timeout=10) as response:
             assert response.status == 200
         assert (state / "airflow" / "airflow.db").is_file()  # Airflow's own home, not the user's
+
+        # one start and one end line per task instance, and none of Airflow's log
+        starts = re.findall(r"^  (\S+) +start$", done.stdout, re.MULTILINE)
+        ends = re.findall(r"^  (\S+) +done +\d+\.\d s", done.stdout, re.MULTILINE)
+        assert sorted(starts) == sorted(ends) == sorted(TASKS), done.stdout
+        assert re.search(r"^  train +done .* accuracy 0\.\d{4}", done.stdout, re.MULTILINE)
+        assert re.search(r"^  deploy +done .* v1 at http://", done.stdout, re.MULTILINE)
+        assert "\r" not in done.stdout  # no live status line without a terminal
+        for noise in AIRFLOW_NOISE:
+            assert noise not in done.stdout + done.stderr, noise
+        log = state / "airflow" / "demo.log"
+        assert str(log) in done.stdout
+        text = log.read_text()
+        assert all(noise in text for noise in AIRFLOW_NOISE)
+        assert "[train] epoch 1/3" in text  # the steps' own output is in the task log
+
+        # the summary ends with a request the user can repeat, and the model's answer
+        request, answer, url = _prediction(done.stdout)
+        assert url == f"{found.group(1)}/invocations"
+        assert len(request["inputs"]) == 1 and len(request["inputs"][0]) == 30
+        (probabilities,) = answer["predictions"]
+        assert len(probabilities) == 2 and math.isclose(sum(probabilities), 1, rel_tol=1e-4)
     finally:
         stop_servers(state)

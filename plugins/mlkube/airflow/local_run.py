@@ -13,13 +13,17 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from mlkube.errors import MlkubeError
 from mlkube.result import read_result
 from mlkube.spec import StepSpec
+
+# Also called with (step name, line) for every output line of a step, when set (the demo's live
+# status line). None, the default: the lines go to the log only.
+progress: Callable[[str, str], None] | None = None
 
 
 class Log(Protocol):
@@ -82,6 +86,8 @@ class LocalStep:
                 line = raw.rstrip("\n")
                 tail.append(line)
                 log.info("%s", line)
+                if progress is not None:
+                    progress(self.spec.name, line)
             code = self.process.wait()
             if code != 0:
                 raise MlkubeError(_error_line(self.spec, tail, code))

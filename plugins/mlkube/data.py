@@ -87,8 +87,15 @@ def read_table(uri: str) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             raise MlkubeError(f"input file {uri}: unknown format {suffix!r}; use .csv or .parquet")
+    except UnicodeDecodeError as exc:
+        raise MlkubeError(
+            f"input file {uri} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); a CSV must be UTF-8: re-save it as UTF-8 CSV, or pass a Parquet file"
+        ) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
-        raise MlkubeError(f"input file {uri} cannot be read: {first_line(exc)}") from None
+        what = "a comma-separated text file with a header row" if suffix == ".csv" else "Parquet"
+        raise MlkubeError(f"input file {uri} cannot be read: {first_line(exc)}; check that it is "
+                          f"{what}") from None
     if frame.empty:
         raise MlkubeError(f"input file {uri} has no data rows")
     return frame
@@ -117,47 +124,72 @@ def validate(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> tuple[pd.DataFra
     import pandas as pd
 
     columns = list(frame.columns)
-    if cfg.target not in columns:
+    present = set(columns)
+    if cfg.target not in present:
         raise MlkubeError(
             f"{uri}: target column {cfg.target!r} is missing; columns are {columns[:12]}"
             " — set data.target"
         )
     features = cfg.features if cfg.features is not None else [c for c in columns if c != cfg.target]
-    missing = [c for c in features if c not in columns]
+    missing = [c for c in features if c not in present]
     if missing:
         raise MlkubeError(f"{uri}: feature columns {missing} are missing; columns are {columns[:12]}")
     if not features:
         raise MlkubeError(f"{uri}: no feature columns besides the target {cfg.target!r}")
     for column in cfg.types:
-        if column not in columns:
+        if column not in present:
             raise MlkubeError(f"{uri}: data.types names column {column!r}, which is not in the file")
-    out = pd.DataFrame(index=frame.index)
+    dtypes = frame.dtypes
     for column in features:
-        if column in cfg.types:
-            out[column] = _coerce(frame, column, cfg.types[column], uri)
-        elif pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column]):
-            out[column] = frame[column].astype("float64")
-        else:
-            example = frame[column].dropna().iloc[0] if frame[column].notna().any() else None
-            raise MlkubeError(
-                f"{uri}: feature column {column!r} is not numeric (e.g. {example!r}); encode it, "
-                "declare its type in data.types, or leave it out of data.features"
-            )
-    out[cfg.target] = frame[cfg.target]
+        kind = dtypes[column]
+        if column in cfg.types or (pd.api.types.is_numeric_dtype(kind)
+                                   and not pd.api.types.is_bool_dtype(kind)):
+            continue
+        example = frame[column].dropna().iloc[0] if frame[column].notna().any() else None
+        raise MlkubeError(
+            f"{uri}: feature column {column!r} is not numeric (e.g. {example!r}); encode it, "
+            "declare its type in data.types, or leave it out of data.features"
+        )
+    # Whole-frame operations: handling 10,000 columns one at a time is quadratic.
+    out = frame[[*features, cfg.target]].copy()
+    for column, kind in cfg.types.items():
+        if column in features:
+            out[column] = _coerce(frame, column, kind, uri)
+    out = out.astype({column: "float64" for column in features})
     if out[cfg.target].isna().all():
         raise MlkubeError(f"{uri}: target column {cfg.target!r} has no values (all {len(out)} rows are empty)")
     return out, features
 
 
-def _encode_target(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> tuple[pd.DataFrame, list[Any] | None]:
+def non_finite_to_missing(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with ±inf in ``columns`` turned into missing values (dropped like them)."""
+    import numpy as np
     import pandas as pd
 
+    values = frame[columns].to_numpy(dtype="float64")
+    infinite = np.isinf(values)
+    if not infinite.any():
+        return frame
+    block = pd.DataFrame(np.where(infinite, np.nan, values), columns=columns, index=frame.index)
+    return pd.concat([block, frame.drop(columns=columns)], axis=1)[list(frame.columns)]
+
+
+def _regression_target(target: pd.Series, name: str, uri: str) -> pd.Series:
+    import pandas as pd
+
+    numeric = pd.to_numeric(target, errors="coerce")
+    bad = numeric.isna() & target.notna()
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise MlkubeError(f"{uri}: regression target {name!r} holds {target.iloc[row]!r} in row "
+                          f"{row + 2}; a regression target must be numeric (or use "
+                          "data.task: classification)")
+    return numeric.astype("float64")
+
+
+def _encode_target(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> tuple[pd.DataFrame, list[Any] | None]:
     target = frame[cfg.target]
     if cfg.task == "regression":
-        numeric = pd.to_numeric(target, errors="coerce")
-        if numeric.isna().any():
-            raise MlkubeError(f"{uri}: regression target {cfg.target!r} has non-numeric values")
-        frame[cfg.target] = numeric.astype("float64")
         return frame, None
     classes = sorted(target.unique().tolist(), key=str)
     if len(classes) < 2:
@@ -221,14 +253,22 @@ def write(root: Path, splits: dict[str, pd.DataFrame], info: DatasetInfo) -> Pat
 
 
 def prepare(uri: str, cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], DatasetInfo]:
-    """Read, validate, clean and split; nothing is written."""
+    """Read, validate, clean and split; nothing is written.
+
+    Rows with a missing or non-finite (±inf) target or feature value are dropped and counted.
+    """
     frame = read_table(uri)
     frame, features = validate(frame, cfg, uri)
     before = len(frame)
+    numeric = features + ([cfg.target] if cfg.task == "regression" else [])
+    if cfg.task == "regression":
+        frame[cfg.target] = _regression_target(frame[cfg.target], cfg.target, uri)
+    frame = non_finite_to_missing(frame, numeric)
     frame = frame.dropna().reset_index(drop=True)
     dropped = before - len(frame)
     if frame.empty:
-        raise MlkubeError(f"{uri}: every row misses the target or a feature value; nothing is left")
+        raise MlkubeError(f"{uri}: every row misses the target or a feature value (or holds "
+                          "inf); nothing is left")
     frame, classes = _encode_target(frame, cfg, uri)
     parts = split(frame, cfg, uri)
     header = {"target": cfg.target, "features": features, "task": cfg.task, "classes": classes}

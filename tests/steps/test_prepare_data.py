@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -79,6 +81,13 @@ BAD_INPUTS = {
                            "unknown config key 'data.split.tset'"),
     "declared type violated": ("d.csv", "a,y\n1,0\nx,1\n", ["--types", '{"a": "float"}'],
                                "declared float but row 3 holds 'x'"),
+    "binary file named .csv": ("d.csv", b"PK\x03\x04\x85\xff\x00binary", [],
+                               "is not UTF-8 text (byte 0x85 at offset 4); a CSV must be UTF-8: "
+                               "re-save it as UTF-8 CSV, or pass a Parquet file"),
+    "not a CSV table": ("d.csv", 'a,y\n1,0\n2,1,3,4\n"', [], "check that it is a comma-separated"),
+    "non-numeric regression target": ("d.csv", "a,y\n1,0.5\n2,high\n", ["--task", "regression"],
+                                      "regression target 'y' holds 'high' in row 3"),
+    "only inf left": ("d.csv", "a,y\ninf,0\n-inf,1\n", [], "every row misses"),
 }
 
 
@@ -87,7 +96,9 @@ def test_bad_input_one_line_nonzero_nothing_written(case: str, state: Path, tmp_
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     name, content, extra, message = BAD_INPUTS[case]
     path = tmp_path / (name or "absent.csv")
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     code, result, err = run("prepare-data", "--input", str(path), "--target", "y", *extra,
                             tmp=tmp_path, capsys=capsys)
@@ -95,3 +106,36 @@ def test_bad_input_one_line_nonzero_nothing_written(case: str, state: Path, tmp_
     assert code == 1 and result is None
     assert len(lines) == 1 and message in lines[0], err
     assert not (state / "artifacts" / "datasets").exists()
+
+
+def test_non_finite_values_are_dropped_like_missing_ones(state: Path, tmp_path: Path) -> None:
+    frame = _frame(40).astype({"b": "float64", "y": "float64"})
+    frame.loc[2, "a"] = float("inf")
+    frame.loc[7, "b"] = float("-inf")
+    frame.loc[9, "y"] = float("inf")  # a regression target too
+    source = _csv(tmp_path / "d.csv", frame)
+    _, result, _ = run("prepare-data", "--input", source, "--target", "y", "--task", "regression",
+                       tmp=tmp_path)
+    assert result is not None and result["dropped_rows"] == 3 and result["rows"] == 37
+    kept = pd.concat(pd.read_parquet(Path(result["dataset_uri"]) / f"{s}.parquet")
+                     for s in ("train", "validation", "test"))
+    assert kept.map(lambda v: abs(v) != float("inf")).all().all()
+
+
+def test_wide_data_prepares_without_per_column_warnings(state: Path, tmp_path: Path) -> None:
+    """2,000 columns: whole-frame operations, no column-at-a-time inserts (the 10,000-column
+    timing is in benchmarks/prepare_wide.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(120, 2000)), columns=[f"f{i}" for i in range(2000)])
+    frame["y"] = rng.integers(0, 2, 120)
+    source = _csv(tmp_path / "wide.csv", frame)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, result, _ = run("prepare-data", "--input", source, "--target", "y", tmp=tmp_path)
+    assert code == 0 and result is not None and result["rows"] == 120
+    assert [w for w in caught if issubclass(w.category, pd.errors.PerformanceWarning)] == []
+    inputs = mlflow.get_run(result["mlflow_run_id"]).inputs.dataset_inputs
+    schema = json.loads(inputs[0].dataset.schema)["mlflow_colspec"]
+    assert len(schema) == 2001 and json.loads(inputs[0].dataset.profile)["num_rows"] > 0

@@ -23,12 +23,15 @@ from mlkube.airflow import (
     RegisterModelOperator,
     TrainOperator,
 )
+from mlkube.schedule import check_schedule
 
 DATA = os.environ.get("MLKUBE_DATA")
 training_data = Asset(name="mlkube_training_data", uri=DATA or "mlkube://demo/bundled-dataset")
 schedule = AssetOrTimeSchedule(
-    timetable=CronTriggerTimetable(os.environ.get("MLKUBE_RETRAIN_CRON", "0 3 * * *"),
-                                   timezone="UTC"),
+    timetable=CronTriggerTimetable(
+        check_schedule(os.environ.get("MLKUBE_RETRAIN_CRON", "0 3 * * *"),
+                       "dag 'scheduled_retraining': MLKUBE_RETRAIN_CRON"),
+        timezone="UTC"),
     assets=[training_data],
 )
 common = {

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -231,6 +233,36 @@ def parse_json_option(text: str, option: str) -> Any:
         raise MlkubeError(f"{option} is not valid JSON ({exc.msg}): {text!r}") from None
 
 
+def hidden_sizes(value: Any) -> list[int]:
+    """Hidden layer sizes from a list or a comma string such as ``"64,32"``."""
+    if isinstance(value, str):
+        return [int(v) for v in value.split(",") if v.strip()]
+    return [int(v) for v in value]
+
+
+def model_params(base: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
+    """The model section with ``overrides`` (e.g. tuned parameters) applied and checked."""
+    data = dataclasses.asdict(base)
+    for key, value in overrides.items():
+        try:
+            data[key] = hidden_sizes(value) if key == "hidden_sizes" else value
+        except (TypeError, ValueError):
+            raise MlkubeError(f"config key 'model.{key}' is {value!r}; write layer sizes such as "
+                              "'64,32'") from None
+    model: ModelConfig = _build(ModelConfig, data, "model")
+    _validate_model(model)
+    return model
+
+
+def _candidates(space: ParamSpace) -> list[Any]:
+    """The values of a dimension a trial can take at its edges (or all of its choices)."""
+    if space.type == "categorical":
+        return list(space.choices or [])
+    if space.type == "int":
+        return [int(space.low or 0), int(space.high or 0)]
+    return [space.low, space.high]
+
+
 def _validate_space(name: str, space: ParamSpace) -> None:
     where = f"tune.search_space.{name}"
     if space.type == "categorical":
@@ -247,9 +279,62 @@ def _validate_space(name: str, space: ParamSpace) -> None:
         raise MlkubeError(f"config key '{where}' is log-scaled, so low must be > 0")
 
 
+def _validate_candidates(name: str, space: ParamSpace, base: ModelConfig) -> None:
+    """Every value a trial may draw must be a valid model parameter (checked now, not in tune)."""
+    for value in _candidates(space):
+        try:
+            model_params(base, {name: value})
+        except MlkubeError as exc:
+            raise MlkubeError(f"config key 'tune.search_space.{name}' allows {value!r}, which "
+                              f"the model rejects: {exc}") from None
+
+
+def _validate_model_name(name: str) -> None:
+    """The registry's rules for a model name (MLflow's), checked before any step runs."""
+    if (not name.strip() or "/" in name or ":" in name or posixpath.normpath(name) != name
+            or name.startswith("..")):
+        raise MlkubeError(
+            f"config key 'registry.model_name' is {name!r}; MLflow model names are not empty "
+            "and hold no '/' or ':' (and are no path such as '.' or '..'): use e.g. 'team-model'"
+        )
+
+
+def _validate_serving(serving: ServingConfig) -> None:
+    # blue/green: the second server listens on port + 1, which must be a TCP port too
+    if not 0 < serving.port < 65535:
+        raise MlkubeError(
+            f"config key 'serving.port' is {serving.port}; use 1-65534: deployments alternate "
+            "between serving.port and serving.port + 1"
+        )
+    if serving.host not in ("127.0.0.1", "localhost", "::1"):
+        raise MlkubeError(
+            f"config key 'serving.host' is {serving.host!r}; the local server binds to "
+            "loopback only (127.0.0.1)"
+        )
+
+
+def _validate_storage(url: str | None) -> None:
+    if url is not None and "://" not in url:
+        raise MlkubeError(
+            f"config key 'tune.storage' is {url!r}, not a database URL; write e.g. "
+            "'postgresql://user@host/optuna' or 'sqlite:////path/optuna.db' (null = SQLite in "
+            "state_dir)"
+        )
+
+
 def _positive(where: str, value: float) -> None:
     if value <= 0:
         raise MlkubeError(f"config key '{where}' must be positive, got {value}")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    _positive("model.epochs", model.epochs)
+    _positive("model.batch_size", model.batch_size)
+    _positive("model.learning_rate", model.learning_rate)
+    if model.weight_decay < 0:
+        raise MlkubeError(f"config key 'model.weight_decay' must be >= 0, got {model.weight_decay}")
+    if not model.hidden_sizes or any(h <= 0 for h in model.hidden_sizes):
+        raise MlkubeError(f"config key 'model.hidden_sizes' needs positive sizes, got {model.hidden_sizes}")
 
 
 def validate(config: Config) -> None:
@@ -261,14 +346,7 @@ def validate(config: Config) -> None:
             raise MlkubeError(f"config key 'data.split.{name}' must be in (0, 1), got {fraction}")
     if split.validation + split.test >= 1:
         raise MlkubeError("config keys 'data.split.validation' + 'data.split.test' must be < 1")
-    model = config.model
-    _positive("model.epochs", model.epochs)
-    _positive("model.batch_size", model.batch_size)
-    _positive("model.learning_rate", model.learning_rate)
-    if model.weight_decay < 0:
-        raise MlkubeError(f"config key 'model.weight_decay' must be >= 0, got {model.weight_decay}")
-    if not model.hidden_sizes or any(h <= 0 for h in model.hidden_sizes):
-        raise MlkubeError(f"config key 'model.hidden_sizes' needs positive sizes, got {model.hidden_sizes}")
+    _validate_model(config.model)
     _positive("tune.n_trials", config.tune.n_trials)
     _positive("tune.workers", config.tune.workers)
     _positive("tune.epochs", config.tune.epochs)
@@ -279,12 +357,9 @@ def validate(config: Config) -> None:
                 "use learning_rate, hidden_sizes, batch_size, epochs or weight_decay"
             )
         _validate_space(name, space)
+        _validate_candidates(name, space, config.model)
+    _validate_storage(config.tune.storage)
     if config.registry.margin < 0:
         raise MlkubeError(f"config key 'registry.margin' must be >= 0, got {config.registry.margin}")
-    if not 0 < config.serving.port < 65535:
-        raise MlkubeError(f"config key 'serving.port' must be a TCP port, got {config.serving.port}")
-    if config.serving.host not in ("127.0.0.1", "localhost", "::1"):
-        raise MlkubeError(
-            f"config key 'serving.host' is {config.serving.host!r}; the local server binds to "
-            "loopback only (127.0.0.1)"
-        )
+    _validate_model_name(config.registry.model_name)
+    _validate_serving(config.serving)

@@ -25,6 +25,8 @@ from mlkube.errors import MlkubeError
     ({"dataset": None}, r"task 'train': dataset is required"),
     ({"cmds": ["bash"]}, r"task 'train': cmds is set by the step; use command="),
     ({"container_resources": {}}, r"task 'train': container_resources is set by the step"),
+    ({"namespace": "My_NS"}, r"task 'train': namespace is 'My_NS', not a DNS-1123 label"),
+    ({"epochs": 0}, r"task 'train': epochs: config key 'model.epochs' must be positive"),
 ])
 def test_bad_parameters_fail_at_parse_time(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(MlkubeError, match=message):
@@ -72,3 +74,24 @@ def test_fan_out_maps_workers_and_selects() -> None:
     assert workers.expand_input.value == {"worker_index": [0, 1, 2]}
     assert workers.partial_kwargs["role"] == "worker" and select.role == "select"
     assert dag.task_dict["tune_select"].upstream_task_ids == {"tune_workers"}
+
+
+def test_values_the_step_would_reject_fail_at_parse_time() -> None:
+    from mlkube.airflow import RegisterModelOperator
+
+    with pytest.raises(MlkubeError, match="task 'register': model_name: config key "
+                                          "'registry.model_name' is 'team/model'"):
+        RegisterModelOperator(task_id="register", dataset="/d", run_id="r", model_name="team/model")
+    # templated values are only known when the task runs
+    RegisterModelOperator(task_id="register", dataset="/d", run_id="r",
+                          model_name="{{ params.model }}")
+
+
+def test_a_config_file_readable_at_parse_time_is_validated(tmp_path: Any) -> None:
+    bad = tmp_path / "lifecycle.yaml"
+    bad.write_text("registry:\n  model_name: team/model\n")
+    with pytest.raises(MlkubeError, match="task 'prepare': config: .*lifecycle.yaml: config key "
+                                          "'registry.model_name'"):
+        PrepareDataOperator(task_id="prepare", config=str(bad))
+    # a path that exists only in the step's image is checked when the step runs
+    PrepareDataOperator(task_id="prepare", config="/etc/mlkube/lifecycle.yaml")

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from mlkube.argo.cron import check_schedule
 from mlkube.argo.lifecycle import SKIP_UNCHANGED
 from mlkube.argo.options import RenderOptions
 from mlkube.argo.render import render
 from mlkube.cli import main
 from mlkube.errors import MlkubeError
+from mlkube.schedule import check_schedule
 
 
 def test_cron_runs_the_lifecycle_on_schedule_one_at_a_time(docs: dict[str, list[dict]]) -> None:

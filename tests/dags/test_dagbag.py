@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -46,3 +47,17 @@ def test_retraining_schedule_and_gate() -> None:
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["mlkube_training_data"]
     assert dag.task_dict["train"].upstream_task_ids == {"prepare_data", "data_changed"}
     assert dag.task_dict["data_changed"].upstream_task_ids == {"prepare_data"}
+
+
+def test_a_schedule_airflow_or_argo_would_reject_fails_the_parse() -> None:
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag({str(REPO / 'dags' / 'scheduled_retraining.py')!r});"
+        "print(list(bag.import_errors.values())[0].strip().splitlines()[-1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120, env={**os.environ,
+                                           "MLKUBE_RETRAIN_CRON": "61 * * * *"})
+    assert out.stdout.strip().splitlines()[-1] == (
+        "mlkube.errors.MlkubeError: dag 'scheduled_retraining': MLKUBE_RETRAIN_CRON '61 * * * *': "
+        "minute '61' is not valid; use numbers 0-59, '*', ranges 'a-b', lists 'a,b' and steps '*/n'")

@@ -169,6 +169,8 @@ class StepOperator(KubernetesPodOperator):
         """Fail when the DAG is parsed, naming the task, for what is already wrong."""
         backends.check(self.backend, f"{self._what}: backend")
         checks.placement(self._placement_fields(), self._what)
+        checks.namespace(self.namespace, f"{self._what}: namespace")
+        checks.config_file(self.config, f"{self._what}: config")
         for attr, dest in self.step_fields.items():
             checks.option(self.step.option(dest), getattr(self, attr), f"{self._what}: {attr}")
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from mlkube import config as configmod
 from mlkube.errors import MlkubeError
+from mlkube.kube import validation
 from mlkube.kube.pod import Placement
 from mlkube.spec import Option
 
@@ -53,3 +56,25 @@ def option(opt: Option, value: Any, where: str) -> None:
             raise MlkubeError(f"{where} is not valid JSON ({exc.msg}): {value!r}") from None
     if opt.choices and value not in opt.choices:
         raise MlkubeError(f"{where} is {value!r}; use one of: {', '.join(opt.choices)}")
+    if opt.config_key is not None:  # the same rules as the config key it sets
+        setting = json.loads(value) if opt.kind == "json" and isinstance(value, str) else value
+        try:
+            configmod.override(configmod.Config(), opt.config_key, setting)
+        except MlkubeError as exc:
+            raise MlkubeError(f"{where}: {exc}") from None
+
+
+def namespace(value: Any, where: str) -> None:
+    """A namespace the API server accepts (a DNS-1123 label)."""
+    if value is not None and not templated(value):
+        validation.dns1123_label(value, where)
+
+
+def config_file(path: Any, where: str) -> None:
+    """Load a config file that is already readable where the DAG is parsed (else: at run time)."""
+    if path is None or templated(path) or not Path(path).is_file():
+        return
+    try:
+        configmod.load(path)
+    except MlkubeError as exc:
+        raise MlkubeError(f"{where}: {exc}") from None

@@ -65,7 +65,7 @@ class RenderOptions:
 
     def validated(self) -> RenderOptions:
         """Check every field; an error names the option, what is wrong and what to write."""
-        from mlkube.argo.cron import check_schedule
+        from mlkube.schedule import check_schedule
 
         for what in ("steps_name", "lifecycle_name", "cron_name", "artifact_pvc", "service_name",
                      "workflow_service_account", "deploy_service_account"):

@@ -40,7 +40,7 @@ def dumps(result: dict[str, Any]) -> str:
 
 
 def write_result(result: dict[str, Any], result_file: Path | None,
-                 termination_log: Path = TERMINATION_LOG) -> None:
+                 termination_log: Path | None = None) -> None:
     """Write the result to ``result_file`` and, in a container, to the termination message."""
     text = dumps(result)
     if len(text.encode()) > TERMINATION_LOG_LIMIT:
@@ -55,8 +55,14 @@ def write_result(result: dict[str, Any], result_file: Path | None,
         for key, value in result.items():
             plain = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
             atomic_write_text(Path(outputs_dir) / key, plain)
+    write_termination_message(text, termination_log)
+
+
+def write_termination_message(text: str, termination_log: Path | None = None) -> None:
+    """In a container, leave ``text`` (at most 4 KiB) as the container's termination message."""
+    termination_log = termination_log or TERMINATION_LOG
     if termination_log.exists() and os.access(termination_log, os.W_OK):
-        termination_log.write_text(text)
+        termination_log.write_bytes(text.encode()[:TERMINATION_LOG_LIMIT])
 
 
 def read_result(path: Path) -> dict[str, Any]:

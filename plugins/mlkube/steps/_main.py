@@ -10,14 +10,15 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlkube import config as configmod
-from mlkube.errors import MlkubeError
-from mlkube.result import write_result
+from mlkube.errors import MlkubeError, first_line, missing_extra
+from mlkube.result import write_result, write_termination_message
 from mlkube.spec import StepSpec
 
 
@@ -75,10 +76,36 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _quiet_environment() -> None:
+    """Silence what every step would otherwise print first in an image without git."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # GitPython's multi-line warning
+    import logging
+
+    # MLflow's "Failed to import Git" (it records the code version only where git exists).
+    for name in ("mlflow.utils.git_utils", "mlflow.tracking._tracking_service.utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for an exception nobody expected: what, where, what to do."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return (f"unexpected {type(exc).__name__}{where}: {first_line(exc)}; the traceback is in "
+            "the step's log; run the step again, and report it if it repeats")
+
+
+def _fail(spec: StepSpec, message: str) -> None:
+    """The last line on stderr, and the container's termination message."""
+    line = f"mlkube {spec.name}: error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    write_termination_message(line)
+
+
 def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
              argv: list[str] | None = None) -> int:
     """Run ``body`` as the program for ``spec``; returns the exit status."""
     signal.signal(signal.SIGTERM, _terminate)  # a pod's eviction: stop like Ctrl-C
+    _quiet_environment()
     try:
         ctx = build_context(spec, argv)
         result = body(ctx)
@@ -92,8 +119,18 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
         ctx.log(f"done: {result}")
         return 0
     except MlkubeError as exc:
-        print(f"mlkube {spec.name}: error: {exc}", file=sys.stderr, flush=True)
+        _fail(spec, str(exc))
         return 1
     except KeyboardInterrupt:
-        print(f"mlkube {spec.name}: interrupted; run it again to resume", file=sys.stderr)
+        _fail(spec, "interrupted; run it again to resume")
         return 130
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            traceback.print_exc()
+        _fail(spec, str(hint) if hint else _unexpected(exc))
+        return 1
+    except Exception as exc:  # a bug or an environment nobody planned for
+        traceback.print_exc()
+        _fail(spec, _unexpected(exc))
+        return 1

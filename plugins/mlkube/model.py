@@ -7,7 +7,6 @@ bf16 autocast when a GPU is present, CPU otherwise. The network normalises its o
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,23 +27,6 @@ def metric_for(task: str) -> tuple[str, str]:
 def is_better(a: float, b: float, direction: str, margin: float = 0.0) -> bool:
     """Whether ``a`` beats ``b`` by more than ``margin``."""
     return a - b > margin if direction == "maximize" else b - a > margin
-
-
-def hidden_sizes(value: Any) -> list[int]:
-    """Hidden layer sizes from a list or a comma string such as ``"64,32"``."""
-    if isinstance(value, str):
-        return [int(v) for v in value.split(",") if v.strip()]
-    return [int(v) for v in value]
-
-
-def model_params(base: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
-    """The model section with ``overrides`` (e.g. tuned parameters) applied and checked."""
-    from mlkube import config as configmod
-
-    data = configmod.Config(model=base).to_dict()
-    for key, value in overrides.items():
-        data["model"][key] = hidden_sizes(value) if key == "hidden_sizes" else value
-    return configmod.from_dict(data).model
 
 
 class MLP(nn.Module):
@@ -244,10 +226,11 @@ class Trainer:
 
 def score(predictions: np.ndarray, y: np.ndarray, task: str) -> float:
     """Accuracy of probabilities (classification) or RMSE of predictions (regression)."""
+    from mlkube.evaluation import metric
+
     predictions = np.asarray(predictions)
-    if task == "classification":
-        return float((predictions.argmax(axis=-1) == y).mean())
-    return float(math.sqrt(((predictions.reshape(-1) - y) ** 2).mean()))
+    return metric(predictions.argmax(axis=-1) if task == "classification" else predictions, y,
+                  task)
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:

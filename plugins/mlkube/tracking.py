@@ -78,6 +78,20 @@ def find_run(experiment_id: str, tags: dict[str, str]) -> Any | None:
     return runs[0] if runs else None
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether the configured store knows ``run_id`` (state on a shared volume may outlive it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise MlkubeError(f"MLflow at {os.environ.get('MLFLOW_TRACKING_URI')} cannot be asked "
+                          f"for run {run_id}: {first_line(exc)}") from None
+    return True
+
+
 def lineage_tags(step: str, pipeline_run_id: str | None) -> dict[str, str]:
     """Tags every run and model version carries."""
     from mlkube import __version__

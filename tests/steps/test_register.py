@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
+from mlflow.models import infer_signature
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from mlkube.data import load_info
+from mlkube.data import demo_data, load_info, load_split
 from mlkube_testing import error_lines, run
 
 
@@ -64,8 +73,8 @@ def test_margin_keeps_an_equal_challenger_out(dataset: str, train: Callable[...,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--model-name", "team/model"], "is rejected by MLflow"),
-    (["--model-name", "a:b"], "is rejected by MLflow"),
+    (["--model-name", "team/model"], "MLflow model names"),
+    (["--model-name", "a:b"], "MLflow model names"),
     (["--run-id", "0123456789abcdef"], "not found"),
 ])
 def test_bad_input_registers_nothing(dataset: str, train: Callable[..., str], tmp_path: Path,
@@ -77,3 +86,127 @@ def test_bad_input_registers_nothing(dataset: str, train: Callable[..., str], tm
     assert code == 1 and result is None
     assert len(error_lines(err)) == 1 and message in error_lines(err)[0]
     assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def _experiment_id() -> str:
+    experiment = mlflow.get_experiment_by_name("mlkube")  # prepare-data created it
+    assert experiment is not None
+    return str(experiment.experiment_id)
+
+
+def _sklearn_champion(dataset: str, prefix: str = "") -> Any:
+    """A scikit-learn pipeline on the train split's named columns (``prefix`` renames them),
+    predicting the dataset's original class labels; registered and made champion."""
+    x, y, frame = load_split(dataset, "train")
+    labels = np.asarray(load_info(dataset).classes)[y]
+    frame = frame.add_prefix(prefix)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(frame, labels)
+    with mlflow.start_run(experiment_id=_experiment_id()):
+        logged = mlflow.sklearn.log_model(model, name="model",
+                                          signature=infer_signature(frame, labels),
+                                          pip_requirements=["scikit-learn"])
+    version = mlflow.register_model(logged.model_uri, "mlkube-demo").version
+    mlflow.MlflowClient().set_registered_model_alias("mlkube-demo", "champion", str(version))
+    return model
+
+
+class _NaN(mlflow.pyfunc.PythonModel):
+    """Two 'class probabilities' per row, all NaN."""
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        # unannotated: MLflow reads predict's type hints as a schema (the signature is given)
+        return np.full((len(model_input), 2), np.nan)
+
+
+def _nan_model(dataset: str) -> tuple[str, str]:
+    """A pyfunc that predicts NaN, logged in a new run of the test experiment: (run id, URI)."""
+    x, _, _ = load_split(dataset, "train")
+    with mlflow.start_run(experiment_id=_experiment_id()) as active:
+        logged = mlflow.pyfunc.log_model(name="model", python_model=_NaN(),
+                                         signature=infer_signature(x[:5], np.zeros((5, 2))),
+                                         pip_requirements=["mlflow"])
+    return active.info.run_id, logged.model_uri
+
+
+def test_sklearn_champion_scored_on_its_own_columns_and_labels(
+        dataset: str, train: Callable[..., str], tmp_path: Path) -> None:
+    champion = _sklearn_champion(dataset)
+    _, y_test, frame_test = load_split(dataset, "test")
+    expected = accuracy_score(np.asarray(load_info(dataset).classes)[y_test],
+                              champion.predict(frame_test))
+    code, result, _ = run("register", "--dataset", dataset, "--run-id", train(), tmp=tmp_path)
+    assert code == 0 and result is not None
+    assert result["champion_value"] == pytest.approx(expected, abs=1e-9)
+    assert result["champion_value"] > 0.9  # read as labels, not as an argmax of them (0.0)
+    better = result["challenger_value"] > result["champion_value"]
+    assert result["promoted"] == ("true" if better else "false")
+    assert result["champion_version"] == ("2" if better else "1")
+    champion_now = mlflow.MlflowClient().get_model_version_by_alias("mlkube-demo", "champion")
+    assert str(champion_now.version) == result["champion_version"]
+
+
+def test_champion_trained_on_other_columns_fails_and_changes_nothing(
+        dataset: str, train: Callable[..., str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _sklearn_champion(dataset, prefix="other_")
+    run_id = train()
+    capsys.readouterr()
+    code, result, err = run("register", "--dataset", dataset, "--run-id", run_id, tmp=tmp_path,
+                            capsys=capsys)
+    assert code == 1 and result is None
+    lines = error_lines(err)
+    assert len(lines) == 1 and "lacks" in lines[0] and "other_mean_radius" in lines[0]
+    assert _versions() == ["1"]
+    champion = mlflow.MlflowClient().get_model_version_by_alias("mlkube-demo", "champion")
+    assert str(champion.version) == "1"
+
+
+def test_challenger_with_non_finite_predictions_is_not_registered(
+        dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_id, _ = _nan_model(dataset)
+    code, result, err = run("register", "--dataset", dataset, "--run-id", run_id, tmp=tmp_path,
+                            capsys=capsys)
+    assert code == 1 and result is None
+    lines = error_lines(err)
+    assert len(lines) == 1 and "non-finite" in lines[0]
+    assert mlflow.MlflowClient().search_registered_models() == [] and _versions() == []
+
+
+def test_champion_with_non_finite_predictions_loses_to_a_finite_challenger(
+        dataset: str, train: Callable[..., str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _, model_uri = _nan_model(dataset)
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(model_uri, "mlkube-demo").version
+    client.set_registered_model_alias("mlkube-demo", "champion", str(version))
+    challenger = train()
+    capsys.readouterr()
+    code, result, _ = run("register", "--dataset", dataset, "--run-id", challenger, tmp=tmp_path)
+    out = capsys.readouterr().out  # the step's progress lines
+    assert code == 0 and result is not None
+    assert result["promoted"] == "true" and result["version"] == "2"
+    assert result["champion_version"] == "2" and result["champion_value"] == ""
+    assert "non-finite" in out and "loses the alias" in out
+    assert str(client.get_model_version_by_alias("mlkube-demo", "champion").version) == "2"
+
+
+def test_inf_cells_dropped_then_trained_and_registered(state: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(demo_data(state))
+    frame.loc[3, "mean_radius"] = np.inf
+    frame.loc[10, "worst_area"] = -np.inf
+    source = tmp_path / "with-inf.csv"
+    frame.to_csv(source, index=False)
+    assert source.read_text().count("inf") == 2  # written as the cells 'inf' and '-inf'
+    code, prepared, _ = run("prepare-data", "--input", str(source), tmp=tmp_path)
+    assert code == 0 and prepared is not None
+    assert prepared["dropped_rows"] == 2 and prepared["rows"] == 567
+    code, trained, _ = run("train", "--dataset", prepared["dataset_uri"], "--epochs", "3",
+                           "--params", '{"hidden_sizes": "16"}', tmp=tmp_path)
+    assert code == 0 and trained is not None and trained["value"] > 0.8
+    losses = [m.value for m in
+              mlflow.MlflowClient().get_metric_history(trained["run_id"], "train_loss")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    code, registered, _ = run("register", "--dataset", prepared["dataset_uri"], "--run-id",
+                              trained["run_id"], tmp=tmp_path)
+    assert code == 0 and registered is not None
+    assert (registered["version"], registered["promoted"]) == ("1", "true")

@@ -100,3 +100,21 @@ def test_resumes_from_checkpoint_after_kill(state: Path, tmp_path: Path) -> None
     assert result["epochs"] == 8 and result["run_id"] == run_id
     steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy")}
     assert steps == set(range(1, 9))
+
+
+def test_non_finite_loss_stops_training(dataset: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # A real divergence: AdamW steps of ~1e12 through three layers overflow float32 at once.
+    code, result, err = run("train", "--dataset", dataset, "--epochs", "3", "--params",
+                            '{"hidden_sizes": "64,32", "learning_rate": 1e12}',
+                            "--run-key", "diverges", tmp=tmp_path, capsys=capsys)
+    assert code == 1 and result is None
+    lines = error_lines(err)
+    assert len(lines) == 1 and "epoch 1" in lines[0] and "not a finite number" in lines[0]
+    checkpoints = Path(dataset).parents[1] / "checkpoints" / "diverges"
+    assert not (checkpoints / "result.json").exists() and not list(checkpoints.glob("epoch-*.pt"))
+    run_id = json.loads((checkpoints / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    assert client.search_logged_models(experiment_ids=[experiment_id],
+                                       filter_string=f"source_run_id = '{run_id}'") == []

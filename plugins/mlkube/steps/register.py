@@ -14,27 +14,12 @@ import sys
 from typing import Any
 
 from mlkube import spec
-from mlkube.errors import MlkubeError, first_line
+from mlkube.errors import MlkubeError
 from mlkube.steps._main import Context, run_step
 
 SPEC = spec.REGISTER
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-def test_score(model_uri: str, dataset_uri: str, task: str) -> float:
-    """The task's metric of the model at ``model_uri`` on the test split."""
-    import mlflow
-
-    from mlkube import data
-    from mlkube import model as modelmod
-
-    x_test, y_test, _ = data.load_split(dataset_uri, "test")
-    try:
-        predictions = mlflow.pyfunc.load_model(model_uri).predict(x_test)
-    except Exception as exc:  # any load or predict failure means: not servable
-        raise MlkubeError(f"model {model_uri} cannot be loaded or predict: {first_line(exc)}") from None
-    return modelmod.score(predictions, y_test, task)
 
 
 def _champion(name: str) -> Any | None:
@@ -50,16 +35,10 @@ def _champion(name: str) -> Any | None:
 
 def _check_inputs(name: str, run_id: str) -> str:
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
 
     from mlkube import tracking
 
-    try:
-        _validate_model_name(name)
-    except MlflowException as exc:
-        raise MlkubeError(f"model name {name!r} is rejected by MLflow: {first_line(exc)}; "
-                          "set registry.model_name / --model-name") from None
-    try:
+    try:  # the model name was checked with the config (config._validate_model_name)
         run = tracking.client().get_run(run_id)
     except MlflowException:
         raise MlkubeError(f"MLflow run {run_id!r} not found: pass train's run_id") from None
@@ -88,7 +67,7 @@ def run(ctx: Context) -> dict[str, Any]:
     """Evaluate, gate, register, and move the aliases."""
     import mlflow
 
-    from mlkube import data, tracking
+    from mlkube import data, evaluation, tracking
     from mlkube import model as modelmod
 
     tracking.configure(ctx.state_dir, ctx.config.experiment)
@@ -96,12 +75,24 @@ def run(ctx: Context) -> dict[str, Any]:
     model_uri = _check_inputs(name, run_id)
     info = data.load_info(ctx.args.dataset)
     metric, direction = modelmod.metric_for(info.task)
-    challenger_value = test_score(model_uri, ctx.args.dataset, info.task)
+    try:
+        challenger_value = evaluation.score(model_uri, ctx.args.dataset, info,
+                                            f"the challenger (run {run_id})")
+    except evaluation.NonFinite as exc:
+        raise MlkubeError(f"{exc}: not registered; check the data for extreme values or lower "
+                          "model.learning_rate, then train again") from None
     champion = _champion(name)
-    champion_value = (test_score(f"models:/{name}/{champion.version}", ctx.args.dataset, info.task)
-                      if champion else None)
+    champion_value = None
+    if champion is not None:
+        try:
+            champion_value = evaluation.score(f"models:/{name}/{champion.version}",
+                                              ctx.args.dataset, info,
+                                              f"champion {name} v{champion.version}")
+        except evaluation.NonFinite as exc:  # a champion that cannot answer cannot defend
+            ctx.log(f"{exc}: it loses the alias to any challenger with finite predictions")
     ctx.log(f"test {metric}: challenger {challenger_value:.4f}, champion "
-            + (f"v{champion.version} {champion_value:.4f}" if champion else "none"))
+            + (f"v{champion.version} " if champion else "none")
+            + (f"{champion_value:.4f}" if champion_value is not None else ""))
 
     client = tracking.client()
     existing = _existing_version(name, run_id)

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import asdict
 from typing import Any, Literal, cast
 
+from mlkube import config as configmod
 from mlkube import spec
 from mlkube.errors import MlkubeError
 from mlkube.steps._main import Context, run_step
@@ -92,6 +93,7 @@ def open_study(ctx: Context, name: str,
         study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
         for _ in range(120):  # the creator is writing the parent run id
             if PARENT_ATTR in study.user_attrs:
+                check_parent(study, ctx)
                 return study, experiment_id
             time.sleep(0.5)
             study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
@@ -103,6 +105,27 @@ def open_study(ctx: Context, name: str,
                            "search_space": json.dumps(asdict(ctx.config.tune)["search_space"])})
     study.set_user_attr(PARENT_ATTR, run.info.run_id)
     return study, experiment_id
+
+
+def check_parent(study: Any, ctx: Context) -> str:
+    """The study's parent MLflow run, refused when the tracking store in use does not know it.
+
+    A study kept in shared storage outlives a change of MLflow store; its trials would then
+    nest under a run that does not exist.
+    """
+    import mlflow
+
+    from mlkube import tracking
+
+    parent = str(study.user_attrs[PARENT_ATTR])
+    if not tracking.run_exists(parent):
+        raise MlkubeError(
+            f"study {study.study_name} in {ctx.config.tune.storage or 'the state directory'} "
+            f"belongs to MLflow run {parent}, which the tracking store {mlflow.get_tracking_uri()} "
+            "does not know (the study was made with another MLflow store): give tune.storage a "
+            "fresh database, pass another --study-name, or delete the study"
+        )
+    return parent
 
 
 def suggest(trial: Any, ctx: Context) -> dict[str, Any]:
@@ -132,7 +155,7 @@ def objective(ctx: Context, splits: Any, parent_run_id: str, experiment_id: str)
 
     def run_trial(trial: optuna.Trial) -> float:
         suggested = suggest(trial, ctx)
-        params = modelmod.model_params(ctx.config.model, suggested | {"epochs": ctx.config.tune.epochs})
+        params = configmod.model_params(ctx.config.model, suggested | {"epochs": ctx.config.tune.epochs})
         tags = {"mlflow.parentRunId": parent_run_id, "mlkube.trial": str(trial.number),
                 **tracking.lineage_tags("tune-trial", ctx.pipeline_run_id)}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{trial.number}",
@@ -220,7 +243,7 @@ def select(ctx: Context, name: str, plots: bool = True) -> dict[str, Any]:
     except ValueError:
         raise MlkubeError(f"study {name} has no finished trial: every trial was pruned or failed; "
                           "widen the search space or raise tune.epochs") from None
-    parent = study.user_attrs[PARENT_ATTR]
+    parent = check_parent(study, ctx)
     logged = mlflow.get_run(parent).data.tags.get("mlkube.best_trial")
     if plots and logged != str(best.number):  # not again for the same best trial
         _log_plots(study, parent)

@@ -1,17 +1,30 @@
-"""Benchmark: the local model server candidates on the same model, in the same run.
+"""Benchmark: `mlflow models serve` vs `mlkube serve model`, same model, same run, under load.
 
-    .venv/bin/python benchmarks/serving.py [--mlserver-python /path/to/venv/bin/python]
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--clients 8] [--json OUT]
 
-Trains the demo model in a temporary state (real steps), then for each server measures the
-time from process start to ready, median request latency for 1 and 100 rows, and the server
-processes' resident memory. MLflow's scoring server (the one mlkube uses, in this venv) is
-the anchor; MLServer (V2 protocol) needs its own venv (see benchmarks/README.md) and is
-skipped when none is given.
+Trains the demo model in a temporary state with the real steps (prepare-data, train), registers
+it (`models:/mlkube-demo/1`), then, one server at a time on loopback:
+
+- MLflow's scoring server (the anchor): `mlflow models serve --env-manager local --workers 1`,
+  `POST /invocations {"inputs": [[...]]}`;
+- `mlkube serve model`, V2 infer (`POST /v2/models/mlkube-demo/infer`, JSON tensors);
+- `mlkube serve model`, MLflow's `POST /invocations` (the same request body as the anchor);
+- `mlkube serve model --no-fast-path` (V2 infer through mlflow.pyfunc, no direct torch call);
+- with `--kserve-python PY` (a venv with kserve 0.21 and mlflow, see benchmarks/README.md):
+  KServe's Python `ModelServer` (1 worker, no gRPC, no latency logging) with a `kserve.Model`
+  that predicts through mlflow.pyfunc, V2 infer.
+
+For each: start-to-ready time (process start until its readiness endpoint answers 200), then
+for 1-row and 64-row requests, `--clients` threads with one keep-alive http.client connection
+each send requests back to back for `--duration` seconds (after a 1 s warm-up): requests/s,
+p50 and p99 latency, errors (non-200 answers, wrong row counts, dropped connections); and the
+server's resident memory at the end. The load generator shares the machine with the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -20,10 +33,47 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+NAME = "mlkube-demo"
+
+# A KServe SDK predictor for an MLflow model, run by the --kserve-python interpreter.
+KSERVE_SERVER = """
+import os
+import uuid
+
+import mlflow
+import numpy as np
+from kserve import InferOutput, InferResponse, Model, ModelServer
+
+
+class MLflowModel(Model):
+    def __init__(self, name, uri):
+        super().__init__(name)
+        self.uri = uri
+
+    def load(self):
+        self.model = mlflow.pyfunc.load_model(self.uri, suppress_warnings=True)
+        self.ready = True
+        return True
+
+    def predict(self, payload, headers=None, response_headers=None):
+        rows = payload.inputs[0].as_numpy().astype(np.float32, copy=False)
+        out = np.asarray(self.model.predict(rows), dtype=np.float32)
+        output = InferOutput(name="probabilities", shape=list(out.shape), datatype="FP32")
+        output.set_data_from_numpy(out, binary_data=False)
+        return InferResponse(response_id=payload.id or str(uuid.uuid4()), model_name=self.name,
+                             infer_outputs=[output])
+
+
+if __name__ == "__main__":
+    model = MLflowModel(os.environ["KSERVE_MODEL_NAME"], os.environ["KSERVE_MODEL_URI"])
+    model.load()
+    ModelServer(workers=1, enable_grpc=False, enable_latency_logging=False).start([model])
+"""
 
 
 def free_port() -> int:
@@ -32,122 +82,227 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def ready(url: str) -> bool:
+def status_of(port: int, path: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        code = conn.getresponse().status
+        conn.close()
+        return code
     except OSError:
-        return False
+        return 0
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants (from /proc)."""
-    children = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process group (from /proc)."""
     total = 0
-    for child in children:
+    for status in Path("/proc").glob("[0-9]*/stat"):
         try:
-            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pid:  # the process group id
+                continue
+            for line in (status.parent / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-        except OSError:
+        except (OSError, IndexError, ValueError):
             pass
     return round(total / 1024, 1)
 
 
-def measure(command: list[str], ready_url: str, predict: Any, rows: list[list[float]],
-            env: dict[str, str], cwd: str | None = None) -> dict[str, float]:
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=env, cwd=cwd, start_new_session=True)
-    try:
-        while not ready(ready_url):
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:3]} exited {process.returncode}")
-            time.sleep(0.1)
-        startup = time.perf_counter() - started
-        result: dict[str, float] = {"startup_s": round(startup, 2)}
-        for n, repeat in ((1, 200), (100, 50)):
-            predict(rows[:n])
-            times = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                answer = predict(rows[:n])
-                times.append(time.perf_counter() - t)
-            assert len(answer) == n, answer
-            result[f"p50_ms_{n}_rows"] = round(statistics.median(times) * 1000, 2)
-        result["rss_mb"] = tree_rss_mb(process.pid)
-        return result
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def train_demo(state: Path) -> tuple[str, list[list[float]]]:
-    env = dict(os.environ, MLKUBE_STATE_DIR=str(state))
-    env.pop("MLFLOW_TRACKING_URI", None)
+def train_demo(state: Path) -> tuple[str, list[list[float]], dict[str, str]]:
+    """Prepare and train with the real steps, register version 1; (URI, test rows, env)."""
+    env = dict(os.environ, MLKUBE_STATE_DIR=str(state),
+               MLFLOW_TRACKING_URI=f"sqlite:///{state / 'mlflow.db'}")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     step = [sys.executable, "-m", "mlkube.cli", "step"]
     subprocess.run([*step, "prepare-data", "--result-file", str(state / "p.json")], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dataset = json.loads((state / "p.json").read_text())["dataset_uri"]
     subprocess.run([*step, "train", "--dataset", dataset, "--result-file", str(state / "t.json")],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    model_id = json.loads((state / "t.json").read_text())["model_uri"].removeprefix("models:/")
-    (path,) = state.glob(f"mlruns/**/{model_id}/artifacts")
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    model_uri = json.loads((state / "t.json").read_text())["model_uri"]
+    subprocess.run([sys.executable, "-c", "import sys, mlflow; "
+                    f"mlflow.register_model(sys.argv[1], {NAME!r})", model_uri], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import pandas as pd
 
     frame = pd.read_parquet(Path(dataset) / "test.parquet").drop(columns="target")
     rows = frame.to_numpy(dtype=float).tolist()
-    return str(path), (rows * 2)[:100]
+    return f"models:/{NAME}/1", (rows * 2)[:64], env
+
+
+def v2_body(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+                        "data": [v for row in rows for v in row]}]}
+
+
+def v2_rows(answer: dict[str, Any]) -> int:
+    return int(answer["outputs"][0]["shape"][0])
+
+
+def mlflow_body(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": rows}
+
+
+def mlflow_rows(answer: dict[str, Any]) -> int:
+    return len(answer["predictions"])
+
+
+def load(port: int, path: str, body: bytes, rows: int, count_rows: Any, clients: int,
+         duration: float) -> dict[str, Any]:
+    """``clients`` keep-alive connections posting ``body`` for ``duration`` s after a warm-up."""
+    headers = {"Content-Type": "application/json"}
+    start = time.perf_counter() + 1.0  # warm-up until then
+    stop = start + duration
+    results: list[tuple[list[float], int]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        latencies: list[float] = []
+        errors = 0
+        checked = False
+        while True:
+            began = time.perf_counter()
+            if began >= stop:
+                break
+            try:
+                conn.request("POST", path, body, headers)
+                response = conn.getresponse()
+                answer = response.read()
+                ok = response.status == 200
+                if ok and not checked:  # the content once per client; the status every time
+                    ok = count_rows(json.loads(answer)) == rows
+                    checked = True
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ended = time.perf_counter()
+            if began >= start:
+                if ok:
+                    latencies.append(ended - began)
+                else:
+                    errors += 1
+        conn.close()
+        with lock:
+            results.append((latencies, errors))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies = sorted(x for lat, _ in results for x in lat)
+    errors = sum(e for _, e in results)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
+    return {"requests_per_s": round(len(latencies) / duration, 1),
+            "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
+            "p99_ms": round(p99 * 1000, 2), "errors": errors, "requests": len(latencies)}
+
+
+def measure(label: str, command: list[str], ready_path: str, path: str, make_body: Any,
+            count_rows: Any, rows: list[list[float]], env: dict[str, str], port: int,
+            args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env, start_new_session=True)
+    try:
+        while status_of(port, ready_path) != 200:
+            if process.poll() is not None:
+                raise RuntimeError(f"{label}: {command[:4]} exited {process.returncode}")
+            if time.perf_counter() - started > 180:
+                raise RuntimeError(f"{label}: not ready after 180 s")
+            time.sleep(0.05)
+        report: dict[str, Any] = {"server": label, "ready_s": round(time.perf_counter() - started,
+                                                                     2)}
+        for n in (1, 64):
+            body = json.dumps(make_body(rows[:n])).encode()
+            report[f"{n}_rows"] = load(port, path, body, n, count_rows, args.clients,
+                                       args.duration)
+        report["rss_mb"] = rss_mb(process.pid)
+        print(json.dumps(report), file=sys.stderr, flush=True)
+        return report
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    lines = ["| server | start → ready | rows | requests/s | p50 | p99 | errors | RSS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for n in (1, 64):
+            m = r[f"{n}_rows"]
+            lines.append(f"| {r['server']} | {r['ready_s']:.1f} s | {n} | {m['requests_per_s']:,.0f}"
+                         f" | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms | {m['errors']} | "
+                         f"{r['rss_mb']:.0f} MB |")
+    anchor = reports[0]
+    lines += ["", f"| ratio to {anchor['server']} | start → ready | rows | requests/s | p99 |",
+              "|---|---|---|---|---|"]
+    for r in reports[1:]:
+        for n in (1, 64):
+            a, m = anchor[f"{n}_rows"], r[f"{n}_rows"]
+            lines.append(f"| {r['server']} | {r['ready_s'] / anchor['ready_s']:.2f}× | {n} | "
+                         f"{m['requests_per_s'] / a['requests_per_s']:.2f}× | "
+                         f"{m['p99_ms'] / a['p99_ms']:.2f}× |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mlserver-python", help="python of a venv with mlserver-mlflow")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--kserve-python", help="python of a venv with kserve and mlflow")
+    parser.add_argument("--only", nargs="*", help="keys of the servers to measure beside the "
+                        "anchor (default all): mlkube-v2 mlkube-invocations mlkube-pyfunc kserve")
     args = parser.parse_args()
-    report: dict[str, Any] = {}
+    mlkube = [sys.executable, "-m", "mlkube.cli", "serve", "model"]
     with tempfile.TemporaryDirectory() as tmp:
-        model, rows = train_demo(Path(tmp) / "state")
-        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        uri, rows, env = train_demo(Path(tmp) / "state")
+        servers = []
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        report["mlflow_scoring_server"] = measure(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager",
-             "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-            f"{url}/ping", lambda r: post(f"{url}/invocations", {"inputs": r})["predictions"],
-            rows, env)
-        if args.mlserver_python:
-            folder = Path(tmp) / "mlserver"
-            folder.mkdir()
+        servers.append(("mlflow", "`mlflow models serve` (anchor)", [
+            sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
+            "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"], "/ping",
+            "/invocations", mlflow_body, mlflow_rows, port))
+        for key, label, extra, path, body, count in (
+                ("mlkube-v2", "`mlkube serve model`, V2 infer", [],
+                 f"/v2/models/{NAME}/infer", v2_body, v2_rows),
+                ("mlkube-invocations", "`mlkube serve model`, /invocations", [],
+                 "/invocations", mlflow_body, mlflow_rows),
+                ("mlkube-pyfunc", "`mlkube serve model --no-fast-path`, V2 infer",
+                 ["--no-fast-path"], f"/v2/models/{NAME}/infer", v2_body, v2_rows)):
             port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            (folder / "settings.json").write_text(json.dumps(
-                {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
-                 "parallel_workers": 0, "host": "127.0.0.1"}))
-            (folder / "model-settings.json").write_text(json.dumps(
-                {"name": "mlkube", "implementation": "mlserver_mlflow.MLflowRuntime",
-                 "parameters": {"uri": model}}))
-
-            def v2(r: list[list[float]]) -> Any:
-                body = {"inputs": [{"name": "input-0", "shape": [len(r), len(r[0])],
-                                    "datatype": "FP32", "data": [v for row in r for v in row]}]}
-                out = post(f"{url}/v2/models/mlkube/infer", body)["outputs"][0]
-                return [out["data"][i:i + out["shape"][1]] for i in range(0, len(out["data"]), out["shape"][1])]
-
-            bin_dir = Path(args.mlserver_python).parent
-            report["mlserver_v2"] = measure(
-                [str(bin_dir / "mlserver"), "start", str(folder)], f"{url}/v2/models/mlkube/ready",
-                v2, rows, dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
-            anchor = report["mlflow_scoring_server"]
-            report["mlserver_over_mlflow"] = {k: round(report["mlserver_v2"][k] / anchor[k], 2)
-                                              for k in anchor}
-    print(json.dumps(report, indent=2))
+            servers.append((key, label, [*mlkube, "--model-uri", uri, "--name", NAME, "--version",
+                                         "1", "--port", str(port), *extra],
+                            "/v2/health/ready", path, body, count, port))
+        envs = {key: env for key, *_ in servers}
+        if args.kserve_python:
+            script = Path(tmp) / "kserve_server.py"
+            script.write_text(KSERVE_SERVER)
+            port = free_port()
+            servers.append(("kserve", "KServe 0.21 `ModelServer` (pyfunc), V2 infer",
+                            [args.kserve_python, str(script), "--http_port", str(port)],
+                            "/v2/health/ready", f"/v2/models/{NAME}/infer", v2_body, v2_rows,
+                            port))
+            bin_dir = Path(args.kserve_python).parent
+            envs["kserve"] = dict(env, KSERVE_MODEL_NAME=NAME, KSERVE_MODEL_URI=uri,
+                                  PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        reports = []
+        for key, label, command, ready_path, path, body, count, port in servers:
+            if args.only and key not in args.only and key != "mlflow":
+                continue
+            reports.append(measure(label, command, ready_path, path, body, count, rows,
+                                   envs[key], port, args))
+    print(table(reports))
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
 
 
 if __name__ == "__main__":

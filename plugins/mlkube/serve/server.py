@@ -1,0 +1,127 @@
+"""``mlkube serve model``: one model version on uvicorn (one worker), in the foreground.
+
+The server listens at once and answers ``/v2/health/live``; it loads and verifies the model in
+a worker thread, and reports ready (``/v2/health/ready``, ``/ping``) only once that passed. If
+the initial load fails, the server stops and the command exits 1 with one line saying why.
+Later versions arrive by hot swap (``POST /v2/repository/models/{name}/load``).
+
+``python -m mlkube.serve.server`` takes the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from mlkube.errors import MlkubeError
+
+
+def _split_uri(uri: str) -> tuple[str | None, str | None]:
+    """(name, version) of a ``models:/NAME/VERSION`` URI, else (None, None)."""
+    if uri.startswith("models:/"):
+        parts = uri.removeprefix("models:/").strip("/").split("/")
+        if len(parts) == 2 and parts[1].isdigit():
+            return parts[0], parts[1]
+    return None, None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MlkubeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                          "choose another --port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
+          port: int = 8080, fast_path: bool = True, access_log: bool = False,
+          threads: int | None = None) -> None:
+    """Serve ``model_uri`` as ``name`` / ``version`` until SIGTERM or SIGINT.
+
+    ``threads``: the model's intra-op threads (torch's OpenMP pool); by default
+    ``OMP_NUM_THREADS`` if set, else 1. Requests are predicted one at a time on the event
+    loop, and a small model split over several threads only waits for them: on a busy 2-core
+    machine a 64-row MLP call took 0.1 ms on 1 thread and up to 1.1 ms on 2.
+
+    Raises ``MlkubeError`` if the port is taken or the model does not load and verify.
+    """
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch when it is imported
+    import uvicorn
+
+    from mlkube.serve.app import Repository, create_app, log
+
+    failures: list[MlkubeError] = []
+
+    def failed(error: MlkubeError) -> None:
+        failures.append(error)
+        server.should_exit = True
+
+    sock = _listen(host, port)
+    app = create_app(Repository(fast_path=fast_path), initial=(model_uri, name, str(version)),
+                     on_initial_failure=failed)
+    config = uvicorn.Config(app, workers=1, log_level="warning", access_log=access_log,
+                            lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    log(f"listening on http://{host}:{sock.getsockname()[1]}; loading {name} version {version} "
+        f"({model_uri})")
+    server.run(sockets=[sock])
+    if failures:
+        raise failures[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mlkube serve model``."""
+    parser.add_argument("--model-uri", required=True,
+                        help="the MLflow model: models:/NAME/VERSION, runs:/..., a path")
+    parser.add_argument("--name", help="the model's name in the V2 API (default: NAME of a "
+                                       "models:/NAME/VERSION URI)")
+    parser.add_argument("--version", help="the version it reports (default: VERSION of a "
+                                          "models:/NAME/VERSION URI)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                                                            "127.0.0.1, loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="predict through mlflow.pyfunc even for PyTorch models")
+    parser.add_argument("--threads", type=int, help="intra-op threads of the model (torch); "
+                                                     "default: OMP_NUM_THREADS, else 1")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server from parsed ``add_arguments`` options."""
+    name, version = _split_uri(args.model_uri)
+    name, version = args.name or name, args.version or version
+    if not name or not version:
+        raise MlkubeError(f"--model-uri {args.model_uri} is not models:/NAME/VERSION; "
+                          "pass --name and --version")
+    serve(args.model_uri, name=name, version=version, host=args.host, port=args.port,
+          fast_path=not args.no_fast_path, access_log=args.access_log, threads=args.threads)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlkube.serve.server``."""
+    parser = argparse.ArgumentParser(prog="mlkube serve model", description=__doc__.split(
+        "\n")[0] if __doc__ else None)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except MlkubeError as exc:
+        print(f"mlkube serve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""A pyfunc model logged from code (``mlflow.pyfunc.log_model(python_model=<this file>)``).
+
+Its behaviour comes from the model config it is logged with:
+
+- ``{"kind": "nan"}``: predicts NaN for every row (a model that must be refused);
+- ``{"kind": "gated", "gate": PATH}``: loading waits until the file PATH exists (so a test can
+  watch the server before the model is verified), then predicts two class probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import mlflow
+import numpy as np
+
+
+class ConfiguredModel(mlflow.pyfunc.PythonModel):
+    """See the module docstring. (MLflow warns that predict has no type hints: they would
+    change the input it is given, and the warning cannot be filtered from outside.)"""
+
+    def load_context(self, context: Any) -> None:
+        config = dict(context.model_config or {})
+        self.kind = config.get("kind", "nan")
+        gate = config.get("gate")
+        deadline = time.monotonic() + 300
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        rows = np.asarray(model_input, dtype=np.float32)
+        if self.kind == "nan":
+            return np.full((len(rows), 2), np.nan, dtype=np.float32)
+        yes = 1.0 / (1.0 + np.exp(-(rows[:, 0] - 15.0)))
+        return np.stack([1.0 - yes, yes], axis=1).astype(np.float32)
+
+
+mlflow.models.set_model(ConfiguredModel())

@@ -84,3 +84,54 @@ def test_argo_objects_are_accepted(api) -> None:  # type: ignore[no-untyped-def]
                     "argoproj.io", "v1alpha1", NAMESPACE, plural[doc["kind"]], doc, dry_run="All")
                 checked += 1
     assert checked >= 4
+
+
+def _tiny_server(model: str) -> list[str]:
+    """A stand-in for the serving runtime: busybox's httpd answering the V2 health paths."""
+    root = "/tmp/www"
+    return ["sh", "-c", f"mkdir -p {root}/v2/models/{model} {root}/v2/health && "
+            f"echo ok > {root}/v2/models/{model}/ready && echo ok > {root}/v2/health/live && "
+            f"exec httpd -f -p 8080 -h {root}"]
+
+
+def test_a_deployment_rolls_out_fails_with_its_reason_and_rolls_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Really rolled out (not a dry run): a tiny image serves v1, a v2 that exits with an
+    error is reported in its own words while v1 keeps serving, and v1 comes back."""
+    import uuid
+
+    from kubernetes.client import AppsV1Api, AutoscalingV2Api, CoreV1Api
+    from kubernetes.client.exceptions import ApiException
+
+    from mlkube.errors import MlkubeError
+    from mlkube.kube import rollout, serving
+
+    def command(model: serving.ModelServing) -> list[str]:
+        if model.version == "2":
+            return ["sh", "-c", "echo 'tiny: cannot load models:/tiny/2' >&2; exit 3"]
+        return _tiny_server("tiny")
+
+    monkeypatch.setattr(serving, "server_command", command)
+    name = f"mlkube-rollout-{uuid.uuid4().hex[:6]}"
+    model = serving.ModelServing(name=name, model_name="tiny", cpu="10m", memory="32Mi",
+                                 image=os.environ.get("MLKUBE_TEST_TINY_IMAGE", "busybox:1.36"))
+    client = rollout.api_client()
+    target = rollout.DeploymentTarget(api_client=client, serving=model, namespace=NAMESPACE,
+                                      timeout=300, poll=2)
+    try:
+        assert target.live_version() is None
+        target.roll_out("1", "models:/tiny/1")
+        assert target.live_version() == "1"
+        with pytest.raises(MlkubeError, match="cannot load models:/tiny/2") as failed:
+            target.roll_out("2", "models:/tiny/2")
+        assert "the previous version (v1) keeps serving" in str(failed.value)
+        target.roll_back("1")
+        assert target.live_version() == "1"
+    finally:
+        for delete in (AutoscalingV2Api(client).delete_namespaced_horizontal_pod_autoscaler,
+                       CoreV1Api(client).delete_namespaced_service,
+                       AppsV1Api(client).delete_namespaced_deployment):
+            try:
+                delete(name, NAMESPACE)
+            except ApiException:
+                pass

@@ -2,50 +2,98 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
 
-from mlkube.argo.schema import KSERVE_CRD_FILE, Validator, packaged_schema
+from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator, packaged_schema
 from mlkube.errors import MlkubeError
 from mlkube.kube import serving
-from mlkube.spec import ARTIFACT_MOUNT
+from mlkube.spec import ARTIFACT_MOUNT, SERVER_IMAGE
 
+SECRET = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="mlflow", key="password"))
+ENV = (V1EnvVar(name="MLFLOW_TRACKING_URI", value="http://mlflow.ml.svc.cluster.local:5000"),
+       V1EnvVar(name="MLFLOW_TRACKING_PASSWORD", value_from=SECRET))
 SERVING = serving.ModelServing(name="churn", model_name="Churn Model", version="7",
-                               storage_uri="s3://models/churn/7", namespace="ml")
+                               model_uri="models:/Churn Model/7", namespace="ml", env=ENV)
+COMMAND = ["mlkube", "serve", "model", "--model-uri", "models:/Churn Model/7", "--name",
+           "Churn Model", "--version", "7", "--host", "0.0.0.0", "--port", "8080"]
+K8S_VERSION = "1.33.0"
 
 
 @pytest.fixture(scope="module")
 def crd() -> Validator:
-    return Validator(argo_schema=Path("unused"), kserve_crd=packaged_schema(KSERVE_CRD_FILE))
+    return Validator(argo_schema=packaged_schema(ARGO_SCHEMA_FILE),
+                     kserve_crd=packaged_schema(KSERVE_CRD_FILE))
 
 
-def test_inference_service_serves_the_fixed_version(crd: Validator) -> None:
+def test_inference_service_runs_the_v2_runtime_as_its_predictor(crd: Validator) -> None:
     isvc = serving.inference_service(SERVING)
     assert crd.isvc_errors(isvc) == []
     assert isvc["metadata"]["name"] == "churn" and isvc["metadata"]["namespace"] == "ml"
     assert isvc["metadata"]["annotations"] == {serving.MODEL_NAME_ANNOTATION: "Churn Model",
                                                serving.MODEL_VERSION_ANNOTATION: "7"}
-    model = isvc["spec"]["predictor"]["model"]
-    assert model["storageUri"] == "s3://models/churn/7"
-    assert model["modelFormat"] == {"name": "mlflow"} and model["protocolVersion"] == "v2"
+    predictor = isvc["spec"]["predictor"]
+    assert "model" not in predictor and "canaryTrafficPercent" not in predictor
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == SERVER_IMAGE and container["command"] == COMMAND
+    assert container["env"] == [{"name": "PROTOCOL", "value": "v2"},
+                                {"name": "MLFLOW_TRACKING_URI",
+                                 "value": "http://mlflow.ml.svc.cluster.local:5000"},
+                                {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {
+                                    "secretKeyRef": {"name": "mlflow", "key": "password"}}}]
+    assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+    ready = {"path": "/v2/models/Churn%20Model/ready", "port": 8080}
+    assert container["readinessProbe"]["httpGet"] == container["startupProbe"]["httpGet"] == ready
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"][
+        "periodSeconds"] >= 300
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                      "limits": {"cpu": "500m", "memory": "1Gi"}}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 3)
+    canary = serving.inference_service(SERVING, canary_percent=10)
+    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert crd.isvc_errors(canary) == []
 
 
 def test_inference_service_is_restricted_and_strictly_valid(crd: Validator) -> None:
     isvc = serving.inference_service(SERVING)
     predictor = isvc["spec"]["predictor"]
     assert predictor["securityContext"]["runAsNonRoot"] is True
-    assert predictor["model"]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    predictor["model"]["storageURI"] = "s3://typo"
+    assert predictor["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert predictor["automountServiceAccountToken"] is False
+    container = predictor["containers"][0]["securityContext"]
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert container["allowPrivilegeEscalation"] is False
+    predictor["containers"][0]["readinessprobe"] = {}
     (error,) = crd.isvc_errors(isvc)
-    assert "storageURI" in error
+    assert "readinessprobe" in error
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"canary_percent": 0}, "canary percent is 0: use 1 to 100"),
+    ({"canary_percent": 101}, "canary percent is 101"),
+])
+def test_inference_service_checks_the_canary(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(MlkubeError, match=message):
+        serving.inference_service(SERVING, **kwargs)
+
+
+def test_inference_service_names_fit_knative_revisions() -> None:
+    long = dataclasses.replace(SERVING, name="a" * 48)
+    with pytest.raises(MlkubeError, match="KServe needs at most 47"):
+        serving.inference_service(long)
+    serving.inference_service(dataclasses.replace(SERVING, name="a" * 47))
 
 
 def _valid(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = serving.to_dict(obj)
-    kubernetes_validate.validate(data, "1.33", strict=True)
+    kubernetes_validate.validate(data, K8S_VERSION, strict=True)
     return data
 
 
@@ -53,13 +101,22 @@ def test_plain_serving_objects_validate_and_fit_together() -> None:
     deployment, service, hpa = (_valid(o) for o in serving.plain_serving(SERVING))
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"] == labels == service["spec"]["selector"]
+    assert deployment["spec"]["template"]["metadata"]["annotations"][
+        serving.MODEL_VERSION_ANNOTATION] == "7"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": "churn"}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert "s3://models/churn/7" in container["command"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["command"] == COMMAND and container["env"][0]["name"] == "MLFLOW_TRACKING_URI"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/models/Churn%20Model/ready",
+                                                      "port": "http"}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": serving.DRAIN_SECONDS}}}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http",
+                                         "protocol": "TCP"}]
 
 
 def test_plain_serving_pod_is_restricted() -> None:
@@ -73,53 +130,71 @@ def test_plain_serving_pod_is_restricted() -> None:
     assert container["capabilities"] == {"drop": ["ALL"]}
 
 
-def test_the_artifact_volume_is_mounted_read_only() -> None:
+def test_the_artifact_volume_is_mounted_read_only(crd: Validator) -> None:
     with_pvc = serving.ModelServing(name="churn", model_name="m", version="1",
-                                    storage_uri=f"{ARTIFACT_MOUNT}/models/1",
+                                    model_uri=f"{ARTIFACT_MOUNT}/models/1",
                                     artifact_pvc="mlkube-artifacts")
-    pod = _valid(serving.deployment(with_pvc))["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "artifacts", "persistentVolumeClaim": {
+    volumes = [{"name": "artifacts", "persistentVolumeClaim": {
         "claimName": "mlkube-artifacts", "readOnly": True}}]
-    assert pod["containers"][0]["volumeMounts"] == [
-        {"name": "artifacts", "mountPath": ARTIFACT_MOUNT, "readOnly": True}]
+    mounts = [{"name": "artifacts", "mountPath": ARTIFACT_MOUNT, "readOnly": True}]
+    pod = _valid(serving.deployment(with_pvc))["spec"]["template"]["spec"]
+    assert pod["volumes"] == volumes and pod["containers"][0]["volumeMounts"] == mounts
+    isvc = serving.inference_service(with_pvc)
+    assert crd.isvc_errors(isvc) == []
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["volumes"] == volumes and predictor["containers"][0]["volumeMounts"] == mounts
 
 
 def test_kubernetes_validation_is_strict() -> None:
     data = serving.to_dict(serving.service(SERVING))
     data["spec"]["selectr"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(data, "1.33", strict=True)
+        kubernetes_validate.validate(data, K8S_VERSION, strict=True)
 
 
-def test_deploy_rbac_is_namespaced_and_validates() -> None:
+def test_deploy_rbac_is_least_privilege_namespaced_and_validates() -> None:
     account, role, binding = (_valid(o) for o in serving.deploy_rbac("deployer", "ml"))
     assert account["metadata"] == role["metadata"] == binding["metadata"]
-    resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"inferenceservices", "deployments", "services",
-                         "horizontalpodautoscalers"}
+    assert role["kind"] == "Role", "nothing cluster-scoped"
+    verbs = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+             for group in rule["apiGroups"] for resource in rule["resources"]}
+    own = {"get", "list", "watch", "create", "patch", "update", "delete"}
+    assert verbs == {
+        ("serving.kserve.io", "inferenceservices"): own, ("apps", "deployments"): own,
+        ("", "services"): own, ("autoscaling", "horizontalpodautoscalers"): own,
+        ("apps", "replicasets"): {"get", "list"}, ("", "pods"): {"get", "list"},
+        ("", "events"): {"get", "list"}}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "deployer",
                                     "namespace": "ml"}]
 
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"name": "Churn_Model"}, "serving name is 'Churn_Model', not a DNS-1123 label"),
+    ({"name": "7churn"}, "serving name is '7churn': start it with a letter"),
     ({"namespace": "ML"}, "serving namespace is 'ML'"),
     ({"cpu": "lots"}, "serving cpu is 'lots', not a Kubernetes quantity"),
-    ({"storage_uri": ""}, "serving storage_uri is empty"),
+    ({"model_uri": ""}, "serving model_uri is empty"),
+    ({"version": ""}, "serving version is empty"),
     ({"min_replicas": 0}, "serving replicas are min 0, max 3"),
     ({"min_replicas": 4}, "serving replicas are min 4, max 3"),
     ({"target_cpu_percent": 0}, "serving target_cpu_percent is 0"),
+    ({"env": (V1EnvVar(name="AWS_SECRET_ACCESS_KEY", value="abc"),)},
+     "serving env AWS_SECRET_ACCESS_KEY is set inline: take it from a Secret"),
+    ({"env": (V1EnvVar(name="A", value="1"), V1EnvVar(name="A", value="2"))},
+     "serving env sets A twice"),
+    ({"env": (V1EnvVar(name="PROTOCOL", value="v1"),)}, "serving env sets PROTOCOL"),
+    ({"env": ({"name": "A", "value": "1"},)}, "give kubernetes.client.V1EnvVar objects"),
 ])
 def test_bad_serving_fields_are_named(changes: dict[str, Any], message: str) -> None:
-    fields = {"name": "churn", "model_name": "m", "version": "1", "storage_uri": "s3://b/m"}
+    fields = {"name": "churn", "model_name": "m", "version": "1", "model_uri": "models:/m/1"}
     bad = serving.ModelServing(**(fields | changes))
     for build in (serving.inference_service, serving.deployment, serving.autoscaler):
         with pytest.raises(MlkubeError, match=message):
             build(bad)
 
 
-def test_kserve_storage_schemes() -> None:
-    assert serving.check_kserve_storage("pvc://mlkube-artifacts/models/1") == \
-        "pvc://mlkube-artifacts/models/1"
-    with pytest.raises(MlkubeError, match="'mlflow-artifacts:/1/abc' is not one KServe downloads"):
-        serving.check_kserve_storage("mlflow-artifacts:/1/abc")
+def test_secret_references_are_fine_under_any_name() -> None:
+    fine = dataclasses.replace(SERVING, env=(
+        V1EnvVar(name="AWS_SECRET_ACCESS_KEY", value_from=SECRET),
+        V1EnvVar(name="MLFLOW_TRACKING_INSECURE_TLS", value="false")))
+    _valid(serving.deployment(fine))

@@ -1,5 +1,6 @@
-"""Kubernetes objects for the steps, as typed ``kubernetes.client`` models.
+"""Kubernetes objects for the steps, as typed ``kubernetes.client`` models, and the rollout.
 
-Both adapters build from here: the Airflow operators hand these to KubernetesPodOperator, the
-Argo templates convert them to Hera's models. Nothing here talks to a cluster.
+Both adapters build pods from here: the Airflow operators hand them to KubernetesPodOperator,
+the Argo templates convert them to Hera's models. Only :mod:`mlkube.kube.rollout` talks to a
+cluster, and only the deploy step uses it.
 """

@@ -8,6 +8,8 @@ templates both render what it returns.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,7 @@ from kubernetes.client import (
 )
 
 from mlkube.kube import gpu, security, validation
-from mlkube.spec import ARTIFACT_MOUNT, RESULT_PATH, StepSpec
+from mlkube.spec import ARTIFACT_MOUNT, RESULT_PATH, SECRET_ENV_VAR, StepSpec
 
 ARTIFACT_VOLUME = "mlkube-artifacts"
 STATE_DIR = f"{ARTIFACT_MOUNT}/state"
@@ -112,6 +114,9 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
     reqs = resources(spec, placement)
     env = [V1EnvVar(name=k, value=v) for k, v in sorted(placement.env.items())]
     env += [s.to_k8s() for s in placement.secret_env]
+    if placement.secret_env:  # references only, for what the step itself creates (deploy)
+        refs = [dataclasses.asdict(s) for s in placement.secret_env]
+        env.append(V1EnvVar(name=SECRET_ENV_VAR, value=json.dumps(refs, sort_keys=True)))
     volumes: list[V1Volume] = []
     mounts: list[V1VolumeMount] = []
     if placement.artifact_pvc:

@@ -3,17 +3,24 @@
 Every builder takes a :class:`ModelServing` (what to serve, and how big) and returns the
 object an adapter applies: typed ``kubernetes.client`` models for the built-in kinds, and a
 plain mapping for the KServe ``InferenceService`` (a custom resource the client has no model
-for). Nothing here talks to a cluster, and nothing is adapter-specific: the Argo deploy
-template and the Airflow deploy operator both build from here.
+for). Nothing here talks to a cluster (:mod:`mlkube.kube.rollout` does), and nothing is
+adapter-specific.
+
+Every target runs mlkube's own serving runtime (``mlkube serve model``, Open Inference Protocol
+V2): it loads ``model_uri`` through MLflow (so it needs ``MLFLOW_TRACKING_URI`` and the store's
+credentials in :attr:`ModelServing.env`), predicts the model's own input example, and only then
+answers 200 on ``/v2/models/<name>/ready``, the readiness probe that gates traffic.
 
 Pods run under the "restricted" Pod Security profile (see :mod:`mlkube.kube.security`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes.client import (
     ApiClient,
@@ -22,8 +29,12 @@ from kubernetes.client import (
     V1ContainerPort,
     V1Deployment,
     V1DeploymentSpec,
+    V1DeploymentStrategy,
+    V1EnvVar,
     V1HTTPGetAction,
     V1LabelSelector,
+    V1Lifecycle,
+    V1LifecycleHandler,
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1PodSpec,
@@ -34,10 +45,12 @@ from kubernetes.client import (
     V1Role,
     V1RoleBinding,
     V1RoleRef,
+    V1RollingUpdateDeployment,
     V1Service,
     V1ServiceAccount,
     V1ServicePort,
     V1ServiceSpec,
+    V1SleepAction,
     V1Volume,
     V1VolumeMount,
     V2CrossVersionObjectReference,
@@ -56,10 +69,20 @@ KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 MANAGED_BY = "mlkube"
 MODEL_NAME_ANNOTATION = "mlkube.io/model-name"
 MODEL_VERSION_ANNOTATION = "mlkube.io/model-version"
-# Storage URI schemes KServe's storage initializer downloads from.
-KSERVE_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "http://", "hdfs://", "webhdfs://",
-                  "oci://", "hf://")
 SERVER_PORT = 8080
+SERVICE_PORT = 80
+LIVE_PATH = "/v2/health/live"
+# KServe: the predictor container's name, and the variable that tells KServe a custom
+# container speaks the V2 protocol (KServe's CustomSpecProtocolEnvVarKey).
+KSERVE_CONTAINER = "kserve-container"
+KSERVE_PROTOCOL_ENV = "PROTOCOL"
+# Knative revision names are <name>-predictor-00001, at most 63 characters.
+KSERVE_NAME_MAX = 63 - len("-predictor-00001")
+# Seconds a stopping Deployment pod keeps serving while endpoints drop it (no lost requests).
+DRAIN_SECONDS = 5
+# Environment variable names whose value must come from a Secret, never inline.
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY", re.I)
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,28 +90,35 @@ class ModelServing:
     """One model version to serve, and the size of what serves it.
 
     Attributes:
-        name: the service's name (a DNS-1123 label): the InferenceService, or the
-            Deployment, Service and HPA.
-        model_name: the registered model's name (an annotation; any text).
+        name: the service's name (a DNS-1123 label starting with a letter): the
+            InferenceService, or the Deployment, Service and HPA.
+        model_name: the registered model's name: the V2 model name
+            (``/v2/models/<model_name>``) and an annotation; any text.
         version: the registered model version served, fixed (never an alias).
-        storage_uri: where the model's files are (the registry's artifact source).
+        model_uri: what the runtime loads through MLflow, e.g. ``models:/<name>/<version>``
+            (works for every artifact store the tracking server knows, ``mlflow-artifacts:/``
+            included).
         namespace: the namespace, or ``None`` for the one the objects are applied in.
-        image: the model server image (Deployment only; KServe picks its MLflow runtime).
-        cpu: CPU request per replica.
+        image: the serving runtime's image.
+        env: the serving container's environment: ``MLFLOW_TRACKING_URI`` and the store's
+            credentials, plain values or Secret references (``value_from``); a variable named
+            like a secret (``*PASSWORD*``, ``*TOKEN*``, ``*SECRET*``...) must be a reference.
+        cpu: CPU request per replica (on KServe also its limit).
         memory: memory request and limit per replica.
         min_replicas: replicas kept running.
         max_replicas: the autoscaler's upper bound.
-        target_cpu_percent: average CPU utilisation the autoscaler aims for.
+        target_cpu_percent: average CPU utilisation the Deployment's HPA aims for.
         artifact_pvc: a claim holding the model files, mounted read-only at
-            ``spec.ARTIFACT_MOUNT`` (Deployment only; KServe reads ``pvc://`` URIs itself).
+            ``spec.ARTIFACT_MOUNT`` (for a file artifact store on a shared volume).
     """
 
     name: str
     model_name: str
-    version: str
-    storage_uri: str
+    version: str = ""
+    model_uri: str = ""
     namespace: str | None = None
     image: str = SERVER_IMAGE
+    env: tuple[V1EnvVar, ...] = ()
     cpu: str = "500m"
     memory: str = "1Gi"
     min_replicas: int = 1
@@ -99,13 +129,22 @@ class ModelServing:
     def validated(self) -> ModelServing:
         """Check every field; errors name the field and say what to write."""
         validation.dns1123_label(self.name, "serving name")
+        if not self.name[0].isalpha():
+            raise MlkubeError(f"serving name is {self.name!r}: start it with a letter "
+                              "(a Service name is a DNS-1035 label)")
         if self.namespace is not None:
             validation.dns1123_label(self.namespace, "serving namespace")
         validation.image(self.image, "serving image")
         validation.quantity(self.cpu, "serving cpu")
         validation.quantity(self.memory, "serving memory")
-        if not self.storage_uri:
-            raise MlkubeError("serving storage_uri is empty: pass the registry's champion_uri")
+        if not self.model_name:
+            raise MlkubeError("serving model_name is empty: pass the registered model's name")
+        if not self.version:
+            raise MlkubeError("serving version is empty: pass the registered version to serve "
+                              "(register's champion_version)")
+        if not self.model_uri:
+            raise MlkubeError("serving model_uri is empty: pass the version's URI, "
+                              "e.g. models:/<name>/<version>")
         if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
             raise MlkubeError(
                 f"serving replicas are min {self.min_replicas}, max {self.max_replicas}: "
@@ -115,102 +154,190 @@ class ModelServing:
             raise MlkubeError(
                 f"serving target_cpu_percent is {self.target_cpu_percent}: use 1 to 100"
             )
+        _check_env(self.env)
         return self
 
     def labels(self) -> dict[str, str]:
         """Labels shared by every object of this service (the Deployment's selector)."""
         return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/managed-by": MANAGED_BY}
 
+    def annotations(self) -> dict[str, str]:
+        """The model served, as annotations (what ``live_version`` reads back)."""
+        return {MODEL_NAME_ANNOTATION: self.model_name, MODEL_VERSION_ANNOTATION: self.version}
+
     def metadata(self) -> V1ObjectMeta:
         """Name, namespace, labels, and the model served as annotations."""
-        return V1ObjectMeta(
-            name=self.name, namespace=self.namespace, labels=self.labels(),
-            annotations={MODEL_NAME_ANNOTATION: self.model_name,
-                         MODEL_VERSION_ANNOTATION: self.version},
-        )
+        return V1ObjectMeta(name=self.name, namespace=self.namespace, labels=self.labels(),
+                            annotations=self.annotations())
 
-    def resources(self) -> V1ResourceRequirements:
-        """Requests, with memory limited to its request."""
+    def resources(self, *, cpu_limit: bool = False) -> V1ResourceRequirements:
+        """Requests, with memory (and with ``cpu_limit`` CPU) limited to its request."""
+        limits = {"cpu": self.cpu, "memory": self.memory} if cpu_limit else {"memory": self.memory}
         return V1ResourceRequirements(requests={"cpu": self.cpu, "memory": self.memory},
-                                      limits={"memory": self.memory})
+                                      limits=limits)
 
 
-def check_kserve_storage(uri: str) -> str:
-    """A storage URI KServe can download from, or an error naming the schemes it can."""
-    if not uri.startswith(KSERVE_SCHEMES):
-        raise MlkubeError(
-            f"storage URI {uri!r} is not one KServe downloads from; use one of "
-            f"{', '.join(KSERVE_SCHEMES)} (set MLflow's artifact root to an object store or PVC)"
-        )
-    return uri
+def _check_env(env: Sequence[V1EnvVar]) -> None:
+    seen: set[str] = set()
+    for var in env:
+        if not isinstance(var, V1EnvVar):
+            raise MlkubeError(f"serving env holds {var!r}: give kubernetes.client.V1EnvVar "
+                              "objects (value=... or value_from=...)")
+        if not var.name or not _ENV_NAME.match(var.name):
+            raise MlkubeError(f"serving env name {var.name!r} is not a valid variable name")
+        if var.name in seen:
+            raise MlkubeError(f"serving env sets {var.name} twice: keep one")
+        seen.add(var.name)
+        if var.name == KSERVE_PROTOCOL_ENV:
+            raise MlkubeError(f"serving env sets {KSERVE_PROTOCOL_ENV}: mlkube sets it (v2)")
+        if var.value_from is None and var.value and _SECRET_NAME.search(var.name):
+            raise MlkubeError(
+                f"serving env {var.name} is set inline: take it from a Secret, e.g. "
+                f"V1EnvVar(name={var.name!r}, value_from=V1EnvVarSource(secret_key_ref="
+                "V1SecretKeySelector(name=..., key=...)))"
+            )
 
 
-def inference_service(serving: ModelServing) -> dict[str, Any]:
-    """A KServe ``InferenceService`` serving the MLflow model over the v2 protocol.
+def ready_path(model_name: str) -> str:
+    """The V2 readiness path of ``model_name`` (URL-quoted: a model name is any text)."""
+    return f"/v2/models/{quote(model_name, safe='')}/ready"
 
-    A plain mapping: the Kubernetes client has no model for this custom resource. The
-    storage URI is not checked here, so that an orchestrator may pass a placeholder filled at
-    run time; call :func:`check_kserve_storage` where the URI is known.
-    """
-    serving = serving.validated()
-    meta = serving.metadata()
-    metadata: dict[str, Any] = {"name": meta.name, "labels": meta.labels,
-                                "annotations": meta.annotations}
-    if serving.namespace:
-        metadata["namespace"] = serving.namespace
-    container_security = to_dict(security.container_security_context())
+
+def server_command(serving: ModelServing) -> list[str]:
+    """The serving runtime's command line for the fixed version."""
+    return ["mlkube", "serve", "model", "--model-uri", serving.model_uri,
+            "--name", serving.model_name, "--version", serving.version,
+            "--host", "0.0.0.0", "--port", str(SERVER_PORT)]
+
+
+def _probes(serving: ModelServing, port: int | str) -> dict[str, V1Probe]:
+    ready = V1HTTPGetAction(path=ready_path(serving.model_name), port=port)
     return {
-        "apiVersion": KSERVE_API_VERSION,
-        "kind": "InferenceService",
-        "metadata": metadata,
-        "spec": {
-            "predictor": {
-                "minReplicas": serving.min_replicas,
-                "maxReplicas": serving.max_replicas,
-                "scaleMetric": "cpu",
-                "scaleTarget": serving.target_cpu_percent,
-                "securityContext": to_dict(security.pod_security_context()),
-                "model": {
-                    "modelFormat": {"name": "mlflow"},
-                    "protocolVersion": "v2",
-                    "storageUri": serving.storage_uri,
-                    "resources": to_dict(serving.resources()),
-                    "securityContext": container_security,
-                },
-            },
-        },
+        # Ready only once the runtime has loaded the model and predicted its input example.
+        "readiness_probe": V1Probe(http_get=ready, period_seconds=5, timeout_seconds=2,
+                                   failure_threshold=3),
+        # Loading through MLflow may take minutes: up to 10 before the kubelet restarts it.
+        "startup_probe": V1Probe(http_get=ready, period_seconds=5, timeout_seconds=2,
+                                 failure_threshold=120),
+        "liveness_probe": V1Probe(http_get=V1HTTPGetAction(path=LIVE_PATH, port=port),
+                                  period_seconds=10, timeout_seconds=2, failure_threshold=3),
     }
 
 
+def _mounts(serving: ModelServing) -> list[V1VolumeMount] | None:
+    if not serving.artifact_pvc:
+        return None
+    return [V1VolumeMount(name="artifacts", mount_path=ARTIFACT_MOUNT, read_only=True)]
+
+
+def _volumes(serving: ModelServing) -> list[V1Volume] | None:
+    if not serving.artifact_pvc:
+        return None
+    claim = V1PersistentVolumeClaimVolumeSource(claim_name=serving.artifact_pvc, read_only=True)
+    return [V1Volume(name="artifacts", persistent_volume_claim=claim)]
+
+
 def server_container(serving: ModelServing) -> V1Container:
-    """The MLflow scoring server serving the fixed model version on :data:`SERVER_PORT`."""
-    probe = V1Probe(http_get=V1HTTPGetAction(path="/ping", port="http"),
-                    period_seconds=5, failure_threshold=3)
-    mounts = None
-    if serving.artifact_pvc:
-        mounts = [V1VolumeMount(name="artifacts", mount_path=ARTIFACT_MOUNT, read_only=True)]
+    """The serving runtime on :data:`SERVER_PORT` (port ``http``), for the Deployment.
+
+    Its termination message falls back to the log's tail, so a crash's own error line shows
+    in the pod status (what :mod:`mlkube.kube.rollout` reports).
+    """
     return V1Container(
         name="server",
         image=serving.image,
-        command=["mlflow", "models", "serve", "--model-uri", serving.storage_uri,
-                 "--host", "0.0.0.0", "--port", str(SERVER_PORT), "--env-manager", "local"],
-        ports=[V1ContainerPort(name="http", container_port=SERVER_PORT)],
-        readiness_probe=probe,
-        startup_probe=V1Probe(http_get=probe.http_get, period_seconds=5, failure_threshold=60),
+        command=server_command(serving),
+        env=list(serving.env) or None,
+        ports=[V1ContainerPort(name="http", container_port=SERVER_PORT, protocol="TCP")],
+        **_probes(serving, "http"),
+        # Endpoints drop a stopping pod asynchronously: keep serving a moment, then stop.
+        lifecycle=V1Lifecycle(pre_stop=V1LifecycleHandler(sleep=V1SleepAction(
+            seconds=DRAIN_SECONDS))),
         resources=serving.resources(),
         security_context=security.container_security_context(),
-        volume_mounts=mounts,
+        termination_message_policy="FallbackToLogsOnError",
+        volume_mounts=_mounts(serving),
     )
 
 
-def deployment(serving: ModelServing) -> V1Deployment:
-    """A Deployment of the model server (CPU-sized; the HPA sets the replicas)."""
+def kserve_container(serving: ModelServing) -> V1Container:
+    """The serving runtime as KServe's custom predictor container, speaking V2.
+
+    Knative (KServe's serverless mode) allows one port named ``http1`` and probes on that
+    port; ``PROTOCOL=v2`` tells KServe the protocol (its custom-container convention).
+    """
+    env = [V1EnvVar(name=KSERVE_PROTOCOL_ENV, value="v2"), *serving.env]
+    return V1Container(
+        name=KSERVE_CONTAINER,
+        image=serving.image,
+        command=server_command(serving),
+        env=env,
+        ports=[V1ContainerPort(name="http1", container_port=SERVER_PORT, protocol="TCP")],
+        **_probes(serving, SERVER_PORT),
+        resources=serving.resources(cpu_limit=True),
+        security_context=security.container_security_context(),
+        termination_message_policy="FallbackToLogsOnError",
+        volume_mounts=_mounts(serving),
+    )
+
+
+def inference_service(serving: ModelServing, *,
+                      canary_percent: int | None = None) -> dict[str, Any]:
+    """A KServe ``InferenceService`` whose predictor runs mlkube's V2 runtime.
+
+    A custom predictor container (``spec.predictor.containers``), not ``spec.predictor.model``:
+    the model spec needs a ServingRuntime for the model format and KServe's storage
+    initializer, which cannot fetch ``models:/`` URIs; the runtime loads through MLflow itself.
+    No ``scaleMetric``/``deploymentStrategy``: KServe's webhook rejects them in serverless
+    mode, so KServe's own autoscaler defaults apply. A plain mapping: the Kubernetes client
+    has no model for this custom resource.
+
+    Args:
+        serving: what to serve.
+        canary_percent: the share of traffic (1-100) the new revision takes until promoted
+            (serverless mode); ``None``: all of it once ready.
+    """
     serving = serving.validated()
-    volumes = None
+    if len(serving.name) > KSERVE_NAME_MAX:
+        raise MlkubeError(f"serving name {serving.name!r} is {len(serving.name)} characters: "
+                          f"KServe needs at most {KSERVE_NAME_MAX} (its revision names add "
+                          "'-predictor-00001')")
+    if canary_percent is not None and (isinstance(canary_percent, bool)
+                                       or not 1 <= canary_percent <= 100):
+        raise MlkubeError(f"canary percent is {canary_percent!r}: use 1 to 100, or none")
+    metadata: dict[str, Any] = {"name": serving.name, "labels": serving.labels(),
+                                "annotations": serving.annotations()}
+    if serving.namespace:
+        metadata["namespace"] = serving.namespace
+    predictor: dict[str, Any] = {
+        "minReplicas": serving.min_replicas,
+        "maxReplicas": serving.max_replicas,
+        "automountServiceAccountToken": False,
+        "securityContext": to_dict(security.pod_security_context()),
+        "containers": [to_dict(kserve_container(serving))],
+    }
     if serving.artifact_pvc:
-        claim = V1PersistentVolumeClaimVolumeSource(claim_name=serving.artifact_pvc, read_only=True)
-        volumes = [V1Volume(name="artifacts", persistent_volume_claim=claim)]
-    pod = V1PodSpec(containers=[server_container(serving)], volumes=volumes,
+        predictor["volumes"] = [to_dict(v) for v in _volumes(serving) or ()]
+    if canary_percent is not None:
+        predictor["canaryTrafficPercent"] = canary_percent
+    return {"apiVersion": KSERVE_API_VERSION, "kind": "InferenceService",
+            "metadata": metadata, "spec": {"predictor": predictor}}
+
+
+# One new pod at a time, and no old pod down before a new one is ready.
+ROLLING_STRATEGY = V1DeploymentStrategy(
+    type="RollingUpdate", rolling_update=V1RollingUpdateDeployment(max_surge=1, max_unavailable=0))
+
+
+def deployment(serving: ModelServing) -> V1Deployment:
+    """A Deployment of the serving runtime (CPU-sized; the HPA sets the replicas).
+
+    It rolls one new pod at a time and never takes an old one down before a new one is ready
+    (``maxSurge: 1``, ``maxUnavailable: 0``), so the old version serves until the new one
+    answers.
+    """
+    serving = serving.validated()
+    pod = V1PodSpec(containers=[server_container(serving)], volumes=_volumes(serving),
                     security_context=security.pod_security_context(),
                     automount_service_account_token=False)
     return V1Deployment(
@@ -218,15 +345,18 @@ def deployment(serving: ModelServing) -> V1Deployment:
         spec=V1DeploymentSpec(
             replicas=serving.min_replicas,
             selector=V1LabelSelector(match_labels=serving.labels()),
-            template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=serving.labels()), spec=pod),
+            strategy=ROLLING_STRATEGY,
+            template=V1PodTemplateSpec(
+                metadata=V1ObjectMeta(labels=serving.labels(), annotations=serving.annotations()),
+                spec=pod),
         ),
     )
 
 
 def service(serving: ModelServing) -> V1Service:
-    """A ClusterIP Service in front of the Deployment's pods."""
+    """A ClusterIP Service in front of the Deployment's pods, on port 80."""
     serving = serving.validated()
-    port = V1ServicePort(name="http", port=80, target_port="http", protocol="TCP")
+    port = V1ServicePort(name="http", port=SERVICE_PORT, target_port="http", protocol="TCP")
     return V1Service(api_version="v1", kind="Service", metadata=serving.metadata(),
                      spec=V1ServiceSpec(selector=serving.labels(), ports=[port]))
 
@@ -251,15 +381,18 @@ def plain_serving(serving: ModelServing) -> list[Any]:
     return [deployment(serving), service(serving), autoscaler(serving)]
 
 
-# What the deploy step applies: nothing else (no pods/exec, no secrets, no cluster scope).
+# What the deploy step's rollout (mlkube.kube.rollout) does, nothing more: apply, read and
+# delete its own serving kinds; read the pods, ReplicaSets and events that say why a rollout
+# failed. No pods/exec or logs, no Secrets (the serving pods reference them; the kubelet reads
+# them), nothing cluster-scoped.
+_OWN = ["get", "list", "watch", "create", "patch", "update", "delete"]
 DEPLOY_RULES = (
-    V1PolicyRule(api_groups=["serving.kserve.io"], resources=["inferenceservices"],
-                 verbs=["get", "list", "watch", "create", "patch", "update"]),
-    V1PolicyRule(api_groups=["apps"], resources=["deployments"],
-                 verbs=["get", "list", "watch", "create", "patch", "update"]),
-    V1PolicyRule(api_groups=[""], resources=["services"], verbs=["get", "create", "patch", "update"]),
-    V1PolicyRule(api_groups=["autoscaling"], resources=["horizontalpodautoscalers"],
-                 verbs=["get", "create", "patch", "update"]),
+    V1PolicyRule(api_groups=["serving.kserve.io"], resources=["inferenceservices"], verbs=_OWN),
+    V1PolicyRule(api_groups=["apps"], resources=["deployments"], verbs=_OWN),
+    V1PolicyRule(api_groups=[""], resources=["services"], verbs=_OWN),
+    V1PolicyRule(api_groups=["autoscaling"], resources=["horizontalpodautoscalers"], verbs=_OWN),
+    V1PolicyRule(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list"]),
+    V1PolicyRule(api_groups=[""], resources=["pods", "events"], verbs=["get", "list"]),
 )
 
 

@@ -1,0 +1,484 @@
+"""The cluster serving targets, with the real ``kubernetes`` client against a fake API server.
+
+The fake (``fake_apiserver.py``) does server-side apply the way the API server does (defaults,
+``managedFields``, generations) and plays the Deployment and KServe controllers as each test
+scripts them; every object it holds, status included, is checked against Kubernetes' 1.36
+schema and KServe's CRD when a test ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from fake_apiserver import FakeApiServer, Outcome, version_of
+from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
+
+from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator, packaged_schema
+from mlkube.errors import MlkubeError
+from mlkube.kube import rollout, serving
+from mlkube.targets.base import ServingTarget
+
+NAME = "Churn Model"
+SECRET = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="mlflow", key="password"))
+SERVING = serving.ModelServing(
+    name="churn", model_name=NAME,
+    env=(V1EnvVar(name="MLFLOW_TRACKING_URI", value="http://mlflow.ml.svc.cluster.local:5000"),
+         V1EnvVar(name="MLFLOW_TRACKING_PASSWORD", value_from=SECRET)))
+MLFLOW_ERROR = ("When an mlflow-artifacts URI was supplied, the tracking URI must be a valid "
+                "http or https URI")
+CRASH_LOG = ("loading models:/Churn Model/8\nTraceback (most recent call last):\n"
+             '  File "/usr/local/lib/python3.11/site-packages/mlflow/store/artifact/'
+             'mlflow_artifacts_repo.py", line 48, in resolve_uri\n'
+             f"mlflow.exceptions.MlflowException: {MLFLOW_ERROR}\n")
+
+
+def uri(version: str) -> str:
+    return f"models:/{NAME}/{version}"
+
+
+def fails_for(bad: str, outcome: Outcome) -> Any:
+    """Pods of version ``bad`` get ``outcome``; every other version is ready."""
+    return lambda pod: outcome if version_of(pod) == bad else Outcome()
+
+
+@pytest.fixture(scope="module")
+def crd() -> Validator:
+    return Validator(argo_schema=packaged_schema(ARGO_SCHEMA_FILE),
+                     kserve_crd=packaged_schema(KSERVE_CRD_FILE))
+
+
+def _checked(fake: FakeApiServer, crd: Validator) -> None:
+    """Everything the fake holds looks like what a real API server returns, and every body
+    mlkube applied is a valid object on its own (built-in kinds against Kubernetes 1.33)."""
+    assert fake.schema_errors() == []
+    for request in fake.applies():
+        assert request.query["fieldManager"] == "mlkube"
+        assert request.query["force"] in ("True", "true")
+        body = request.body
+        if body["kind"] == "InferenceService":
+            assert crd.isvc_errors(body) == []
+        else:
+            kubernetes_validate.validate(body, "1.33.0", strict=True)
+
+
+@pytest.fixture
+def fake(crd: Validator) -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+        _checked(server, crd)
+
+
+@pytest.fixture
+def kfake(crd: Validator) -> Iterator[FakeApiServer]:
+    with FakeApiServer(kserve=True) as server:
+        yield server
+        _checked(server, crd)
+
+
+def target(server: FakeApiServer, kind: rollout.Kind = "auto", timeout: float = 5,
+           **kwargs: Any) -> ServingTarget:
+    return rollout.cluster_target(kind, api_client=server.api_client(), serving=SERVING,
+                                  namespace="ml", timeout=timeout, poll=0.01,
+                                  log=lambda line: None, **kwargs)
+
+
+def one_line(exc: pytest.ExceptionInfo[MlkubeError]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+# --- Deployment -------------------------------------------------------------------------------
+
+
+def test_first_rollout_serves_the_version_behind_the_service(fake: FakeApiServer) -> None:
+    deploy = target(fake)
+    assert isinstance(deploy, rollout.DeploymentTarget) and deploy.name == "deployment"
+    assert deploy.live_version() is None
+    deploy.roll_out("7", uri("7"))
+    assert deploy.live_version() == "7"
+    assert deploy.base_url == "http://churn.ml.svc.cluster.local"
+    assert deploy.model_name == NAME
+    assert [r.body["kind"] for r in fake.applies()] == ["Deployment", "Service",
+                                                        "HorizontalPodAutoscaler"]
+    assert {r.content_type for r in fake.applies()} == {"application/apply-patch+yaml"}
+    live = fake.get("Deployment", "churn")
+    assert live is not None and live["metadata"]["generation"] == 1
+    container = live["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["mlkube", "serve", "model", "--model-uri", uri("7"),
+                                    "--name", NAME, "--version", "7", "--host", "0.0.0.0",
+                                    "--port", "8080"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/Churn%20Model/ready"
+    assert container["env"][1] == {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {
+        "secretKeyRef": {"name": "mlflow", "key": "password"}}}
+    assert live["spec"]["strategy"] == {"type": "RollingUpdate",
+                                        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    service = fake.get("Service", "churn")
+    assert service is not None and service["spec"]["ports"][0]["port"] == 80
+    deploy.promote()  # nothing to promote on a Deployment
+    assert len(fake.applies()) == 3
+
+
+def test_the_same_version_again_changes_nothing(fake: FakeApiServer) -> None:
+    deploy = target(fake)
+    deploy.roll_out("7", uri("7"))
+    before = fake.get("Deployment", "churn")
+    deploy.roll_out("7", uri("7"))
+    after = fake.get("Deployment", "churn")
+    assert before is not None and after is not None
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] == 1
+    assert after["spec"] == before["spec"]
+
+
+def test_a_new_version_replaces_the_previous_one(fake: FakeApiServer) -> None:
+    deploy = target(fake)
+    deploy.roll_out("7", uri("7"))
+    with fake.lock:  # the HPA scaled it up meanwhile (through the scale subresource)
+        scaled = fake.store[("Deployment", "ml", "churn")]
+        scaled["spec"]["replicas"] = 3
+        scaled["metadata"]["generation"] += 1
+    deploy.roll_out("8", uri("8"))
+    assert deploy.live_version() == "8"
+    live = fake.get("Deployment", "churn")
+    assert live is not None and live["metadata"]["generation"] == 3
+    assert live["spec"]["replicas"] == 3, "a rollout keeps what the autoscaler scaled to"
+    assert live["metadata"]["annotations"][serving.MODEL_VERSION_ANNOTATION] == "8"
+    pods = fake.objects("Pod")
+    assert len(pods) == 3 and {version_of(p["spec"]) for p in pods} == {"8"}
+    old, new = sorted(fake.objects("ReplicaSet"),
+                      key=lambda rs: int(rs["metadata"]["annotations"][rollout.REVISION_ANNOTATION]))
+    assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (0, 3)
+
+
+def test_a_crash_looping_version_fails_with_its_own_message_and_rolls_back(
+        fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
+    deploy = target(fake)
+    deploy.roll_out("7", uri("7"))
+    first = fake.applies("Deployment")[0].body
+    old_template = fake.get("Deployment", "churn")["spec"]["template"]  # type: ignore[index]
+    with pytest.raises(MlkubeError) as failed:
+        deploy.roll_out("8", uri("8"))
+    message = one_line(failed)
+    assert "Deployment ml/churn could not roll out Churn Model v8" in message
+    assert "CrashLoopBackOff" in message and "exited with code 1 (Error)" in message
+    assert MLFLOW_ERROR in message
+    assert "the previous version (v7) keeps serving" in message
+    assert "not ready after" not in message, "a crash loop fails at once"
+    old_pods = [p for p in fake.objects("Pod") if version_of(p["spec"]) == "7"]
+    assert old_pods and all(c["ready"] for p in old_pods for c in p["status"]["containerStatuses"])
+    assert deploy.live_version() is None, "the object carries v8, which does not serve"
+
+    deploy.roll_back("7")
+    assert deploy.live_version() == "7"
+    restored = fake.applies("Deployment")[-1].body
+    assert restored == first, "roll_back re-applies exactly what mlkube applied for v7"
+    live = fake.get("Deployment", "churn")
+    assert live is not None and live["spec"]["template"] == old_template
+    assert {version_of(p["spec"]) for p in fake.objects("Pod")} == {"7"}
+    service = fake.applies("Service")[-1].body
+    assert "clusterIP" not in service["spec"], "nothing the API server allocated is claimed"
+    assert service["metadata"]["annotations"][serving.MODEL_VERSION_ANNOTATION] == "7"
+    deploy.roll_back("7")  # idempotent
+    assert deploy.live_version() == "7"
+
+
+def test_roll_back_to_objects_another_tool_applied(fake: FakeApiServer) -> None:
+    """No mlkube managedFields to read back: labels, annotations and spec are restored, and
+    the roll-back still never takes an old pod down first."""
+    from fake_apiserver import KINDS
+
+    fake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
+    old = serving.to_dict(serving.deployment(dataclasses.replace(
+        SERVING, version="7", model_uri=uri("7"), namespace="ml")))
+    del old["spec"]["strategy"]
+    code, _ = fake.apply(KINDS["Deployment"], "ml", "churn", old, "kubectl")
+    assert code == 201
+    deploy = target(fake)
+    assert deploy.live_version() == "7"
+    with pytest.raises(MlkubeError, match="v7"):
+        deploy.roll_out("8", uri("8"))
+    deploy.roll_back("7")
+    assert deploy.live_version() == "7"
+    restored = fake.applies("Deployment")[-1].body
+    assert restored["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert restored["spec"]["template"]["spec"]["containers"][0]["command"][4] == uri("7")
+    assert fake.get("Service", "churn") is None, "it did not exist before the rollout"
+
+
+def test_the_same_crash_in_every_replica_is_said_once(fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("7", Outcome("crash", CRASH_LOG))
+    three = dataclasses.replace(SERVING, min_replicas=3)
+    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
+                                    namespace="ml", poll=0.01, log=lambda line: None)
+    with pytest.raises(MlkubeError) as failed:
+        deploy.roll_out("7", uri("7"))
+    message = one_line(failed)
+    assert message.count(MLFLOW_ERROR) == 1 and "(and 2 more pods)" in message
+
+
+def test_an_unschedulable_version_reports_failed_scheduling(fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("8", Outcome("unschedulable"))
+    deploy = target(fake, timeout=0.2)
+    deploy.roll_out("7", uri("7"))
+    with pytest.raises(MlkubeError) as failed:
+        deploy.roll_out("8", uri("8"))
+    message = one_line(failed)
+    assert "not ready after 0.2s" in message
+    assert "is not scheduled (Unschedulable): 0/3 nodes are available: 3 Insufficient memory" \
+        in message
+    assert "FailedScheduling on pod churn-" in message
+
+
+def test_an_image_that_cannot_be_pulled_fails_at_once(fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("7", Outcome("image-pull"))
+    with pytest.raises(MlkubeError) as failed:
+        target(fake, timeout=60).roll_out("7", uri("7"))
+    message = one_line(failed)
+    assert f'ImagePullBackOff (Back-off pulling image "{serving.SERVER_IMAGE}"' in message
+    assert "nothing served before" in message
+
+
+def test_pods_refused_by_admission_are_reported(fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("7", Outcome("forbidden"))
+    with pytest.raises(MlkubeError) as failed:
+        target(fake).roll_out("7", uri("7"))
+    message = one_line(failed)
+    assert "FailedCreate" in message and "exceeded quota: compute" in message
+
+
+def test_a_version_still_loading_at_the_deadline_says_what_its_probes_see(
+        fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("7", Outcome("starting"))
+    with pytest.raises(MlkubeError) as failed:
+        target(fake, timeout=0.1).roll_out("7", uri("7"))
+    message = one_line(failed)
+    assert "running, not ready yet (restarts: 0)" in message
+    assert "Unhealthy on pod churn-" in message and "statuscode: 503" in message
+
+
+def test_a_stale_ready_status_is_not_taken_for_the_new_version(fake: FakeApiServer) -> None:
+    deploy = target(fake, timeout=0.2)
+    deploy.roll_out("7", uri("7"))
+    fake.ready_after = 10**9  # the controller never gets to the new generation
+    with pytest.raises(MlkubeError) as failed:
+        deploy.roll_out("8", uri("8"))
+    live = fake.get("Deployment", "churn")
+    assert live is not None
+    status = live["status"]
+    assert status["updatedReplicas"] == status["availableReplicas"] == status["replicas"] == 1
+    assert status["observedGeneration"] == 1 < live["metadata"]["generation"]
+    assert "has not yet observed generation 2 (its status is of 1)" in one_line(failed)
+    assert deploy.live_version() is None
+
+
+def test_the_controller_gets_there_after_a_few_reads(fake: FakeApiServer) -> None:
+    fake.ready_after = 4
+    deploy = target(fake)
+    deploy.roll_out("7", uri("7"))
+    reads = [r for r in fake.requests if r.method == "GET"
+             and r.path == "/apis/apps/v1/namespaces/ml/deployments/churn"]
+    assert len(reads) >= 4 and deploy.live_version() == "7"
+
+
+def test_roll_back_to_nothing_deletes_what_roll_out_created(fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("7", Outcome("crash", CRASH_LOG))
+    deploy = target(fake)
+    with pytest.raises(MlkubeError, match="nothing served before"):
+        deploy.roll_out("7", uri("7"))
+    deploy.roll_back(None)
+    assert [key for key in fake.store if key[0] != "Event"] == []
+    deploy.roll_back(None)  # idempotent
+    assert [r.method for r in fake.requests].count("DELETE") == 6
+
+
+def test_roll_back_without_a_rollout(fake: FakeApiServer) -> None:
+    deploy = target(fake)
+    deploy.roll_back(None)
+    assert fake.applies() == [] and not any(r.method == "DELETE" for r in fake.requests)
+    with pytest.raises(MlkubeError, match="rolled nothing out"):
+        deploy.roll_back("7")
+    target(fake).roll_out("7", uri("7"))
+    target(fake).roll_back("7")  # already serving: nothing to do
+
+
+def test_the_api_servers_refusal_is_one_line(fake: FakeApiServer) -> None:
+    fake.forbidden = {("PATCH", "Deployment")}
+    with pytest.raises(MlkubeError) as failed:
+        target(fake).roll_out("7", uri("7"))
+    message = one_line(failed)
+    assert ('User "system:serviceaccount:ml:mlkube-deploy" cannot patch resource "deployments" '
+            'in API group "apps"') in message
+    assert "mlkube.kube.serving.deploy_rbac" in message
+
+
+def test_an_unreachable_api_server_is_one_line() -> None:
+    from kubernetes.client import ApiClient, Configuration
+
+    with FakeApiServer() as gone:
+        url = gone.url
+    configuration = Configuration(host=url)
+    configuration.retries = 0
+    with pytest.raises(MlkubeError) as failed:
+        rollout.cluster_target("auto", api_client=ApiClient(configuration), serving=SERVING,
+                               namespace="ml")
+    assert f"the Kubernetes API at {url} does not answer" in one_line(failed)
+
+
+# --- choosing the target ----------------------------------------------------------------------
+
+
+def test_auto_picks_kserve_where_its_api_is_served(kfake: FakeApiServer,
+                                                   fake: FakeApiServer) -> None:
+    assert isinstance(target(kfake), rollout.KServeTarget)
+    assert isinstance(target(kfake, "deployment"), rollout.DeploymentTarget)
+    assert isinstance(target(fake), rollout.DeploymentTarget)
+    with pytest.raises(MlkubeError) as failed:
+        target(fake, "kserve")
+    assert "serving target 'kserve' was asked for, but the cluster" in one_line(failed)
+    assert "does not serve serving.kserve.io/v1beta1 InferenceService" in str(failed.value)
+    with pytest.raises(MlkubeError, match="serving target is 'seldon'"):
+        target(fake, "seldon")  # type: ignore[arg-type]
+    with pytest.raises(MlkubeError, match="canary percent 10 needs the kserve target"):
+        target(fake, "deployment", canary_percent=10)
+    lines: list[str] = []
+    rollout.cluster_target("auto", api_client=fake.api_client(), serving=SERVING, namespace="ml",
+                           canary_percent=10, log=lines.append)
+    assert "rolls its pods over instead of a 10% canary" in lines[0]
+
+
+def test_api_client_from_the_kubeconfig(fake: FakeApiServer, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    config = tmp_path / "config"
+    config.write_text(yaml.safe_dump(fake.kubeconfig()))
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    client = rollout.api_client()
+    assert client.configuration.host == fake.url
+    chosen = rollout.cluster_target("auto", api_client=client, serving=SERVING, namespace="ml")
+    assert chosen.live_version() is None
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(MlkubeError) as failed:
+        rollout.api_client()
+    assert f"no usable Kubernetes config at {tmp_path / 'missing'}" in one_line(failed)
+
+
+def test_api_client_in_a_pod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.config import incluster_config
+
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    with pytest.raises(MlkubeError) as failed:
+        rollout.api_client()
+    assert "in-cluster Kubernetes config is unusable" in one_line(failed)
+    (tmp_path / "token").write_text("a-token")
+    (tmp_path / "ca.crt").write_text("not checked here")
+    assert rollout.api_client().configuration.host == "https://10.96.0.1:443"
+
+
+# --- KServe -----------------------------------------------------------------------------------
+
+
+def test_kserve_first_rollout_serves_at_its_address(kfake: FakeApiServer) -> None:
+    isvc = target(kfake)
+    assert isvc.name == "kserve" and isvc.live_version() is None
+    isvc.roll_out("7", uri("7"))
+    assert isvc.live_version() == "7"
+    assert isvc.base_url == "http://churn.ml.svc.cluster.local"
+    live = kfake.get("InferenceService", "churn")
+    assert live is not None
+    (container,) = live["spec"]["predictor"]["containers"]
+    assert container["env"][0] == {"name": "PROTOCOL", "value": "v2"}
+    assert "canaryTrafficPercent" not in live["spec"]["predictor"], "no canary with no previous"
+
+
+def test_kserve_canary_takes_its_share_until_promoted(kfake: FakeApiServer) -> None:
+    isvc = target(kfake, canary_percent=20)
+    isvc.roll_out("7", uri("7"))
+    isvc.promote()
+    assert len(kfake.applies()) == 1, "promoting a version without a canary changes nothing"
+    isvc.roll_out("8", uri("8"))
+    live = kfake.get("InferenceService", "churn")
+    assert live is not None and live["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    traffic = live["status"]["components"]["predictor"]["traffic"]
+    assert [(t["revisionName"], t["percent"]) for t in traffic] == [
+        ("churn-predictor-00001", 80), ("churn-predictor-00002", 20)]
+    isvc.promote()
+    live = kfake.get("InferenceService", "churn")
+    assert live is not None and "canaryTrafficPercent" not in live["spec"]["predictor"]
+    traffic = live["status"]["components"]["predictor"]["traffic"]
+    assert [(t["revisionName"], t["percent"]) for t in traffic] == [("churn-predictor-00002", 100)]
+    assert isvc.live_version() == "8"
+    isvc.promote()  # idempotent
+    assert len(kfake.applies()) == 3
+
+
+def test_kserve_failure_reason_comes_from_last_failure_info(kfake: FakeApiServer) -> None:
+    kfake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
+    isvc = target(kfake, canary_percent=10)
+    isvc.roll_out("7", uri("7"))
+    with pytest.raises(MlkubeError) as failed:
+        isvc.roll_out("8", uri("8"))
+    message = one_line(failed)
+    assert f"ModelLoadFailed (exit code 1): mlflow.exceptions.MlflowException: {MLFLOW_ERROR}" \
+        f" [revision churn-predictor-00002]" in message
+    assert "the previous version (v7) keeps serving" in message
+    isvc.roll_back("7")
+    assert isvc.live_version() == "7"
+    live = kfake.get("InferenceService", "churn")
+    assert live is not None
+    status = live["status"]["components"]["predictor"]
+    assert status["latestReadyRevision"] == status["latestCreatedRevision"] == "churn-predictor-00003"
+    assert "canaryTrafficPercent" not in live["spec"]["predictor"]
+    assert kfake.applies()[-1].body == kfake.applies()[0].body
+
+
+def test_kserve_roll_back_to_nothing_deletes_it(kfake: FakeApiServer) -> None:
+    kfake.outcome = fails_for("7", Outcome("crash", CRASH_LOG))
+    isvc = target(kfake)
+    with pytest.raises(MlkubeError, match="ModelLoadFailed"):
+        isvc.roll_out("7", uri("7"))
+    isvc.roll_back(None)
+    assert kfake.get("InferenceService", "churn") is None
+    assert kfake.objects("Pod") == []
+
+
+# --- reading back what was applied ------------------------------------------------------------
+
+
+def test_applied_config_is_what_the_manager_owns() -> None:
+    live = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "churn", "namespace": "ml", "uid": "u", "resourceVersion": "9",
+                     "labels": {"app": "churn", "team": "ml"},
+                     "managedFields": [
+                         {"manager": "mlkube", "operation": "Apply", "apiVersion": "v1",
+                          "fieldsType": "FieldsV1", "fieldsV1": {
+                              "f:metadata": {"f:labels": {"f:app": {}}},
+                              "f:spec": {"f:ports": {'k:{"port":80,"protocol":"TCP"}': {
+                                  ".": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {}}},
+                                  "f:selector": {}}}},
+                         {"manager": "kubectl-label", "operation": "Update", "apiVersion": "v1",
+                          "fieldsType": "FieldsV1",
+                          "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}]},
+        "spec": {"clusterIP": "10.96.3.4", "clusterIPs": ["10.96.3.4"], "selector": {"app": "c"},
+                 "ports": [{"port": 80, "protocol": "TCP", "targetPort": "http", "name": "x"},
+                           {"port": 81, "protocol": "TCP", "targetPort": 81}]},
+        "status": {"loadBalancer": {}},
+    }
+    assert rollout.applied_config(live) == {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "churn", "namespace": "ml", "labels": {"app": "churn"}},
+        "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": "http"}],
+                 "selector": {"app": "c"}}}
+    assert rollout.applied_config(live, manager="someone-else") is None
+    fallback = rollout.restorable({**live, "metadata": {**live["metadata"], "managedFields": []}})
+    assert "clusterIP" not in fallback["spec"] and fallback["spec"]["selector"] == {"app": "c"}

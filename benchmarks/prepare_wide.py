@@ -51,9 +51,9 @@ def main() -> None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
 
-                def prepare(p: Path = path, root: str = tmp) -> None:
+                def prepare(p: Path = path, out: Path = Path(tmp) / f"out-{width}") -> None:
                     splits, info = data.prepare(str(p), DataConfig())
-                    data.write(Path(root) / f"out-{width}", splits, info)
+                    data.write(out, splits, info)
 
                 seconds, _ = _timed(prepare)
             slow = sum(issubclass(w.category, pd.errors.PerformanceWarning) for w in caught)

@@ -40,5 +40,4 @@ with DAG(dag_id="ml_lifecycle", schedule=None, start_date=datetime(2025, 1, 1), 
                                      run_id=train.output["run_id"], **common)
     DeployModelOperator(task_id="deploy", dataset=dataset,
                         model_name=register.output["model_name"],
-                        version=register.output["champion_version"],
-                        storage_uri=register.output["champion_uri"], **common)
+                        version=register.output["champion_version"], **common)

@@ -58,5 +58,4 @@ with DAG(dag_id="scheduled_retraining", schedule=schedule, start_date=datetime(2
                                      run_id=train.output["run_id"], **common)
     DeployModelOperator(task_id="deploy", dataset=dataset,
                         model_name=register.output["model_name"],
-                        version=register.output["champion_version"],
-                        storage_uri=register.output["champion_uri"], **common)
+                        version=register.output["champion_version"], **common)

@@ -47,8 +47,8 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     if "mlflow" in sys.modules:  # a step run in this process earlier pinned MLflow's global URI
         sys.modules["mlflow"].set_tracking_uri(uri)
     yield state_dir
-    from mlkube.local import serving
+    from mlkube.targets import local
 
     if (state_dir / "serving").is_dir():
-        for deployment in serving.deployments(state_dir):
-            serving.stop(deployment)
+        for server in local.servers(state_dir):
+            local.stop(server)

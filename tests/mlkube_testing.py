@@ -23,28 +23,17 @@ SMALL_CONFIG: dict[str, Any] = {
 }
 
 
-def free_port_pair() -> int:
-    """A port p such that p and p + 1 are free on loopback (blue/green serving)."""
-
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port >= 65534:
-            continue
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return int(port)
-    raise RuntimeError("no free pair of ports")
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def write_config(path: Path, **sections: Any) -> Path:
     """The small config with ``sections`` merged in (one level deep)."""
     data = json.loads(json.dumps(SMALL_CONFIG))
-    data["serving"]["port"] = free_port_pair()
+    data["serving"]["port"] = free_port()
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key].update(value)

@@ -103,7 +103,7 @@ class ServingConfig:
     """The local model server (loopback only)."""
 
     host: str = "127.0.0.1"
-    port: int = 5151  # blue/green: deployments alternate between port and port + 1
+    port: int = 5151  # the published URL: new versions are swapped into the running server
     ready_timeout: float = 120.0
 
 
@@ -300,12 +300,9 @@ def _validate_model_name(name: str) -> None:
 
 
 def _validate_serving(serving: ServingConfig) -> None:
-    # blue/green: the second server listens on port + 1, which must be a TCP port too
-    if not 0 < serving.port < 65535:
-        raise MlkubeError(
-            f"config key 'serving.port' is {serving.port}; use 1-65534: deployments alternate "
-            "between serving.port and serving.port + 1"
-        )
+    if not 0 < serving.port <= 65535:
+        raise MlkubeError(f"config key 'serving.port' is {serving.port}, not a TCP port; use 1-65535 "
+                          "(1024 and up need no privileges)")
     if serving.host not in ("127.0.0.1", "localhost", "::1"):
         raise MlkubeError(
             f"config key 'serving.host' is {serving.host!r}; the local server binds to "

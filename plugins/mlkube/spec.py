@@ -23,6 +23,9 @@ CPU_IMAGE = f"{IMAGE_REPOSITORY}/mlkube:{__version__}"
 GPU_IMAGE = f"{IMAGE_REPOSITORY}/mlkube-gpu:{__version__}"
 SERVER_IMAGE = f"{IMAGE_REPOSITORY}/mlkube-server:{__version__}"
 
+# The Secret references a step pod got, as JSON [{"env", "secret", "key"}]: the deploy step
+# hands the same references to the serving containers it creates (kube.pod sets it).
+SECRET_ENV_VAR = "MLKUBE_SECRET_ENV"
 # Where a container finds the shared artifact volume, and where it writes its result.
 ARTIFACT_MOUNT = "/mnt/mlkube"
 RESULT_PATH = "/tmp/mlkube/result.json"
@@ -202,12 +205,23 @@ REGISTER = StepSpec(
 DEPLOY = StepSpec(
     name="deploy",
     module="mlkube.steps.deploy",
-    summary="serve models:/<name>@champion on a real model server; smoke-test; roll back on failure",
+    summary="serve a fixed model version on the V2 runtime: verify, roll out, smoke-test, roll "
+            "back on failure, record what serves",
     options=COMMON_OPTIONS + (
         DATASET,
         Option(flag="--model-name", help="registered model name", config_key="registry.model_name"),
-        Option(flag="--alias", help="alias to serve (resolved to a fixed version)"),
-        Option(flag="--port", help="first of the two loopback ports", kind="int",
+        Option(flag="--alias", help="alias to serve, resolved to a fixed version (default champion)"),
+        Option(flag="--version", help="the version to serve (instead of --alias)"),
+        Option(flag="--target", help="where to serve: auto = local outside a cluster; in a pod "
+                                     "KServe if installed, else Deployment + Service + HPA",
+               choices=("auto", "local", "deployment", "kserve")),
+        Option(flag="--canary-percent", help="KServe: share of traffic the new version gets until "
+                                             "its smoke test passes (0 = none)", kind="int"),
+        Option(flag="--namespace", help="cluster targets: namespace (default: the pod's own)"),
+        Option(flag="--service-name", help="cluster targets: name of the serving objects "
+                                           "(default: from the model name)"),
+        Option(flag="--server-image", help="cluster targets: the serving runtime image"),
+        Option(flag="--port", help="loopback port of the local server", kind="int",
                config_key="serving.port"),
     ),
     result_keys=("model_name", "version", "endpoint", "replaced_version"),

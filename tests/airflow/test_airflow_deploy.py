@@ -1,84 +1,54 @@
-"""DeployModelOperator on a cluster: the serving objects it applies, checked without a cluster."""
+"""DeployModelOperator runs the one deploy program: in a pod on a cluster, as a process locally."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
-import kubernetes_validate
 import pytest
-from kubernetes.dynamic.resource import ResourceField
+from test_airflow_pods import base, env_of, submitted
 
-from mlkube.airflow import DeployModelOperator
-from mlkube.airflow.cluster_deploy import _condition, manifests
+from mlkube import spec
+from mlkube.airflow import DeployModelOperator, SecretEnv
 from mlkube.errors import MlkubeError
-from mlkube.kube import serving
-
-K8S_VERSION = "1.33.0"
 
 
-def deploy(**kwargs: Any) -> DeployModelOperator:
-    values = {"task_id": "deploy", "dataset": "/d", "model_name": "Churn Model", "version": "7",
-              "storage_uri": "s3://models/churn/7", **kwargs}
-    return DeployModelOperator(**values)
+def deploy(**kwargs: object) -> DeployModelOperator:
+    values = {"task_id": "deploy", "dataset": "/mnt/mlkube/ds", "model_name": "Churn Model",
+              "version": "7", **kwargs}
+    return DeployModelOperator(**values)  # type: ignore[arg-type]
 
 
-def test_plain_serving_objects_are_valid_and_restricted() -> None:
-    model = deploy(cpu="2", memory="4Gi", min_replicas=2, max_replicas=5).model_serving("ml")
-    assert model.name == "churn-model" and model.version == "7"
-    objects = manifests(model, "deployment")
-    assert [o["kind"] for o in objects] == ["Deployment", "Service", "HorizontalPodAutoscaler"]
-    for obj in objects:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
-    pod = objects[0]["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    (container,) = pod["containers"]
-    assert "s3://models/churn/7" in container["command"]
-    assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
-    assert objects[2]["spec"]["minReplicas"] == 2 and objects[2]["spec"]["maxReplicas"] == 5
-    annotations = objects[0]["metadata"]["annotations"]
-    assert annotations[serving.MODEL_VERSION_ANNOTATION] == "7"
+def test_the_pod_runs_the_deploy_step_under_the_deploy_service_account() -> None:
+    pod = submitted(deploy(target="deployment", canary_percent=0, service_name="churn"))
+    assert pod["spec"]["serviceAccountName"] == "mlkube-deploy"
+    container = base(pod)
+    assert container["command"][-1] == spec.DEPLOY.module
+    args = container["args"]
+    for flag, value in (("--target", "deployment"), ("--version", "7"),
+                        ("--model-name", "Churn Model"), ("--service-name", "churn")):
+        assert args[args.index(flag) + 1] == value
 
 
-def test_kserve_needs_storage_it_can_download() -> None:
-    (isvc,) = manifests(deploy().model_serving("ml"), "kserve")
-    assert isvc["kind"] == "InferenceService"
-    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/churn/7"
-    local = deploy(storage_uri="file:///tmp/mlruns/1/model").model_serving("ml")
-    with pytest.raises(MlkubeError, match="not one KServe downloads from"):
-        manifests(local, "kserve")
+def test_serving_containers_get_the_same_secret_references() -> None:
+    """What the deploy step hands to the serving pods: references, never values."""
+    op = deploy(secret_env=[SecretEnv(env="AWS_SECRET_ACCESS_KEY", secret="s3", key="secret")])
+    env = env_of(base(submitted(op)))
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    assert json.loads(env[spec.SECRET_ENV_VAR]) == [
+        {"env": "AWS_SECRET_ACCESS_KEY", "key": "secret", "secret": "s3"}]
 
 
-def test_cluster_deploy_needs_registers_outputs() -> None:
-    with pytest.raises(MlkubeError, match=r"task 'deploy': version is needed.*champion_version"):
-        deploy(version=None).model_serving("ml")
+def test_another_service_account_may_be_given() -> None:
+    pod = submitted(deploy(service_account_name="team-deployer"))
+    assert pod["spec"]["serviceAccountName"] == "team-deployer"
 
 
-def test_serving_target_is_checked_at_parse_time() -> None:
-    with pytest.raises(MlkubeError, match="task 'deploy': serving is 'seldon'"):
-        deploy(serving="seldon")
-
-
-def _live(kind: str, status: dict[str, Any], replicas: int = 2, generation: int = 3) -> Any:
-    """A live object as kubernetes' dynamic client returns it: nested ResourceFields."""
-    def field(value: Any) -> Any:
-        if isinstance(value, dict):
-            return ResourceField(params={k: field(v) for k, v in value.items()})
-        return value
-
-    return field({"kind": kind, "status": status, "spec": {"replicas": replicas},
-                  "metadata": {"generation": generation}})
-
-
-def test_readiness_conditions() -> None:
-    rolled = {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2}
-    assert _condition(_live("Deployment", rolled), "Deployment") == (True, None)
-    rolling = {"observedGeneration": 3, "updatedReplicas": 1, "availableReplicas": 2}
-    assert _condition(_live("Deployment", rolling), "Deployment") == (False, None)
-    loaded = {"modelStatus": {"transitionStatus": "UpToDate",
-                              "states": {"activeModelState": "Loaded"}}}
-    assert _condition(_live("InferenceService", loaded), "InferenceService") == (True, None)
-    failed = {"modelStatus": {"transitionStatus": "BlockedByFailedLoad",
-                              "lastFailureInfo": {"message": "model file not found"}}}
-    assert _condition(_live("InferenceService", failed), "InferenceService") == (
-        False, "model file not found")
-    assert _condition(_live("InferenceService", {}), "InferenceService") == (False, None)
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"target": "seldon"}, "task 'deploy': target is 'seldon'; use one of: auto, local, "
+                           "deployment, kserve"),
+    ({"canary_percent": "half"}, "task 'deploy': canary_percent is 'half'; it must be int"),
+    ({"model_name": "team/model"}, "task 'deploy': model_name: config key 'registry.model_name'"),
+])
+def test_bad_parameters_fail_at_parse_time(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(MlkubeError, match=message):
+        deploy(**kwargs)

@@ -12,6 +12,7 @@ from kubernetes.client import ApiClient, V1EnvVar, V1Pod, V1Volume
 from kubernetes.client import V1ConfigMapVolumeSource as ConfigMapSource
 
 from mlkube.airflow import (
+    DeployModelOperator,
     PrepareDataOperator,
     RegisterModelOperator,
     SecretEnv,
@@ -52,7 +53,8 @@ ALL_OPERATORS = [
     TrainOperator(task_id="train", dataset="/mnt/mlkube/ds", hyperparameters={"learning_rate": 0.01},
                   gpus=2, gpu_product="NVIDIA-A100-SXM4-80GB", shm_size="8Gi"),
     RegisterModelOperator(task_id="register", dataset="/mnt/mlkube/ds", run_id="abc123", margin=0.01),
-    # DeployModelOperator submits no step pod on a cluster: see test_airflow_deploy.py
+    DeployModelOperator(task_id="deploy", dataset="/mnt/mlkube/ds", model_name="churn",
+                        version="7", target="kserve", canary_percent=10),
 ]
 
 

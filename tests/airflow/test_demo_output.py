@@ -66,8 +66,8 @@ def test_no_status_line_without_a_terminal() -> None:
     ("register", {"version": "2", "metric": "accuracy", "challenger_value": 0.9, "promoted": "false",
                   "champion_version": "1", "champion_value": 0.97},
      "v2 accuracy 0.9000, not promoted (champion v1 0.9700)"),
-    ("deploy", {"version": "2", "endpoint": "http://h:1/invocations", "replaced_version": "1"},
-     "v2 at http://h:1/invocations (replaces v1)"),
+    ("deploy", {"version": "2", "endpoint": "http://h:1/v2/models/m/infer", "replaced_version": "1"},
+     "v2 at http://h:1/v2/models/m/infer (replaces v1)"),
 ])
 def test_key_results(task_id: str, result: dict[str, Any], line: str) -> None:
     assert demo._key_result(task_id, result) == line
@@ -92,15 +92,16 @@ def test_ask_endpoint_sends_what_its_curl_line_says() -> None:
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        endpoint = f"http://127.0.0.1:{server.server_port}/invocations"
+        endpoint = f"http://127.0.0.1:{server.server_port}/v2/models/m/infer"
         curl, answer = demo.ask_endpoint(endpoint, [1.5, 2.0])
     finally:
         server.shutdown()
     assert json.loads(answer) == {"predictions": [[0.25, 0.75]]}
-    assert seen == [("/invocations", "application/json", {"inputs": [[1.5, 2.0]]})]
+    v2 = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.5, 2.0]}]}
+    assert seen == [("/v2/models/m/infer", "application/json", v2)]
     argv = shlex.split(curl)
     assert argv[:4] == ["curl", "-s", "-H", "Content-Type: application/json"]
-    assert argv[4] == endpoint and json.loads(argv[6]) == {"inputs": [[1.5, 2.0]]}
+    assert argv[4] == endpoint and json.loads(argv[6]) == v2
 
 
 def test_output_goes_to_the_log_file_and_the_terminal_stream_stays(tmp_path: Path) -> None:

@@ -46,7 +46,6 @@ def test_results_are_read_from_declared_outputs_of_earlier_tasks(tasks: dict[str
             refs += 1
     assert refs >= 8
     register = {p["name"]: p["value"] for p in tasks["deploy"]["arguments"]["parameters"]}
-    assert register["storage-uri"] == "{{tasks.register.outputs.parameters.champion_uri}}"
     assert register["version"] == "{{tasks.register.outputs.parameters.champion_version}}"
 
 

@@ -36,17 +36,6 @@ def test_every_object_passes_strict_validation(docs: dict[str, list[dict]],
                                   "Workflow", "WorkflowTemplate"]
 
 
-def test_the_deploy_manifest_is_checked_against_the_kserve_crd(docs: dict[str, list[dict]],
-                                                               validator: Validator) -> None:
-    (wt,) = copy.deepcopy(docs["mlkube-steps.yaml"])
-    deploy = next(t for t in wt["spec"]["templates"] if t["name"] == "deploy")
-    manifest = yaml.safe_load(deploy["resource"]["manifest"])
-    manifest["spec"]["predictor"]["model"]["storageURI"] = "s3://typo"
-    deploy["resource"]["manifest"] = yaml.safe_dump(manifest)
-    errors = validator.errors(wt)
-    assert len(errors) == 1 and "deploy" in errors[0] and "storageURI" in errors[0]
-
-
 @pytest.mark.parametrize("where", ["spec", "container"])
 def test_strict_validation_rejects_unknown_fields(docs: dict[str, list[dict]],
                                                   validator: Validator, where: str) -> None:

@@ -1,22 +1,21 @@
 """Each step template is its step: inputs from its options, outputs from its result keys,
-the container from kube.pod.step_pod; training gets the GPU pieces; deploy applies KServe."""
+the container from kube.pod.step_pod; training gets the GPU pieces; deploy runs its step under
+the deploy ServiceAccount."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-import yaml
 
 from mlkube import spec
 from mlkube.argo import io
 from mlkube.argo.options import RenderOptions
 from mlkube.argo.templates import (
-    DEPLOY_OUTPUTS,
-    ISVC_READY,
     STEP_TEMPLATES,
     placement,
     step_ref,
+    template_values,
 )
 from mlkube.errors import MlkubeError
 from mlkube.kube.pod import step_pod
@@ -64,8 +63,7 @@ def test_outputs_match_the_result_keys(steps: dict[str, Any], name: str) -> None
 def test_the_container_is_the_one_step_pod_builds(steps: dict[str, Any], name: str) -> None:
     template = BY_NAME[name]
     options = RenderOptions()
-    pod = step_pod(template.step, io.step_values(template.step, template.fixed),
-                   placement(template, options))
+    pod = step_pod(template.step, template_values(template, options), placement(template, options))
     assert steps[name]["container"] == to_dict(pod.container)
     assert steps[name]["securityContext"] == to_dict(pod.security_context)
     args = steps[name]["container"]["args"]
@@ -84,7 +82,7 @@ def test_the_tune_templates_fix_the_role(steps: dict[str, Any]) -> None:
     assert (role("tune-worker"), role("select-best")) == ("worker", "select")
 
 
-@pytest.mark.parametrize("name", list(BY_NAME) + ["deploy"])
+@pytest.mark.parametrize("name", list(BY_NAME))
 def test_every_template_retries_with_backoff_and_has_a_deadline(steps: dict[str, Any],
                                                                 name: str) -> None:
     retry = steps[name]["retryStrategy"]
@@ -123,24 +121,21 @@ def test_train_gets_a_gpu_its_toleration_and_shared_memory(steps: dict[str, Any]
         assert "tolerations" not in steps[name]
 
 
-def test_deploy_applies_the_inference_service_and_waits_for_it(steps: dict[str, Any],
-                                                              validator: Any) -> None:
+def test_deploy_runs_the_deploy_step_under_its_own_service_account(steps: dict[str, Any]) -> None:
+    """One deploy program everywhere: no resource template that only applies and waits."""
     deploy = steps["deploy"]
-    resource = deploy["resource"]
-    assert resource["action"] == "apply" and resource["successCondition"] == ISVC_READY
-    assert "setOwnerReference" not in resource  # serving outlives the workflow
+    assert "resource" not in deploy
     assert deploy["serviceAccountName"] == RenderOptions().deploy_service_account
-    isvc = yaml.safe_load(resource["manifest"])
-    assert validator.isvc_errors(isvc) == []
-    model = isvc["spec"]["predictor"]["model"]
-    assert model["storageUri"] == "{{inputs.parameters.storage-uri}}"
-    assert isvc["metadata"]["annotations"]["mlkube.io/model-version"] == \
-        "{{inputs.parameters.version}}"
-    assert [p["name"] for p in deploy["inputs"]["parameters"]] == ["model-name", "version",
-                                                                   "storage-uri"]
-    outputs = [p["name"] for p in deploy["outputs"]["parameters"]]
-    assert outputs == list(DEPLOY_OUTPUTS)
-    assert set(outputs) == set(spec.DEPLOY.result_keys) - {"replaced_version"}
+    assert all("serviceAccountName" not in t for n, t in steps.items() if n != "deploy")
+    container = deploy["container"]
+    assert container["command"][-1] == spec.DEPLOY.module
+    args = container["args"]
+    assert args[args.index("--target") + 1] == "{{inputs.parameters.target}}"
+    assert args[args.index("--service-name") + 1] == RenderOptions().service_name
+    inputs = {p["name"]: p.get("default") for p in deploy["inputs"]["parameters"]}
+    assert inputs == {"config": "{}", "dataset": None, "version": "", "target": "auto",
+                      "canary-percent": "0"}
+    assert [p["name"] for p in deploy["outputs"]["parameters"]] == list(spec.DEPLOY.result_keys)
 
 
 def test_a_template_ref_to_a_missing_template_is_an_error() -> None:

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mlkube_testing import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_pair() -> int:
-    """A loopback port whose successor is free too (deploys alternate between the two)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 65000 and _free(port + 1):
-            return port
-    raise RuntimeError("no free pair of loopback ports")
 
 
 def small_config(path: Path) -> Path:
@@ -36,7 +17,7 @@ def small_config(path: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "tune": {"n_trials": 2, "epochs": 2, "workers": 1},
         "model": {"epochs": 3},
-        "serving": {"port": free_port_pair()},
+        "serving": {"port": free_port()},
     }))
     return path
 
@@ -80,8 +61,8 @@ def result(dag_run: Any, task_id: str, map_index: int = -1) -> Any:
 
 def stop_servers(state_dir: Path) -> None:
     """Stop the model servers the local deploy step started under ``state_dir``."""
-    from mlkube.local import serving
+    from mlkube.targets import local
 
-    for deployment in serving.deployments(state_dir):
-        serving.stop(deployment)
-        serving.forget(state_dir, deployment.model_name)
+    for server in local.servers(state_dir):
+        local.stop(server)
+        local.forget(state_dir, server.model_name)

@@ -34,16 +34,18 @@ def local_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def predict(endpoint: str, dataset_uri: str) -> list[object]:
-    """Predictions from the served model for two rows of the prepared test split."""
+    """Class labels from the served model (V2) for two rows of the prepared test split."""
     from mlkube import data
 
     features, _, _ = data.load_split(dataset_uri, "test")
-    request = urllib.request.Request(
-        endpoint, data=json.dumps({"inputs": features[:2].tolist()}).encode(),
-        headers={"Content-Type": "application/json"})
+    body = {"inputs": [{"name": "input", "shape": [2, features.shape[1]], "datatype": "FP32",
+                        "data": features[:2].reshape(-1).tolist()}]}
+    request = urllib.request.Request(endpoint, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
-        predictions: list[object] = json.loads(response.read())["predictions"]
-    return predictions
+        outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+    labels: list[object] = outputs["label"]["data"]
+    return labels
 
 
 def test_ml_lifecycle_runs_to_a_live_endpoint(local_lifecycle: Path) -> None:

@@ -37,7 +37,8 @@ def test_ml_lifecycle_shape() -> None:
     assert tasks["train"].upstream_task_ids == {"prepare_data", "tune_select"}
     assert tasks["register"].upstream_task_ids == {"prepare_data", "train"}
     assert tasks["deploy"].upstream_task_ids == {"prepare_data", "register"}
-    assert tasks["deploy"].serving == "auto"
+    assert tasks["deploy"].target is None  # the step's auto: local here, KServe/Deployment in a pod
+    assert tasks["deploy"].service_account_name == "mlkube-deploy"
     assert tasks["train"].gpus == 1
 
 

@@ -44,9 +44,11 @@ def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=900)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-        found = re.search(r"endpoint +(http://127\.0\.0\.1:\d+)/invocations", done.stdout)
+        found = re.search(r"endpoint +(http://127\.0\.0\.1:\d+)/v2/models/mlkube-demo/infer",
+                          done.stdout)
         assert found, done.stdout[-2000:]
-        with urllib.request.urlopen(f"{found.group(1)}/ping", timeout=10) as response:
+        ready = f"{found.group(1)}/v2/models/mlkube-demo/ready"
+        with urllib.request.urlopen(ready, timeout=10) as response:
             assert response.status == 200
         assert (state / "airflow" / "airflow.db").is_file()  # Airflow's own home, not the user's
 
@@ -67,9 +69,13 @@ def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
 
         # the summary ends with a request the user can repeat, and the model's answer
         request, answer, url = _prediction(done.stdout)
-        assert url == f"{found.group(1)}/invocations"
-        assert len(request["inputs"]) == 1 and len(request["inputs"][0]) == 30
-        (probabilities,) = answer["predictions"]
+        assert url == f"{found.group(1)}/v2/models/mlkube-demo/infer"
+        (tensor,) = request["inputs"]
+        assert tensor["shape"] == [1, 30] and len(tensor["data"]) == 30
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        probabilities = outputs["probabilities"]["data"]
         assert len(probabilities) == 2 and math.isclose(sum(probabilities), 1, rel_tol=1e-4)
+        assert outputs["probabilities"]["parameters"]["labels"] == ["0", "1"]
+        assert outputs["label"]["data"][0] in ("0", "1")
     finally:
         stop_servers(state)

@@ -10,7 +10,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from mlkube.local import serving
+from mlkube.serve import client
+from mlkube.targets import local
 from mlkube_testing import write_config
 
 MLKUBE = [sys.executable, "-m", "mlkube.cli"]
@@ -34,15 +35,16 @@ def test_run_whole_lifecycle_to_a_live_endpoint(state: Path, tmp_path: Path) -> 
 
     prepared = json.loads((summary_file.parent / "prepare-data.json").read_text())
     rows = pd.read_parquet(Path(prepared["dataset_uri"]) / "test.parquet").drop(columns="target")
-    predictions = serving.predict(summary["endpoint"], rows.head(4).to_numpy(dtype=float).tolist())
-    assert len(predictions) == 4
+    base_url = summary["endpoint"].split("/v2/")[0]
+    outputs = client.infer(base_url, "mlkube-demo", rows.head(4).to_numpy(dtype=float).tolist())
+    assert len(outputs["label"]) == 4
     version = mlflow.MlflowClient().get_model_version_by_alias("mlkube-demo", "champion")
     assert version.tags["mlkube.pipeline_run_id"] == summary["run_id"]
 
     status = _mlkube("serve", "status")
     assert status.returncode == 0 and "mlkube-demo v1 up" in status.stdout
     assert _mlkube("serve", "stop").returncode == 0
-    assert serving.deployments(state) == []
+    assert local.servers(state) == []
     assert _mlkube("serve", "status").stdout.strip() == "nothing is deployed locally"
 
 

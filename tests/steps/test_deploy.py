@@ -1,7 +1,12 @@
-"""deploy: a real MLflow scoring server on loopback; rollout, idempotence and rollback."""
+"""deploy on the local target: mlkube's V2 runtime on loopback, swapped in place, rolled back.
+
+Real parts: models trained and registered by the steps, the real server process, real HTTP.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,8 +14,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from mlkube.local import serving
+from mlkube.serve import client
+from mlkube.targets import local
 from mlkube_testing import error_lines, run, write_config
+
+NAME = "mlkube-demo"
 
 
 @pytest.fixture
@@ -18,9 +26,9 @@ def config(tmp_path: Path) -> str:
     return str(write_config(tmp_path / "c.yaml"))
 
 
-def _rows(dataset: str) -> list[list[float]]:
+def _rows(dataset: str, n: int = 3) -> list[list[float]]:
     frame = pd.read_parquet(Path(dataset) / "test.parquet").drop(columns="target")
-    return frame.head(3).to_numpy(dtype=float).tolist()
+    return frame.head(n).to_numpy(dtype=float).tolist()
 
 
 def _champion(dataset: str, run_id: str, tmp_path: Path) -> str:
@@ -29,61 +37,128 @@ def _champion(dataset: str, run_id: str, tmp_path: Path) -> str:
     return str(result["champion_version"])
 
 
-def test_serves_champion_then_rolls_to_the_next(dataset: str, train: Callable[..., str], state: Path,
-                                                tmp_path: Path, config: str) -> None:
+def _base(result: dict[str, str]) -> str:
+    return result["endpoint"].split("/v2/")[0]
+
+
+def _serving() -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(NAME, "serving").version)
+
+
+class Load:
+    """Clients asking the published URL in a loop, counting what fails (bounded in time)."""
+
+    def __init__(self, base_url: str, rows: list[list[float]], clients: int = 8) -> None:
+        self.base_url, self.rows = base_url, rows
+        self.ok, self.failed, self.versions = 0, [], set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(clients)]
+
+    def _ask(self) -> None:
+        deadline = time.monotonic() + 300
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                outputs = client.infer(self.base_url, NAME, self.rows, input_name="input")
+                assert len(outputs["label"]) == len(self.rows)
+                self.ok += 1
+            except Exception as exc:  # every failure counts, whatever its kind
+                self.failed.append(repr(exc))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+def test_serves_then_swaps_the_next_version_in_place_under_load(
+        dataset: str, train: Callable[..., str], state: Path, tmp_path: Path, config: str) -> None:
     _champion(dataset, train(epochs=2, learning_rate=1e-4), tmp_path)
     code, first, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
     assert code == 0 and first is not None and first["version"] == "1"
-    predictions = serving.predict(first["endpoint"], _rows(dataset))
-    assert len(predictions) == 3 and all(abs(sum(p) - 1) < 1e-4 for p in predictions)
+    assert first["endpoint"].endswith(f"/v2/models/{NAME}/infer") and first["replaced_version"] == ""
+    assert _serving() == "1"
+    (server,) = local.servers(state)
 
     again, same, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
-    assert again == 0 and same is not None
-    assert same["endpoint"] == first["endpoint"] and same["replaced_version"] == ""
+    assert again == 0 and same == first  # nothing changes, the same result
 
-    assert _champion(dataset, train(epochs=8, learning_rate=0.01), tmp_path) == "2"
-    code, second, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
+    assert _champion(dataset, train(epochs=6, learning_rate=0.01), tmp_path) == "2"
+    with Load(_base(first), _rows(dataset)) as load:
+        time.sleep(1.0)
+        code, second, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
+        time.sleep(1.0)
     assert code == 0 and second is not None
     assert (second["version"], second["replaced_version"]) == ("2", "1")
-    assert second["endpoint"] != first["endpoint"]  # blue/green: the other port
-    assert len(serving.predict(second["endpoint"], _rows(dataset))) == 3
-    deployed = serving.deployments(state)
-    assert [(d.version, serving.alive(d)) for d in deployed] == [("2", True)]
-    assert serving.port_free("127.0.0.1", int(first["endpoint"].split(":")[2].split("/")[0]))
+    assert second["endpoint"] == first["endpoint"]  # the published URL never moves
+    assert load.failed == [] and load.ok > 20, load.failed[:3]
+    assert local.servers(state) == [server]  # the same process, the model swapped inside it
+    assert client.metadata(_base(second), NAME)["versions"] == ["2"]
+    assert _serving() == "2"
+
+    again, same, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
+    assert again == 0 and same == second
 
 
-def test_failing_model_keeps_the_old_server(dataset: str, train: Callable[..., str], state: Path,
-                                            tmp_path: Path, config: str,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_version_that_cannot_load_is_rolled_back(
+        dataset: str, train: Callable[..., str], state: Path, tmp_path: Path, config: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     _champion(dataset, train(epochs=2), tmp_path)
     code, good, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
     assert code == 0 and good is not None
     broken = train(epochs=3, seed=5)
-    version = mlflow.register_model(f"runs:/{broken}/model", "mlkube-demo").version
-    client = mlflow.MlflowClient()
-    artifacts = Path(client.get_model_version_download_uri("mlkube-demo", str(version))
+    version = mlflow.register_model(f"runs:/{broken}/model", NAME).version
+    mlflow_client = mlflow.MlflowClient()
+    artifacts = Path(mlflow_client.get_model_version_download_uri(NAME, str(version))
                      .removeprefix("file://"))
     for file in (artifacts / "data").rglob("*"):
         if file.is_file():
             file.write_bytes(b"not a model")
-    client.set_registered_model_alias("mlkube-demo", "champion", str(version))
+    mlflow_client.set_registered_model_alias(NAME, "champion", str(version))
     capsys.readouterr()
 
     code, result, err = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path,
                             capsys=capsys)
     lines = error_lines(err)
-    assert code == 1 and result is None and len(lines) == 1
+    assert code == 1 and result is None and len(lines) == 1, err
     assert f"version {version} failed its rollout" in lines[0]
-    assert f"version 1 keeps serving at {good['endpoint']}" in lines[0]
-    (current,) = serving.deployments(state)
-    assert current.version == "1" and serving.alive(current)
-    assert len(serving.predict(good["endpoint"], _rows(dataset))) == 3
+    assert f"rolled back: version 1 serves at {good['endpoint']}" in lines[0]
+    assert client.metadata(_base(good), NAME)["versions"] == ["1"]
+    assert len(client.infer(_base(good), NAME, _rows(dataset))["label"]) == 3
+    assert _serving() == "1"  # the registry still says what is live
 
 
-def test_no_champion_yet(dataset: str, state: Path, tmp_path: Path, config: str,
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_first_deploy_that_fails_leaves_nothing_running(
+        dataset: str, train: Callable[..., str], state: Path, tmp_path: Path, config: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    version = _champion(dataset, train(epochs=2), tmp_path)
+    artifacts = Path(mlflow.MlflowClient().get_model_version_download_uri(NAME, version)
+                     .removeprefix("file://"))
+    for file in (artifacts / "data").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"not a model")
     code, result, err = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path,
                             capsys=capsys)
+    (line,) = error_lines(err)
     assert code == 1 and result is None
-    assert "has no version with alias 'champion'" in error_lines(err)[0]
-    assert not (state / "serving").exists() or serving.deployments(state) == []
+    assert "nothing was serving before, and nothing serves now" in line
+    assert local.servers(state) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "has no version with alias 'champion'"),
+    (["--version", "9"], "has no version 9"),
+    (["--canary-percent", "150"], "--canary-percent is 150; give 0-100"),
+])
+def test_bad_input_is_one_line_and_serves_nothing(
+        dataset: str, state: Path, tmp_path: Path, config: str,
+        capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    code, result, err = run("deploy", "--config", config, "--dataset", dataset, *args,
+                            tmp=tmp_path, capsys=capsys)
+    lines = error_lines(err)
+    assert code == 1 and result is None and len(lines) == 1 and message in lines[0], err
+    assert local.servers(state) == []

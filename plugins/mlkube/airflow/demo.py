@@ -267,14 +267,15 @@ def _not_run(run: Any, task_ids: list[str]) -> list[tuple[str, str]]:
 def ask_endpoint(endpoint: str, row: list[float], timeout: float = 30.0) -> tuple[str, str]:
     """Ask the model server for a prediction on one feature row.
 
-    The one place that speaks the serving protocol (MLflow's scoring server: POST
-    ``{"inputs": [[...]]}`` to the ``/invocations`` endpoint). Returns the same request as a
-    curl command line, and the body of the server's answer.
+    The one place that speaks the serving protocol: the Open Inference Protocol (V2), a POST
+    of one FP32 tensor to the deploy step's ``endpoint`` (``.../v2/models/<name>/infer``).
+    Returns the same request as a curl command line, and the body of the server's answer.
 
     Raises:
         OSError: the server did not answer, or answered an HTTP error (``HTTPError``).
     """
-    body = json.dumps({"inputs": [row]})
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
+                                   "data": row}]})
     curl = shlex.join(["curl", "-s", "-H", "Content-Type: application/json", endpoint, "-d", body])
     request = urllib.request.Request(endpoint, data=body.encode(),
                                      headers={"Content-Type": "application/json"})

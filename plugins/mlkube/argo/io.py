@@ -31,11 +31,12 @@ OUTPUTS_DIR = "/tmp/mlkube/outputs"
 CONFIG_PATH = "/etc/mlkube/config.yaml"
 CONFIG_INPUT = "config"
 # Set by the template: the config file, where results go, lineage, the tune role.
-TEMPLATE_SET = frozenset({"config", "artifact_root", "result_file", "pipeline_run_id", "role"})
+TEMPLATE_SET = frozenset({"config", "artifact_root", "result_file", "pipeline_run_id", "role",
+                          "service_name"})
 # Optional options whose "not given" has a written form.
-OPTIONAL_DEFAULTS = {"params": "{}"}
+OPTIONAL_DEFAULTS = {"params": "{}", "version": "", "target": "auto", "canary_percent": "0"}
 # Optional options left out: the step derives a value every caller agrees on.
-DERIVED = frozenset({"study_name", "run_key", "alias"})
+DERIVED = frozenset({"study_name", "run_key", "alias", "namespace", "server_image"})
 
 
 def input_name(option: Option) -> str:

@@ -82,10 +82,8 @@ def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
                   config=config, dataset=dataset, params=_out("select-best", "best_params"))
             _task(options, "register", depends="train.Succeeded", config=config,
                   dataset=dataset, run_id=_out("train", "run_id"))
-            _task(options, "deploy", depends="register.Succeeded",
-                  model_name=_out("register", "model_name"),
-                  version=_out("register", "champion_version"),
-                  storage_uri=_out("register", "champion_uri"))
+            _task(options, "deploy", depends="register.Succeeded", config=config,
+                  dataset=dataset, version=_out("register", "champion_version"))
     return workflow
 
 

@@ -32,9 +32,9 @@ class RenderOptions:
         gpu_image: the training image, or ``None`` for the step's default.
         mlflow_tracking_uri: the MLflow server every step logs to.
         secret_env: credentials as Secret references (e.g. MLflow or object-store keys).
-        service_name: the InferenceService the deploy template applies.
+        service_name: the serving objects (InferenceService, or Deployment + Service + HPA) deploy creates.
         workflow_service_account: runs the step pods (reports their results only).
-        deploy_service_account: runs the deploy template (may apply InferenceServices).
+        deploy_service_account: runs the deploy step (may manage its serving objects only).
         retry_limit: retries of a step after a transient failure.
         step_deadline_seconds: how long a CPU step may run.
         train_deadline_seconds: how long training may run.

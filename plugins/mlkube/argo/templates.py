@@ -3,8 +3,9 @@
 Each container template is built by :func:`mlkube.kube.pod.step_pod` from the step's
 :class:`~mlkube.spec.StepSpec`, the same call the Airflow operators make, and converted to
 Hera's models: command, arguments, image, resources, GPU scheduling, volumes, environment and
-the restricted security context are never listed here. Deploy is an Argo ``resource``
-template applying the KServe InferenceService from :mod:`mlkube.kube.serving`.
+the restricted security context are never listed here. Deploy is a step like the others: its
+program rolls the model out on the cluster (KServe, else Deployment + Service + HPA), under
+the deploy ServiceAccount, with the same guarantees as everywhere else.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from mlkube import spec
 from mlkube.argo import io
 from mlkube.argo.convert import to_hera, to_hera_list
 from mlkube.argo.options import LABELS
 from mlkube.errors import MlkubeError
-from mlkube.kube import serving
 from mlkube.kube.pod import Placement, step_pod
 
 if TYPE_CHECKING:
@@ -33,20 +31,6 @@ if TYPE_CHECKING:
 # step's own one-line error (exit 1: bad input that a retry would only repeat).
 RETRY_EXPRESSION = ("lastRetry.status == 'Error' or "
                     "(lastRetry.status == 'Failed' and asInt(lastRetry.exitCode) != 1)")
-# The InferenceService's model is loaded and serving; or it cannot be.
-ISVC_READY = ("status.modelStatus.transitionStatus == UpToDate,"
-              "status.modelStatus.states.activeModelState == Loaded")
-ISVC_FAILED = "status.modelStatus.transitionStatus in (BlockedByFailedLoad,InvalidSpec)"
-DEPLOY_INPUTS = ("model-name", "version", "storage-uri")
-# The deploy template's outputs, read from the applied InferenceService (DEPLOY.result_keys
-# less replaced_version: the applied object no longer says which version it replaced).
-DEPLOY_OUTPUTS = {
-    "model_name": "{.metadata.annotations.mlkube\\.io/model-name}",
-    "version": "{.metadata.annotations.mlkube\\.io/model-version}",
-    "endpoint": "{.status.url}",
-}
-
-
 @dataclass(frozen=True, kw_only=True)
 class StepTemplate:
     """One container template: which step, run how."""
@@ -56,6 +40,7 @@ class StepTemplate:
     fixed: dict[str, Any] = field(default_factory=dict)  # option values the template sets
     cpu: str | None = None
     memory: str | None = None
+    deploys: bool = False  # runs under the deploy ServiceAccount, which may serve models
 
 
 STEP_TEMPLATES = (
@@ -65,9 +50,9 @@ STEP_TEMPLATES = (
                  cpu="500m", memory="1Gi"),
     StepTemplate(name="train", step=spec.TRAIN),
     StepTemplate(name="register", step=spec.REGISTER),
+    StepTemplate(name="deploy", step=spec.DEPLOY, deploys=True),
 )
-DEPLOY_TEMPLATE = "deploy"
-TEMPLATE_NAMES = (*(t.name for t in STEP_TEMPLATES), DEPLOY_TEMPLATE)
+TEMPLATE_NAMES = tuple(t.name for t in STEP_TEMPLATES)
 
 
 def retry_strategy(options: RenderOptions) -> RetryStrategy:
@@ -93,6 +78,14 @@ def placement(template: StepTemplate, options: RenderOptions) -> Placement:
     )
 
 
+def template_values(template: StepTemplate, options: RenderOptions) -> dict[str, Any]:
+    """The step's option values: input placeholders, and what the template fixes."""
+    fixed = dict(template.fixed)
+    if template.deploys:
+        fixed["service_name"] = options.service_name
+    return io.step_values(template.step, fixed)
+
+
 def step_template(template: StepTemplate, options: RenderOptions) -> Template:
     """The container template running ``template.step`` with its inputs and outputs."""
     from hera.workflows.models import (
@@ -104,7 +97,7 @@ def step_template(template: StepTemplate, options: RenderOptions) -> Template:
     )
     from hera.workflows.models import Template as ModelTemplate
 
-    values = io.step_values(template.step, template.fixed)
+    values = template_values(template, options)
     pod = step_pod(template.step, values, placement(template, options), what=template.name)
     gpu = template.step.resources.gpus > 0
     deadline = options.train_deadline_seconds if gpu else options.step_deadline_seconds
@@ -119,43 +112,7 @@ def step_template(template: StepTemplate, options: RenderOptions) -> Template:
         security_context=to_hera(pod.security_context, PodSecurityContext),
         retry_strategy=retry_strategy(options),
         active_deadline_seconds=IntOrString(root=str(deadline)),
-    )
-
-
-def deploy_template(options: RenderOptions) -> Template:
-    """Apply the InferenceService for the given model version; wait until it serves."""
-    from hera.workflows.models import (
-        Inputs,
-        IntOrString,
-        Outputs,
-        Parameter,
-        ResourceTemplate,
-        Template,
-        ValueFrom,
-    )
-
-    placeholder = {name: f"{{{{inputs.parameters.{name}}}}}" for name in DEPLOY_INPUTS}
-    isvc = serving.inference_service(serving.ModelServing(
-        name=options.service_name, namespace=options.namespace,
-        model_name=placeholder["model-name"], version=placeholder["version"],
-        storage_uri=placeholder["storage-uri"],
-    ))
-    return Template(
-        name=DEPLOY_TEMPLATE,
-        inputs=Inputs(parameters=[
-            Parameter(name="model-name", description="registered model name (register's model_name)"),
-            Parameter(name="version", description="model version to serve, fixed "
-                                                  "(register's champion_version)"),
-            Parameter(name="storage-uri", description="the version's files, a URI KServe "
-                                                      "downloads from (register's champion_uri)"),
-        ]),
-        outputs=Outputs(parameters=[Parameter(name=key, value_from=ValueFrom(json_path=path))
-                                    for key, path in DEPLOY_OUTPUTS.items()]),
-        resource=ResourceTemplate(action="apply", manifest=yaml.safe_dump(isvc, sort_keys=False),
-                                  success_condition=ISVC_READY, failure_condition=ISVC_FAILED),
-        service_account_name=options.deploy_service_account,
-        retry_strategy=retry_strategy(options),
-        active_deadline_seconds=IntOrString(root=str(options.step_deadline_seconds)),
+        service_account_name=options.deploy_service_account if template.deploys else None,
     )
 
 
@@ -164,7 +121,6 @@ def steps_template(options: RenderOptions) -> WorkflowTemplate:
     from hera.workflows import WorkflowTemplate
 
     templates: list[Any] = [step_template(t, options) for t in STEP_TEMPLATES]
-    templates.append(deploy_template(options))
     return WorkflowTemplate(
         name=options.steps_name, namespace=options.namespace,
         labels=dict(LABELS),

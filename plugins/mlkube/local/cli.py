@@ -1,4 +1,4 @@
-"""``mlkube run`` and ``mlkube serve status|stop``."""
+"""``mlkube run`` and ``mlkube serve status|stop|model``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlkube import config as configmod
+from mlkube.serve import server as model_server  # argparse and socket only: cheap to import
 
 
 def _state_dir(config_path: str | None) -> Path:
@@ -20,27 +21,35 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from mlkube.local import serving
+    from mlkube.serve import client
+    from mlkube.targets import local
 
-    found = serving.deployments(_state_dir(args.config))
+    found = local.servers(_state_dir(args.config))
     if not found:
         print("nothing is deployed locally")
-    for d in found:
-        state = "up" if serving.alive(d) else "DOWN"
-        print(f"{d.model_name} v{d.version} {state} {d.endpoint} pid {d.pid} log {d.log}")
-    return 0 if all(serving.alive(d) for d in found) else 1
+    up = [local.running(s) for s in found]
+    for server, running in zip(found, up, strict=True):
+        versions = client.metadata(server.base_url, server.model_name).get("versions") \
+            if running else None
+        print(f"{server.model_name} v{(versions or ['?'])[0]} {'up' if running else 'DOWN'} "
+              f"{server.base_url} pid {server.pid} log {server.log}")
+    return 0 if all(up) else 1
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from mlkube.local import serving
+    from mlkube.targets import local
 
     state_dir = _state_dir(args.config)
-    for d in serving.deployments(state_dir):
-        if args.model in (None, d.model_name):
-            serving.stop(d)
-            serving.forget(state_dir, d.model_name)
-            print(f"stopped {d.model_name} v{d.version} ({d.endpoint})")
+    for server in local.servers(state_dir):
+        if args.model in (None, server.model_name):
+            local.stop(server)
+            local.forget(state_dir, server.model_name)
+            print(f"stopped {server.model_name} ({server.base_url})")
     return 0
+
+
+def _serve_model(args: argparse.Namespace) -> int:
+    return model_server.run(args)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,3 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     stop.set_defaults(handler=_stop)
     for parser in (status, stop):
         parser.add_argument("--config", help="lifecycle config (YAML), for its state_dir")
+    model = verbs.add_parser("model", help="serve one MLflow model version over the Open "
+                                           "Inference Protocol (V2), in the foreground")
+    model_server.add_arguments(model)
+    model.set_defaults(handler=_serve_model)

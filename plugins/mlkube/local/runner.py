@@ -93,5 +93,5 @@ mlkube run {summary['run_id']} finished in {summary['total_s']}s ({steps})
   model      {summary['model_name']} v{summary['version']} {outcome}; champion is v{summary['champion_version']}
   test {summary['metric']:<5} {summary['challenger_value']:.4f}
   endpoint   {summary['endpoint']}  (mlkube serve status; mlkube serve stop)
-  try it     curl -s -H 'Content-Type: application/json' -d '{{"inputs": [[...30 features...]]}}' {summary['endpoint']}
+  try it     curl -s -H 'Content-Type: application/json' -d '{{"inputs": [{{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [...30 features...]}}]}}' {summary['endpoint']}
   MLflow UI  mlflow ui --backend-store-uri {summary['tracking_uri']}""", flush=True)

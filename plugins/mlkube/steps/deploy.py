@@ -1,83 +1,186 @@
-"""deploy: serve ``models:/<name>@champion`` (a fixed version) on a real model server.
+"""deploy: serve a fixed model version on mlkube's V2 runtime, on any target, with one set of guarantees.
 
-``python -m mlkube.steps.deploy --dataset DIR [--model-name NAME] [--alias champion]``
+``python -m mlkube.steps.deploy --dataset DIR [--model-name NAME] [--alias champion | --version N]
+[--target auto|local|deployment|kserve] [--canary-percent P]``
 
-Locally the server is MLflow's scoring server on 127.0.0.1. The new server must answer
-``/ping`` and a prediction on rows of the test split before it replaces the running one; if it
-fails, the old server keeps serving, its record is untouched and the step fails with the reason.
+The same sequence on every target (:mod:`mlkube.targets`):
+
+1. resolve the alias to a fixed version;
+2. the target loads and verifies that version aside (the runtime predicts the model's own input
+   example) before it takes traffic, then switches without dropping requests;
+3. rows of the test split are smoke-tested through the published endpoint;
+4. on any failure the previous version is put back and the step fails with one line naming
+   both versions and the reason;
+5. only then MLflow records what serves: the ``serving`` alias moves to the version.
+
+The same version again changes nothing and returns the same result. ``auto`` is the local
+target outside a cluster; in a pod, KServe where its API is served, else Deployment + Service
++ HPA. Only this step talks to the cluster API, through :mod:`mlkube.kube.rollout`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlkube import spec
 from mlkube.errors import MlkubeError
 from mlkube.steps._main import Context, run_step
 
+if TYPE_CHECKING:
+    from mlkube.targets.base import ServingTarget
+
 SPEC = spec.DEPLOY
 SMOKE_ROWS = 5
+SERVING_ALIAS = "serving"
+TAG_REPLACED = "mlkube.replaced_version"
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
-def resolve(name: str, alias: str) -> str:
-    """The version ``alias`` points at now."""
+def resolve(name: str, alias: str | None, version: str | None) -> str:
+    """The fixed version to serve: ``version`` if given (it must exist), else the alias's."""
     from mlflow.exceptions import MlflowException
 
     from mlkube import tracking
 
     try:
-        return str(tracking.client().get_model_version_by_alias(name, alias).version)
+        if version:
+            return str(tracking.client().get_model_version(name, version).version)
+        return str(tracking.client().get_model_version_by_alias(name, alias or "champion").version)
     except MlflowException:
-        raise MlkubeError(f"model {name!r} has no version with alias {alias!r}: run register "
-                          "first, or pass --alias") from None
+        what = f"version {version}" if version else f"version with alias {alias or 'champion'!r}"
+        raise MlkubeError(f"model {name!r} has no {what}: run register first, or pass "
+                          "--alias / --version") from None
 
 
-def smoke_test(endpoint: str, rows: list[list[float]]) -> None:
-    """A prediction per row, each of finite numbers, or an error."""
-    from mlkube.local import serving
+def infer_url(target: ServingTarget) -> str:
+    """The published V2 inference URL of the target's model."""
+    from urllib.parse import quote
 
-    predictions = serving.predict(endpoint, rows)
-    flat = [v for p in predictions for v in (p if isinstance(p, list) else [p])]
-    if len(predictions) != len(rows) or not all(math.isfinite(float(v)) for v in flat):
-        raise MlkubeError(f"{endpoint} answered {len(predictions)} predictions for {len(rows)} "
-                          f"rows or non-finite values: {predictions!r:.200}")
+    return f"{target.base_url}/v2/models/{quote(target.model_name, safe='')}/infer"
+
+
+def _flat(value: Any) -> list[Any]:
+    return [v for item in value for v in _flat(item)] if isinstance(value, list) else [value]
+
+
+def smoke_test(target: ServingTarget, rows: list[list[float]]) -> None:
+    """One finite answer per row, through the published endpoint."""
+    from mlkube.serve import client
+
+    outputs = client.infer(target.base_url, target.model_name, rows)
+    numeric = {name: data for name, data in outputs.items()
+               if all(isinstance(v, int | float) for v in _flat(data))}
+    if not numeric:
+        raise MlkubeError(f"{infer_url(target)} answered no numeric output: {outputs!r:.200}")
+    for name, data in numeric.items():
+        values = _flat(data)
+        if len(data) != len(rows) or not all(math.isfinite(float(v)) for v in values):
+            raise MlkubeError(f"{infer_url(target)} answered {name} for {len(data)} of "
+                              f"{len(rows)} rows, or non-finite values: {values!r:.200}")
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def _serving_env() -> list[Any]:
+    """What the serving containers need to load models: the tracking URI and Secret refs."""
+    from kubernetes.client import V1EnvVar
+
+    from mlkube.kube.pod import SecretEnv
+
+    env = [V1EnvVar(name="MLFLOW_TRACKING_URI", value=os.environ["MLFLOW_TRACKING_URI"])]
+    refs = json.loads(os.environ.get(spec.SECRET_ENV_VAR) or "[]")
+    return env + [SecretEnv(**ref).to_k8s() for ref in refs]
+
+
+def choose_target(ctx: Context, name: str) -> ServingTarget:
+    """The target, chosen once: ``--target``, or ``auto`` (local outside a cluster)."""
+    kind = ctx.args.target or "auto"
+    if kind == "local" or (kind == "auto" and not _in_cluster()):
+        from mlkube.targets.local import LocalTarget
+
+        return LocalTarget(state_dir=ctx.state_dir, model_name=name, host=ctx.config.serving.host,
+                           port=ctx.config.serving.port,
+                           ready_timeout=ctx.config.serving.ready_timeout, log=ctx.log)
+    return _cluster_target(ctx, name, kind)
+
+
+def _cluster_target(ctx: Context, name: str, kind: str) -> ServingTarget:
+    import re
+    from pathlib import Path
+
+    from mlkube.kube import rollout
+    from mlkube.kube.serving import ModelServing
+
+    namespace = ctx.args.namespace or (Path(NAMESPACE_FILE).read_text().strip()
+                                       if Path(NAMESPACE_FILE).is_file() else "default")
+    service = ctx.args.service_name or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63]
+    serving = ModelServing(name=service, model_name=name, namespace=namespace,
+                           env=tuple(_serving_env()),
+                           **({"image": ctx.args.server_image} if ctx.args.server_image else {}))
+    return rollout.cluster_target(kind, api_client=rollout.api_client(), serving=serving,  # type: ignore[arg-type]
+                                  namespace=namespace, canary_percent=ctx.args.canary_percent or None,
+                                  timeout=ctx.config.serving.ready_timeout, log=ctx.log)
+
+
+def _record_serving(name: str, version: str, replaced: str | None) -> str:
+    """Move the ``serving`` alias to ``version``; return the version it replaced."""
+    from mlkube import tracking
+
+    client = tracking.client()
+    if replaced is not None and replaced != version:
+        client.set_model_version_tag(name, version, TAG_REPLACED, replaced)
+    client.set_registered_model_alias(name, SERVING_ALIAS, version)
+    return str(client.get_model_version(name, version).tags.get(TAG_REPLACED, ""))
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    """Roll out the alias's version; keep the old server when the new one fails."""
+    """Roll the version out; put the previous one back when anything fails."""
     from mlkube import data, tracking
-    from mlkube.local import serving
 
+    if ctx.args.canary_percent is not None and not 0 <= ctx.args.canary_percent <= 100:
+        raise MlkubeError(f"--canary-percent is {ctx.args.canary_percent}; give 0-100 (the share "
+                          "of traffic the new version gets until its smoke test passes; 0 = none)")
     tracking.configure(ctx.state_dir, ctx.config.experiment)
     name = ctx.config.registry.model_name
-    version = resolve(name, ctx.args.alias or "champion")
-    old = serving.current(ctx.state_dir, name)
-    if old is not None and old.version == version and serving.alive(old):
-        ctx.log(f"version {version} already serves at {old.endpoint}")
-        return {"model_name": name, "version": version, "endpoint": old.endpoint,
-                "replaced_version": ""}
+    version = resolve(name, ctx.args.alias, ctx.args.version)
     x_test, _, _ = data.load_split(ctx.args.dataset, "test")
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
-    base = ctx.config.serving.port
-    port = base + 1 if old is not None and old.port == base else base
-    new = serving.start(ctx.state_dir, name, version, ctx.config.serving.host, port)
-    ctx.log(f"starting version {version} on {new.url} (pid {new.pid}, log {new.log})")
+    target = choose_target(ctx, name)
+    previous = target.live_version()
+    if previous == version:
+        endpoint = infer_url(target)
+        ctx.log(f"version {version} already serves at {endpoint} ({target.name})")
+        replaced = _record_serving(name, version, None)
+        return {"model_name": name, "version": version, "endpoint": endpoint,
+                "replaced_version": replaced}
+    ctx.log(f"rolling out {name} version {version} on the {target.name} target"
+            + (f", replacing version {previous}" if previous else ""))
     try:
-        serving.wait_ready(new, ctx.config.serving.ready_timeout)
-        smoke_test(new.endpoint, rows)
-    except MlkubeError as exc:
-        serving.stop(new)
-        keeps = f"version {old.version} keeps serving at {old.endpoint}" if old else "nothing served"
-        raise MlkubeError(f"version {version} failed its rollout ({exc}); {keeps}") from None
-    serving.record(ctx.state_dir, new)
-    if old is not None:
-        serving.stop(old)
-    ctx.log(f"version {version} serves at {new.endpoint}"
-            + (f", replacing version {old.version}" if old else ""))
-    return {"model_name": name, "version": version, "endpoint": new.endpoint,
-            "replaced_version": old.version if old else ""}
+        target.roll_out(version, f"models:/{name}/{version}")
+        smoke_test(target, rows)
+        target.promote()
+    except (MlkubeError, KeyboardInterrupt) as exc:
+        reason = str(exc) or type(exc).__name__
+        try:
+            target.roll_back(previous)
+        except MlkubeError as again:
+            raise MlkubeError(f"version {version} failed its rollout ({reason}), and rolling "
+                              f"back to version {previous} failed too ({again})") from None
+        after = (f"rolled back: version {previous} serves at {infer_url(target)}" if previous
+                 else "nothing was serving before, and nothing serves now")
+        raise MlkubeError(f"version {version} failed its rollout ({reason}); {after}") from None
+    replaced = _record_serving(name, version, previous or "")
+    endpoint = infer_url(target)  # after the rollout: a cluster target knows its address now
+    ctx.log(f"version {version} serves at {endpoint}"
+            + (f", replacing version {previous}" if previous else ""))
+    return {"model_name": name, "version": version, "endpoint": endpoint,
+            "replaced_version": replaced}
 
 
 def main(argv: list[str] | None = None) -> int:

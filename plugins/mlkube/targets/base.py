@@ -1,0 +1,60 @@
+"""The contract every serving target keeps (local process, Deployment, KServe).
+
+The deploy step drives a target through the same sequence everywhere::
+
+    previous = target.live_version()          # what serves now (None: nothing)
+    target.roll_out(version, model_uri)       # load + verify aside, then switch, no dropped requests
+    smoke-test rows through target.endpoint   # the published URL, which never changes
+    target.promote()                          # e.g. KServe canary -> 100 %
+    # on any failure: target.roll_back(previous), then one error line
+
+Invariants each target keeps:
+
+- ``roll_out`` proves the version loads and answers (the serving runtime predicts the model's
+  own input example; on a cluster: readiness that means exactly that) before it takes traffic;
+  when that fails, the previous version still takes all traffic and ``roll_out`` raises
+  :class:`~mlkube.errors.MlkubeError` with the reason (a cluster target: the container's own
+  reason, e.g. its last termination message, CrashLoopBackOff, FailedScheduling, an image pull
+  error — never a bare timeout).
+- The switch drops no request: locally the running server swaps models in place; a Deployment
+  rolls with ``maxUnavailable: 0`` gated by readiness; KServe moves traffic by revision.
+- ``roll_back(None)`` means nothing served before: stop serving what ``roll_out`` started.
+- Every method is idempotent: called again with the same arguments it changes nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class ServingTarget(ABC):
+    """One place a registered model is served, behind one published endpoint."""
+
+    #: ``local``, ``deployment`` or ``kserve``.
+    name: str
+
+    @property
+    @abstractmethod
+    def base_url(self) -> str:
+        """The published base URL of the V2 server (the same for every version)."""
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str:
+        """The model's name on the V2 server (``/v2/models/<model_name>``)."""
+
+    @abstractmethod
+    def live_version(self) -> str | None:
+        """The registered version that serves and answers now, or ``None``."""
+
+    @abstractmethod
+    def roll_out(self, version: str, model_uri: str) -> None:
+        """Load and verify ``version`` aside, then give it the traffic without dropping any."""
+
+    def promote(self) -> None:
+        """After the smoke test passed: finish the rollout (a canary takes all traffic)."""
+        return None  # most targets give the new version all traffic in roll_out
+
+    @abstractmethod
+    def roll_back(self, version: str | None) -> None:
+        """Serve ``version`` again (``None``: stop serving what :meth:`roll_out` started)."""

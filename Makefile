@@ -47,6 +47,8 @@ bench: setup
 	$(PY) benchmarks/lifecycle.py
 	$(PY) benchmarks/dag_parse.py --repeat 15
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/redeploy.py
+	$(PY) benchmarks/prepare_wide.py
 
 clean:
 	-$(VENV)/bin/mlkube serve stop

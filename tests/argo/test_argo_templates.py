@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from mlkube import spec
 from mlkube.argo import io
@@ -150,3 +151,15 @@ def test_an_unplaced_option_fails_the_render() -> None:
                          options=(spec.Option(flag="--shiny", help="new and optional"),))
     with pytest.raises(MlkubeError, match=r"option --shiny has no Argo input rule"):
         io.input_options(step)
+
+
+def test_a_cpu_limit_reaches_every_step_container(validator: Any) -> None:
+    """For namespaces whose ResourceQuota tracks limits.cpu (else admission rejects the pods)."""
+    from mlkube.argo.render import render
+
+    (wt,) = [yaml.safe_load(render(RenderOptions(cpu_limit="4"))["mlkube-steps.yaml"])]
+    assert validator.errors(wt) == []
+    for template in wt["spec"]["templates"]:
+        assert template["container"]["resources"]["limits"]["cpu"] == "4", template["name"]
+    with pytest.raises(MlkubeError, match=r"cpu_limit 100m is below the cpu request"):
+        render(RenderOptions(cpu_limit="100m"))

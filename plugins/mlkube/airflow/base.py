@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import V1EnvVar, V1Pod
-from kubernetes.client.exceptions import ApiException
 
 from mlkube.airflow import backend as backends
 from mlkube.airflow import checks
@@ -59,6 +58,15 @@ def _env_list(env: Mapping[str, str] | Sequence[V1EnvVar] | None) -> list[V1EnvV
     return list(env or [])
 
 
+def pending_reason(events: Sequence[Any]) -> str | None:
+    """The scheduler's latest word on a pod it could not place (its FailedScheduling event)."""
+    failed = [e for e in events if e.reason == "FailedScheduling" and e.message]
+    if not failed:
+        return None
+    latest = max(failed, key=lambda e: str(e.last_timestamp or e.event_time or ""))
+    return str(latest.message).strip().splitlines()[0]
+
+
 class StepOperator(KubernetesPodOperator):
     """Run one lifecycle step; its result is the return value (pushed per key by default).
 
@@ -74,6 +82,8 @@ class StepOperator(KubernetesPodOperator):
         backend: ``kubernetes`` or ``local``; default: ``MLKUBE_BACKEND``, then Airflow
             config ``[mlkube] backend``, then ``kubernetes``.
         cpu: CPU request (a Kubernetes quantity); default: the step's.
+        cpu_limit: CPU limit, for a namespace whose ResourceQuota tracks ``limits.cpu``
+            (preflight names it when the quota demands one); default: none.
         memory: memory request and limit (a quantity); default: the step's.
         gpus: whole GPUs (``nvidia.com/gpu``); default: the step's (1 for train).
         gpu_product: GPU product to select nodes by (``nvidia.com/gpu.product``).
@@ -115,6 +125,7 @@ class StepOperator(KubernetesPodOperator):
         pipeline_run_id: str | None = "{{ run_id }}",
         backend: str | None = None,
         cpu: str | None = None,
+        cpu_limit: str | None = None,
         memory: str | None = None,
         gpus: int | None = None,
         gpu_product: str | None = None,
@@ -145,6 +156,7 @@ class StepOperator(KubernetesPodOperator):
         self.pipeline_run_id = pipeline_run_id
         self.backend = backend
         self.cpu = cpu
+        self.cpu_limit = cpu_limit
         self.memory = memory
         self.gpus = gpus
         self.gpu_product = gpu_product
@@ -177,7 +189,8 @@ class StepOperator(KubernetesPodOperator):
     # -- what the step gets ----------------------------------------------------------------
 
     def _placement_fields(self) -> dict[str, Any]:
-        return {"image": self.image, "cpu": self.cpu, "memory": self.memory, "gpus": self.gpus,
+        return {"image": self.image, "cpu": self.cpu, "cpu_limit": self.cpu_limit,
+                "memory": self.memory, "gpus": self.gpus,
                 "gpu_product": self.gpu_product, "shm_size": self.shm_size,
                 "artifact_pvc": self.artifact_pvc}
 
@@ -272,35 +285,36 @@ class StepOperator(KubernetesPodOperator):
             self.name = self._set_name(self.name)
             self.pod_request_obj = self.build_pod_request_obj(context)
             self._preflight(self.pod_request_obj)
-        with self._without_xcom_sidecar():
+        with self._without_xcom_sidecar(), self._scheduler_reason():
             super().execute(context)  # deferrable: defers here, resumes in trigger_reentry
         return self._finish(self._result_from(self.remote_pod))
 
+    @contextmanager
+    def _scheduler_reason(self) -> Iterator[None]:
+        """A pod that was never scheduled fails with the scheduler's reason, not a timeout."""
+        from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+
+        try:
+            yield
+        except PodLaunchTimeoutException as exc:
+            pod = getattr(self, "pod", None)
+            reason = pending_reason(self.pod_manager.read_pod_events(pod).items) if pod else None
+            if pod is None or reason is None:
+                raise
+            raise MlkubeError(f"{self._what}: pod {pod.metadata.name} was not scheduled: "
+                              f"{reason}") from exc
+
     def _preflight(self, pod: V1Pod) -> None:
-        """Fail now when no node or quota can take ``pod`` (see :mod:`mlkube.kube.preflight`)."""
-        probes = (
-            ("nodes", lambda: self.client.list_node().items, preflights.check_nodes),
-            ("resource quotas",
-             lambda: self.client.list_namespaced_resource_quota(pod.metadata.namespace).items,
-             preflights.check_quotas),
-        )
-        for what, read, check in probes:
-            try:
-                found = read()
-            except ApiException as exc:
-                if exc.status not in (401, 403):
-                    raise
-                self.log.warning("preflight: may not list %s (HTTP %s); that check is skipped",
-                                 what, exc.status)
-                continue
-            try:
-                check(pod, found)
-            except MlkubeError as exc:
-                raise MlkubeError(f"{self._what}: {exc}") from None
+        """Fail now when the pod can never be admitted or scheduled (:mod:`mlkube.kube.preflight`)."""
+        found = preflights.read_cluster(self.client, pod.metadata.namespace, self.log.warning)
+        try:
+            preflights.verdict(pod, **found)
+        except MlkubeError as exc:
+            raise MlkubeError(f"{self._what}: {exc}") from None
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after deferral: KubernetesPodOperator finishes the pod, we read the result."""
-        with self._without_xcom_sidecar():
+        with self._without_xcom_sidecar(), self._scheduler_reason():
             super().trigger_reentry(context, event)
         return self._finish(self._result_from(self.pod))
 

@@ -56,7 +56,9 @@ def _render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifact-pvc", help="shared ReadWriteMany claim (default "
                                                "mlkube-artifacts)")
     parser.add_argument("--mlflow-tracking-uri", help="MLflow server (default http://mlflow:5000)")
-    parser.add_argument("--service-name", help="InferenceService name (default mlkube-demo)")
+    parser.add_argument("--service-name", help="the serving objects' name (default mlkube-demo)")
+    parser.add_argument("--cpu-limit", help="CPU limit of every step container, for a namespace "
+                                            "whose ResourceQuota tracks limits.cpu (default none)")
 
 
 def options_from(args: argparse.Namespace) -> Any:
@@ -64,7 +66,7 @@ def options_from(args: argparse.Namespace) -> Any:
     from mlkube.argo.options import RenderOptions
 
     fields = ("namespace", "workers", "parallelism", "schedules", "gpu_product", "artifact_pvc",
-              "mlflow_tracking_uri", "service_name")
+              "mlflow_tracking_uri", "service_name", "cpu_limit")
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return RenderOptions(**given).validated()
 

@@ -30,6 +30,8 @@ class RenderOptions:
         gpu_product: pin training to nodes with this ``nvidia.com/gpu.product`` label.
         image: the CPU steps' image, or ``None`` for the step's default.
         gpu_image: the training image, or ``None`` for the step's default.
+        cpu_limit: a CPU limit on every step container, for namespaces whose quota tracks
+            ``limits.cpu`` (``None``: no CPU limit; memory is always limited).
         mlflow_tracking_uri: the MLflow server every step logs to.
         secret_env: credentials as Secret references (e.g. MLflow or object-store keys).
         service_name: the serving objects (InferenceService, or Deployment + Service + HPA) deploy creates.
@@ -53,6 +55,7 @@ class RenderOptions:
     gpu_product: str | None = None
     image: str | None = None
     gpu_image: str | None = None
+    cpu_limit: str | None = None
     mlflow_tracking_uri: str = "http://mlflow:5000"
     secret_env: Sequence[SecretEnv] = ()
     service_name: str = "mlkube-demo"

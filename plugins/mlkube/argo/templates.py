@@ -70,7 +70,7 @@ def placement(template: StepTemplate, options: RenderOptions) -> Placement:
     gpu = template.step.resources.gpus > 0
     return Placement(
         image=options.gpu_image if gpu else options.image,
-        cpu=template.cpu, memory=template.memory,
+        cpu=template.cpu, memory=template.memory, cpu_limit=options.cpu_limit,
         gpu_product=options.gpu_product if gpu else None,
         artifact_pvc=options.artifact_pvc,
         env={"MLFLOW_TRACKING_URI": options.mlflow_tracking_uri, **io.outputs_env()},

@@ -27,6 +27,7 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
+from mlkube.errors import MlkubeError
 from mlkube.kube import gpu, security, validation
 from mlkube.spec import ARTIFACT_MOUNT, RESULT_PATH, SECRET_ENV_VAR, StepSpec
 
@@ -54,6 +55,7 @@ class Placement:
 
     image: str | None = None
     cpu: str | None = None
+    cpu_limit: str | None = None  # what a namespace whose quota tracks limits.cpu demands
     memory: str | None = None
     gpus: int | None = None
     gpu_product: str | None = None
@@ -68,6 +70,8 @@ class Placement:
             validation.image(self.image, f"{what}: image")
         if self.cpu is not None:
             validation.quantity(self.cpu, f"{what}: cpu")
+        if self.cpu_limit is not None:
+            validation.quantity(self.cpu_limit, f"{what}: cpu_limit")
         if self.memory is not None:
             validation.quantity(self.memory, f"{what}: memory")
         if self.gpus is not None:
@@ -87,13 +91,21 @@ class StepPod:
     security_context: V1PodSecurityContext
 
 
-def resources(spec: StepSpec, placement: Placement) -> V1ResourceRequirements:
-    """Requests and limits: memory limited to its request, GPUs whole."""
+def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> V1ResourceRequirements:
+    """Requests and limits: memory limited to its request, CPU when asked, GPUs whole."""
+    from kubernetes.utils import parse_quantity
+
     cpu = placement.cpu or spec.resources.cpu
     memory = placement.memory or spec.resources.memory
     gpus = spec.resources.gpus if placement.gpus is None else placement.gpus
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
     limits: dict[str, str] = {"memory": memory}
+    if placement.cpu_limit is not None:
+        if parse_quantity(placement.cpu_limit) < parse_quantity(cpu):
+            raise MlkubeError(f"{what or spec.name}: cpu_limit {placement.cpu_limit} is below the "
+                              f"cpu request {cpu}; Kubernetes rejects that: raise cpu_limit or "
+                              "lower cpu")
+        limits["cpu"] = placement.cpu_limit
     if gpus:
         requests[gpu.GPU_RESOURCE] = limits[gpu.GPU_RESOURCE] = str(gpus)
     return V1ResourceRequirements(requests=requests, limits=limits)
@@ -111,7 +123,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
              what: str | None = None) -> StepPod:
     """Build the container and pod-level pieces for running ``spec`` with ``values``."""
     placement = placement.validated(what or spec.name)
-    reqs = resources(spec, placement)
+    reqs = resources(spec, placement, what)
     env = [V1EnvVar(name=k, value=v) for k, v in sorted(placement.env.items())]
     env += [s.to_k8s() for s in placement.secret_env]
     if placement.secret_env:  # references only, for what the step itself creates (deploy)

@@ -1,0 +1,99 @@
+"""``mlkube preflight``: would the cluster in the current kubeconfig ever run this pod?
+
+    mlkube preflight --step train --gpus 4 --namespace ml     # a step's pod, as the adapters build it
+    mlkube preflight --pod pod.yaml                          # any pod manifest
+
+It prints the verdict (the nodes that fit, what was skipped) and exits 0, or prints why the
+pod can never be admitted or scheduled, one line per the scheduler's style, and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def step_pod_object(step: str, args: argparse.Namespace, namespace: str) -> Any:
+    """The pod the adapters would submit for ``step`` (placeholders for per-run values)."""
+    from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec
+
+    from mlkube import spec
+    from mlkube.kube.pod import Placement, step_pod
+
+    description = spec.get(step)
+    values = {o.dest: f"<{o.dest}>" for o in description.options if o.required}
+    placement = Placement(image=args.image, cpu=args.cpu, cpu_limit=args.cpu_limit,
+                          memory=args.memory, gpus=args.gpus, gpu_product=args.gpu_product,
+                          artifact_pvc=args.artifact_pvc)
+    pieces = step_pod(description, values, placement, what=f"step {step}")
+    return V1Pod(api_version="v1", kind="Pod",
+                 metadata=V1ObjectMeta(name=f"mlkube-{step}-preflight", namespace=namespace),
+                 spec=V1PodSpec(containers=[pieces.container], volumes=pieces.volumes or None,
+                                tolerations=pieces.tolerations or None,
+                                node_selector=pieces.node_selector or None,
+                                security_context=pieces.security_context,
+                                restart_policy="Never"))
+
+
+def pod_from_file(path: str, namespace: str | None) -> Any:
+    """A ``V1Pod`` from a YAML or JSON manifest."""
+    import yaml
+    from kubernetes.client import ApiClient
+
+    from mlkube.errors import MlkubeError
+
+    try:
+        data = yaml.safe_load(open(path).read())
+    except (OSError, yaml.YAMLError) as exc:
+        raise MlkubeError(f"pod manifest {path} cannot be read: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict) or data.get("kind") != "Pod":
+        raise MlkubeError(f"{path} is not a Pod manifest (kind: Pod); for a step use --step")
+
+    class _Response:
+        def __init__(self, body: Any) -> None:
+            self.data = json.dumps(body)
+
+    pod = ApiClient().deserialize(_Response(data), "V1Pod")
+    if namespace or not pod.metadata.namespace:
+        pod.metadata.namespace = namespace or "default"
+    return pod
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    from mlkube.errors import MlkubeError
+    from mlkube.kube import preflight, rollout
+
+    client = rollout.api_client()
+    if args.pod:
+        pod = pod_from_file(args.pod, args.namespace)
+    elif args.step:
+        pod = step_pod_object(args.step, args, args.namespace or "default")
+    else:
+        raise MlkubeError("give --step STEP (a step's pod) or --pod FILE (a pod manifest)")
+    from kubernetes.client import CoreV1Api
+
+    found = preflight.read_cluster(CoreV1Api(client), pod.metadata.namespace, print)
+    result = preflight.verdict(pod, **found)
+    asks = ", ".join(f"{k}={v.normalize():f}" for k, v in sorted(result.requests.items()))
+    where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
+             f"{', '.join(result.nodes[:10])}" if found["nodes"] is not None else "nodes not read")
+    print(f"pod {pod.metadata.namespace}/{pod.metadata.name} asks {asks}: may run; {where}"
+          + (f"; skipped: {', '.join(result.skipped)}" if result.skipped else ""))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``preflight``."""
+    parser = sub.add_parser("preflight", help="check that the cluster (current kubeconfig) can "
+                                              "ever run a step's pod, or any pod manifest")
+    parser.add_argument("--step", help="a step name: its pod as the adapters build it")
+    parser.add_argument("--pod", help="a pod manifest (YAML or JSON) instead")
+    parser.add_argument("--namespace", help="the namespace it would run in (default: default)")
+    for flag, text in (("--image", "image"), ("--cpu", "CPU request"),
+                       ("--cpu-limit", "CPU limit"), ("--memory", "memory request and limit"),
+                       ("--gpu-product", "nvidia.com/gpu.product to select nodes by"),
+                       ("--artifact-pvc", "the shared claim the step mounts")):
+        parser.add_argument(flag, help=f"with --step: {text}")
+    parser.add_argument("--gpus", type=int, help="with --step: whole GPUs")
+    parser.set_defaults(handler=_preflight)

@@ -1,0 +1,56 @@
+"""``mlkube preflight``: a step's pod, or any manifest, judged by the same verdict()."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient, V1Node, V1NodeSpec, V1NodeStatus, V1ObjectMeta
+
+from mlkube.errors import MlkubeError
+from mlkube.kube import cli, preflight
+
+GPU_NODE = V1Node(metadata=V1ObjectMeta(name="gpu-1", labels={}), spec=V1NodeSpec(),
+                  status=V1NodeStatus(allocatable={"cpu": "32", "memory": "256Gi",
+                                                   "nvidia.com/gpu": "2", "pods": "110"}))
+
+
+def _args(**given: object) -> argparse.Namespace:
+    fields = ("image", "cpu", "cpu_limit", "memory", "gpus", "gpu_product", "artifact_pvc")
+    return argparse.Namespace(**{f: given.get(f) for f in fields})
+
+
+def test_a_steps_pod_is_the_one_the_adapters_build() -> None:
+    pod = cli.step_pod_object("train", _args(gpus=2), "ml")
+    assert pod.metadata.namespace == "ml"
+    assert preflight.verdict(pod, nodes=[GPU_NODE]).nodes == ("gpu-1",)
+    too_big = cli.step_pod_object("train", _args(gpus=4), "ml")
+    with pytest.raises(MlkubeError, match=r"0/1 nodes are available: 1 node: Insufficient "
+                                          r"nvidia\.com/gpu \(has 2, asks 4\)"):
+        preflight.verdict(too_big, nodes=[GPU_NODE])
+
+
+def test_any_pod_manifest(tmp_path: Path) -> None:
+    manifest = ApiClient().sanitize_for_serialization(cli.step_pod_object("train", _args(), "x"))
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    pod = cli.pod_from_file(str(path), "ml")
+    assert pod.metadata.namespace == "ml" and pod.spec.containers[0].resources.limits
+    assert preflight.verdict(pod, nodes=[GPU_NODE]).nodes == ("gpu-1",)
+    path.write_text("kind: Deployment\n")
+    with pytest.raises(MlkubeError, match="is not a Pod manifest"):
+        cli.pod_from_file(str(path), None)
+
+
+def test_without_a_cluster_it_says_so_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mlkube.cli", "preflight", "--step", "train"],
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                               "KUBECONFIG": str(tmp_path / "none")})
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("mlkube preflight: error: no usable Kubernetes config")

@@ -8,12 +8,12 @@ from typing import Any
 from mlkube.argo.lifecycle import SKIP_UNCHANGED, TRAINING_WHEN
 from mlkube.argo.options import RenderOptions
 
-ORDER = ["prepare-data", "tune-worker", "select-best", "train", "register", "deploy"]
+ORDER = ["preflight", "prepare-data", "tune-worker", "select-best", "train", "register", "deploy"]
 
 
 def test_tasks_run_in_lifecycle_order(tasks: dict[str, Any]) -> None:
     assert list(tasks) == ORDER
-    assert "depends" not in tasks["prepare-data"]
+    assert "depends" not in tasks["preflight"]  # first: a pod that can never run stops it all
     for before, after in zip(ORDER, ORDER[1:], strict=False):
         # .Succeeded, not bare names: a skipped task must not let its dependants run
         assert tasks[after]["depends"] == f"{before}.Succeeded"
@@ -29,8 +29,8 @@ def test_every_task_calls_an_existing_step_template(tasks: dict[str, Any],
 def test_arguments_match_the_inputs_of_the_called_template(tasks: dict[str, Any],
                                                            steps: dict[str, Any]) -> None:
     for name, task in tasks.items():
-        declared = {p["name"]: p for p in steps[name]["inputs"]["parameters"]}
-        given = {p["name"] for p in task["arguments"]["parameters"]}
+        declared = {p["name"]: p for p in steps[name]["inputs"].get("parameters", [])}
+        given = {p["name"] for p in task.get("arguments", {}).get("parameters", [])}
         assert given <= set(declared), name
         assert {n for n, p in declared.items() if "default" not in p} <= given, name
 

@@ -23,10 +23,14 @@ def test_each_account_is_bound_to_its_own_role(docs: dict[str, list[dict]]) -> N
     assert not any(kind.startswith("Cluster") for kind, _ in objects)
 
 
-def test_the_workflow_account_only_reports_task_results(docs: dict[str, list[dict]]) -> None:
+def test_the_workflow_account_reports_results_and_reads_what_preflight_needs(
+        docs: dict[str, list[dict]]) -> None:
     role = _by_kind_and_name(docs)[("Role", RenderOptions().workflow_service_account)]
-    assert role["rules"] == [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
-                              "verbs": ["create", "patch"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+         "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["resourcequotas", "limitranges", "persistentvolumeclaims"],
+         "verbs": ["get", "list"]}]
 
 
 def test_the_deploy_account_serves_models_and_nothing_more(docs: dict[str, list[dict]]) -> None:

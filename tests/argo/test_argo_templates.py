@@ -26,8 +26,8 @@ BY_NAME = {t.name: t for t in STEP_TEMPLATES}
 
 
 def test_the_steps_template_holds_one_template_per_step(steps: dict[str, Any]) -> None:
-    assert list(steps) == ["prepare-data", "tune-worker", "select-best", "train", "register",
-                           "deploy"]
+    assert list(steps) == ["preflight", "prepare-data", "tune-worker", "select-best", "train",
+                           "register", "deploy"]
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
@@ -142,7 +142,7 @@ def test_deploy_runs_the_deploy_step_under_its_own_service_account(steps: dict[s
 def test_a_template_ref_to_a_missing_template_is_an_error() -> None:
     assert step_ref(RenderOptions(), "train").template == "train"
     with pytest.raises(MlkubeError, match=r"templateRef mlkube-steps/trian: no such template; "
-                                          r"mlkube-steps has prepare-data, .*deploy"):
+                                          r"mlkube-steps has preflight, prepare-data, .*deploy"):
         step_ref(RenderOptions(), "trian")
 
 
@@ -163,3 +163,24 @@ def test_a_cpu_limit_reaches_every_step_container(validator: Any) -> None:
         assert template["container"]["resources"]["limits"]["cpu"] == "4", template["name"]
     with pytest.raises(MlkubeError, match=r"cpu_limit 100m is below the cpu request"):
         render(RenderOptions(cpu_limit="100m"))
+
+
+def test_preflight_judges_every_step_pod_as_rendered(steps: dict[str, Any]) -> None:
+    """The pods it checks are the step templates' own: same resources, placement, volumes."""
+    import kubernetes_validate
+
+    from mlkube.argo.templates import PREFLIGHT_PODS, preflight_pods
+
+    template = steps["preflight"]
+    assert template["container"]["command"][-3:] == ["preflight", "--pod", PREFLIGHT_PODS]
+    (artifact,) = template["inputs"]["artifacts"]
+    pods = list(yaml.safe_load_all(artifact["raw"]["data"]))
+    assert pods == preflight_pods(RenderOptions())
+    assert [p["metadata"]["name"] for p in pods] == [f"mlkube-steps-{t.name}" for t in STEP_TEMPLATES]
+    for pod, name in zip(pods, BY_NAME, strict=True):
+        kubernetes_validate.validate(pod, "1.33.0", strict=True)
+        (container,) = pod["spec"]["containers"]
+        assert container["resources"] == steps[name]["container"]["resources"]
+        assert pod["spec"].get("nodeSelector") == steps[name].get("nodeSelector")
+        assert "{{" not in yaml.safe_dump(pod)  # nothing for Argo to resolve inside the artifact
+    assert pods[-1]["spec"]["serviceAccountName"] == RenderOptions().deploy_service_account

@@ -38,12 +38,12 @@ def test_any_pod_manifest(tmp_path: Path) -> None:
     manifest = ApiClient().sanitize_for_serialization(cli.step_pod_object("train", _args(), "x"))
     path = tmp_path / "pod.yaml"
     path.write_text(yaml.safe_dump(manifest))
-    pod = cli.pod_from_file(str(path), "ml")
+    (pod,) = cli.pods_from_file(str(path), "ml")
     assert pod.metadata.namespace == "ml" and pod.spec.containers[0].resources.limits
     assert preflight.verdict(pod, nodes=[GPU_NODE]).nodes == ("gpu-1",)
     path.write_text("kind: Deployment\n")
     with pytest.raises(MlkubeError, match="is not a Pod manifest"):
-        cli.pod_from_file(str(path), None)
+        cli.pods_from_file(str(path), None)
 
 
 def test_without_a_cluster_it_says_so_in_one_line(tmp_path: Path) -> None:

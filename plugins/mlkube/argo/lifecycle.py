@@ -57,7 +57,8 @@ def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
         name=options.lifecycle_name, namespace=options.namespace,
         labels=dict(LABELS),
         annotations={"workflows.argoproj.io/description":
-                     "prepare -> tune x P -> select -> train (GPU) -> register -> deploy"},
+                     "preflight -> prepare -> tune x P -> select -> train (GPU) -> register "
+                     "-> deploy"},
         entrypoint=ENTRYPOINT,
         arguments=[
             Parameter(name=CONFIG, value="{}",
@@ -73,7 +74,8 @@ def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
                                  seconds_after_failure=14 * 86400),
     ) as workflow:
         with DAG(name=ENTRYPOINT, parallelism=options.parallelism):
-            _task(options, "prepare-data", config=config)
+            _task(options, "preflight")
+            _task(options, "prepare-data", depends="preflight.Succeeded", config=config)
             _task(options, "tune-worker", depends="prepare-data.Succeeded", when=TRAINING_WHEN,
                   with_items=list(range(options.workers)), config=config, dataset=dataset)
             _task(options, "select-best", depends="tune-worker.Succeeded", when=TRAINING_WHEN,

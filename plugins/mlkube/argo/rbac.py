@@ -1,7 +1,8 @@
 """Least-privilege service accounts for the lifecycle's pods.
 
 - the workflow account runs every step pod: Argo's executor may only report the pod's
-  results (``workflowtaskresults``); the steps themselves never call the Kubernetes API;
+  results (``workflowtaskresults``), and the preflight template may read the namespace's
+  quotas, LimitRanges and claims; the other steps never call the Kubernetes API;
 - the deploy account runs the deploy template: that, plus applying the serving objects
   (:data:`mlkube.kube.serving.DEPLOY_RULES`). Neither can read Secrets or leave the namespace.
 """
@@ -22,13 +23,19 @@ EXECUTOR_RULES = (
     V1PolicyRule(api_groups=["argoproj.io"], resources=["workflowtaskresults"],
                  verbs=["create", "patch"]),
 )
+# What the preflight template reads in its namespace (nodes are cluster-scoped: a ClusterRole
+# the cluster's admin may grant; without it that check is skipped).
+PREFLIGHT_RULES = (
+    V1PolicyRule(api_groups=[""], resources=["resourcequotas", "limitranges",
+                                             "persistentvolumeclaims"], verbs=["get", "list"]),
+)
 
 
 def rbac_objects(options: RenderOptions) -> list[Any]:
     """ServiceAccount, Role and RoleBinding for the workflow, then for deploy."""
     return [
-        *serving.service_account_rbac(options.workflow_service_account, EXECUTOR_RULES,
-                                      options.namespace),
+        *serving.service_account_rbac(options.workflow_service_account,
+                                      [*EXECUTOR_RULES, *PREFLIGHT_RULES], options.namespace),
         *serving.deploy_rbac(options.deploy_service_account, options.namespace,
                              extra_rules=EXECUTOR_RULES),
     ]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.client import V1Container
+
 from mlkube import spec
 from mlkube.argo import io
 from mlkube.argo.convert import to_hera, to_hera_list
@@ -52,7 +54,9 @@ STEP_TEMPLATES = (
     StepTemplate(name="register", step=spec.REGISTER),
     StepTemplate(name="deploy", step=spec.DEPLOY, deploys=True),
 )
-TEMPLATE_NAMES = tuple(t.name for t in STEP_TEMPLATES)
+PREFLIGHT_TEMPLATE = "preflight"
+PREFLIGHT_PODS = "/etc/mlkube/preflight-pods.yaml"
+TEMPLATE_NAMES = (PREFLIGHT_TEMPLATE, *(t.name for t in STEP_TEMPLATES))
 
 
 def retry_strategy(options: RenderOptions) -> RetryStrategy:
@@ -116,11 +120,78 @@ def step_template(template: StepTemplate, options: RenderOptions) -> Template:
     )
 
 
+def preflight_pods(options: RenderOptions) -> list[dict[str, Any]]:
+    """Every step template's pod, as Pods preflight can judge (resources, placement, volumes).
+
+    The step arguments are left out: they hold the templates' own parameters, which Argo
+    would try to resolve here, and they do not decide where a pod can run.
+    """
+    from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec
+
+    from mlkube.kube.serving import to_dict
+
+    pods = []
+    for template in STEP_TEMPLATES:
+        pieces = step_pod(template.step, template_values(template, options),
+                          placement(template, options), what=template.name)
+        pieces.container.args = None
+        pods.append(to_dict(V1Pod(
+            api_version="v1", kind="Pod",
+            metadata=V1ObjectMeta(name=f"{options.steps_name}-{template.name}",
+                                  namespace=options.namespace),
+            spec=V1PodSpec(containers=[pieces.container], volumes=pieces.volumes or None,
+                           tolerations=pieces.tolerations or None,
+                           node_selector=pieces.node_selector or None,
+                           security_context=pieces.security_context,
+                           service_account_name=(options.deploy_service_account
+                                                 if template.deploys else None)))))
+    return pods
+
+
+def preflight_template(options: RenderOptions) -> Template:
+    """``mlkube preflight`` on every step's pod: fail at once instead of a pod left Pending.
+
+    It runs under the workflow's account, which may read the namespace's quotas, LimitRanges
+    and claims; nodes are cluster-scoped, so their check runs only where a ClusterRole lets
+    the account list them (otherwise it is skipped, with a warning in the log).
+    """
+    import yaml
+    from hera.workflows.models import (
+        Artifact,
+        Container,
+        Inputs,
+        IntOrString,
+        PodSecurityContext,
+        RawArtifact,
+    )
+    from hera.workflows.models import Template as ModelTemplate
+
+    from mlkube.kube.pod import resources
+    from mlkube.kube.security import container_security_context, pod_security_context
+
+    small = Placement(image=options.image, cpu="100m", memory="256Mi", cpu_limit=options.cpu_limit)
+    container = V1Container(
+        name="main", image=options.image or spec.PREPARE_DATA.image,
+        command=["python", "-m", "mlkube.cli", "preflight", "--pod", PREFLIGHT_PODS],
+        resources=resources(spec.REGISTER, small, PREFLIGHT_TEMPLATE),
+        security_context=container_security_context())
+    pods = yaml.safe_dump_all(preflight_pods(options), sort_keys=False)
+    return ModelTemplate(
+        name=PREFLIGHT_TEMPLATE,
+        inputs=Inputs(artifacts=[Artifact(name="pods", path=PREFLIGHT_PODS,
+                                          raw=RawArtifact(data=pods))]),
+        container=to_hera(container, Container),
+        security_context=to_hera(pod_security_context(), PodSecurityContext),
+        active_deadline_seconds=IntOrString(root="300"),
+    )
+
+
 def steps_template(options: RenderOptions) -> WorkflowTemplate:
     """The ``mlkube-steps`` WorkflowTemplate: every step, callable by ``templateRef``."""
     from hera.workflows import WorkflowTemplate
 
-    templates: list[Any] = [step_template(t, options) for t in STEP_TEMPLATES]
+    templates: list[Any] = [preflight_template(options),
+                            *(step_template(t, options) for t in STEP_TEMPLATES)]
     return WorkflowTemplate(
         name=options.steps_name, namespace=options.namespace,
         labels=dict(LABELS),

@@ -36,50 +36,73 @@ def step_pod_object(step: str, args: argparse.Namespace, namespace: str) -> Any:
                                 restart_policy="Never"))
 
 
-def pod_from_file(path: str, namespace: str | None) -> Any:
-    """A ``V1Pod`` from a YAML or JSON manifest."""
+def pods_from_file(path: str, namespace: str | None) -> list[Any]:
+    """The ``V1Pod`` objects of a YAML (one or more documents) or JSON manifest."""
     import yaml
     from kubernetes.client import ApiClient
 
     from mlkube.errors import MlkubeError
 
     try:
-        data = yaml.safe_load(open(path).read())
+        documents = [d for d in yaml.safe_load_all(open(path).read()) if d is not None]
     except (OSError, yaml.YAMLError) as exc:
         raise MlkubeError(f"pod manifest {path} cannot be read: {exc}".splitlines()[0]) from None
-    if not isinstance(data, dict) or data.get("kind") != "Pod":
+    if not documents or any(not isinstance(d, dict) or d.get("kind") != "Pod" for d in documents):
         raise MlkubeError(f"{path} is not a Pod manifest (kind: Pod); for a step use --step")
 
     class _Response:
         def __init__(self, body: Any) -> None:
             self.data = json.dumps(body)
 
-    pod = ApiClient().deserialize(_Response(data), "V1Pod")
-    if namespace or not pod.metadata.namespace:
-        pod.metadata.namespace = namespace or "default"
-    return pod
+    pods = [ApiClient().deserialize(_Response(d), "V1Pod") for d in documents]
+    for pod in pods:
+        if namespace or not pod.metadata.namespace:
+            pod.metadata.namespace = namespace or _own_namespace()
+    return pods
+
+
+def _own_namespace() -> str:
+    """In a pod: its namespace; elsewhere ``default``."""
+    from pathlib import Path
+
+    own = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return own.read_text().strip() if own.is_file() else "default"
 
 
 def _preflight(args: argparse.Namespace) -> int:
+    from kubernetes.client import CoreV1Api
+
     from mlkube.errors import MlkubeError
     from mlkube.kube import preflight, rollout
 
     client = rollout.api_client()
     if args.pod:
-        pod = pod_from_file(args.pod, args.namespace)
+        pods = pods_from_file(args.pod, args.namespace)
     elif args.step:
-        pod = step_pod_object(args.step, args, args.namespace or "default")
+        pods = [step_pod_object(args.step, args, args.namespace or _own_namespace())]
     else:
         raise MlkubeError("give --step STEP (a step's pod) or --pod FILE (a pod manifest)")
-    from kubernetes.client import CoreV1Api
-
-    found = preflight.read_cluster(CoreV1Api(client), pod.metadata.namespace, print)
-    result = preflight.verdict(pod, **found)
-    asks = ", ".join(f"{k}={v.normalize():f}" for k, v in sorted(result.requests.items()))
-    where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
-             f"{', '.join(result.nodes[:10])}" if found["nodes"] is not None else "nodes not read")
-    print(f"pod {pod.metadata.namespace}/{pod.metadata.name} asks {asks}: may run; {where}"
-          + (f"; skipped: {', '.join(result.skipped)}" if result.skipped else ""))
+    core = CoreV1Api(client)
+    views: dict[str, dict[str, Any]] = {}
+    failures = []
+    for pod in pods:
+        namespace = pod.metadata.namespace
+        found = views.setdefault(namespace, preflight.read_cluster(core, namespace, print))
+        try:
+            result = preflight.verdict(pod, **found)
+        except MlkubeError as exc:
+            failures.append(str(exc))
+            print(f"never: {exc}")
+            continue
+        asks = ", ".join(f"{k}={v.normalize():f}" for k, v in sorted(result.requests.items()))
+        where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
+                 f"{', '.join(result.nodes[:10])}" if found["nodes"] is not None
+                 else "nodes not read")
+        print(f"may run: pod {namespace}/{pod.metadata.name} asks {asks}; {where}"
+              + (f"; skipped: {', '.join(result.skipped)}" if result.skipped else ""))
+    if failures:
+        more = f" (and {len(failures) - 1} more pods, above)" if len(failures) > 1 else ""
+        raise MlkubeError(failures[0] + more)
     return 0
 
 

@@ -71,3 +71,45 @@ def test_select_unknown_study(dataset: str, tmp_path: Path, capsys: pytest.Captu
     code, _, err = run("tune", "--dataset", dataset, "--role", "select", "--study-name", "nope",
                        tmp=tmp_path, capsys=capsys)
     assert code == 1 and "study nope does not exist" in error_lines(err)[0]
+
+
+def test_every_study_logs_its_efficiency_curve(dataset: str, state: Path, tmp_path: Path) -> None:
+    """Best value so far against trial-epochs spent (benchmarks/README.md compares it to a grid)."""
+    from mlkube.steps.tune import CURVE_METRIC
+
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": 4, "workers": 1, "epochs": 3})
+    code, result, _ = run("tune", "--config", str(config), "--dataset", dataset, tmp=tmp_path)
+    assert code == 0 and result is not None
+    client = mlflow.MlflowClient()
+    curve = sorted((m.step, m.value) for m in client.get_metric_history(result["mlflow_run_id"],
+                                                                         CURVE_METRIC))
+    study = optuna.load_study(study_name=result["study_name"],
+                              storage=f"sqlite:///{state / 'optuna.db'}")
+    spent = sum(len(t.intermediate_values) for t in study.trials
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert curve[-1] == (spent, pytest.approx(result["best_value"]))
+    assert [v for _, v in curve] == sorted(v for _, v in curve)  # accuracy: never gets worse
+    assert len({s for s, _ in curve}) == len(curve)
+
+    again, _, _ = run("tune", "--config", str(config), "--dataset", dataset, tmp=tmp_path)
+    assert again == 0
+    assert len(client.get_metric_history(result["mlflow_run_id"], CURVE_METRIC)) == len(curve)
+
+
+def test_the_curve_counts_pruned_epochs_and_only_complete_trials_win() -> None:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from mlkube.steps.tune import efficiency_curve
+
+    space = {"x": FloatDistribution(0, 1)}
+
+    def trial(state: TrialState, epochs: int, value: float | None) -> optuna.trial.FrozenTrial:
+        made = create_trial(state=state, params={"x": 0.5}, distributions=space, value=value,
+                            intermediate_values={e: 0.1 * e for e in range(1, epochs + 1)})
+        return made
+
+    trials = [trial(TrialState.COMPLETE, 3, 0.80), trial(TrialState.PRUNED, 1, None),
+              trial(TrialState.COMPLETE, 3, 0.75), trial(TrialState.COMPLETE, 3, 0.90)]
+    assert efficiency_curve(trials, "maximize") == [(3, 0.80), (4, 0.80), (7, 0.80), (10, 0.90)]
+    assert efficiency_curve(trials, "minimize") == [(3, 0.80), (4, 0.80), (7, 0.75), (10, 0.75)]

@@ -225,6 +225,44 @@ def _log_plots(study: Any, parent_run_id: str) -> None:
         plt.close("all")
 
 
+CURVE_METRIC = "best_value_by_trial_epochs"
+CURVE_TAG = "mlkube.curve_trial_epochs"
+
+
+def efficiency_curve(trials: list[Any], direction: str) -> list[tuple[int, float]]:
+    """Best value so far against trial-epochs spent, trials taken in the order they finished.
+
+    A pruned trial's epochs count as spent; only complete trials can be the best.
+    """
+    from optuna.trial import TrialState
+
+    done = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+                  key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+    curve: list[tuple[int, float]] = []
+    spent, best = 0, None
+    for trial in done:
+        spent += len(trial.intermediate_values)
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            value = float(trial.value)
+            better = best is None or (value > best if direction == "maximize" else value < best)
+            best = value if better else best
+        if best is not None:
+            curve.append((spent, best))
+    return curve
+
+
+def _log_curve(study: Any, parent_run_id: str, logged_upto: int) -> None:
+    """Add the points of the study's efficiency curve not yet on the parent run."""
+    from mlkube import tracking
+
+    direction = "maximize" if study.direction.name == "MAXIMIZE" else "minimize"
+    new = {spent: best for spent, best in efficiency_curve(study.trials, direction)
+           if spent > logged_upto}
+    if new:
+        tracking.log_history(parent_run_id, CURVE_METRIC, new)
+        tracking.client().set_tag(parent_run_id, CURVE_TAG, str(max(new)))
+
+
 def select(ctx: Context, name: str, plots: bool = True) -> dict[str, Any]:
     """Report the best trial; log plots and the best values to the parent run."""
     import mlflow
@@ -244,7 +282,10 @@ def select(ctx: Context, name: str, plots: bool = True) -> dict[str, Any]:
         raise MlkubeError(f"study {name} has no finished trial: every trial was pruned or failed; "
                           "widen the search space or raise tune.epochs") from None
     parent = check_parent(study, ctx)
-    logged = mlflow.get_run(parent).data.tags.get("mlkube.best_trial")
+    tags = mlflow.get_run(parent).data.tags
+    logged = tags.get("mlkube.best_trial")
+    if plots:  # the curve grows with every trial; each point is logged once
+        _log_curve(study, parent, int(tags.get(CURVE_TAG, "0")))
     if plots and logged != str(best.number):  # not again for the same best trial
         _log_plots(study, parent)
         with mlflow.start_run(run_id=parent):

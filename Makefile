@@ -49,6 +49,7 @@ bench: setup
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/redeploy.py
 	$(PY) benchmarks/prepare_wide.py
+	$(PY) benchmarks/tune_vs_grid.py
 
 clean:
 	-$(VENV)/bin/mlkube serve stop

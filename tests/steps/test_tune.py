@@ -113,3 +113,28 @@ def test_the_curve_counts_pruned_epochs_and_only_complete_trials_win() -> None:
               trial(TrialState.COMPLETE, 3, 0.75), trial(TrialState.COMPLETE, 3, 0.90)]
     assert efficiency_curve(trials, "maximize") == [(3, 0.80), (4, 0.80), (7, 0.80), (10, 0.90)]
     assert efficiency_curve(trials, "minimize") == [(3, 0.80), (4, 0.80), (7, 0.75), (10, 0.75)]
+
+
+def test_the_grid_anchor_covers_the_tuners_search_space() -> None:
+    """benchmarks/tune_vs_grid.py compares the tuner with a grid over the very same space."""
+    import importlib.util
+
+    from mlkube import config as configmod
+
+    path = Path(__file__).parents[2] / "benchmarks" / "tune_vs_grid.py"
+    module_spec = importlib.util.spec_from_file_location("tune_vs_grid", path)
+    assert module_spec is not None and module_spec.loader is not None
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
+    space = configmod.load(None).tune.search_space
+    points = bench.grid_points(space, 4)
+    assert len(points) == 4 * 3 * 4
+    for name, dim in space.items():
+        values = {p[name] for p in points}
+        if dim.type == "categorical":
+            assert values == set(dim.choices)
+        else:
+            assert min(values) == pytest.approx(dim.low) and max(values) == pytest.approx(dim.high)
+    base = configmod.load(None).model
+    for point in points:  # every point is a model the tuner could have trained
+        configmod.model_params(base, point)

@@ -70,14 +70,20 @@ def _finite(values: np.ndarray, who: str) -> np.ndarray:
     return values
 
 
+def _as_array(output: Any) -> np.ndarray:
+    """A pyfunc's output (array, DataFrame, Series, list) as an array; one column as a vector."""
+    import numpy as np
+
+    values = np.asarray(output.to_numpy() if hasattr(output, "to_numpy") else output)
+    return values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
+
+
 def class_indices(output: Any, info: DatasetInfo, who: str) -> np.ndarray:
     """Class indices (positions in ``info.classes``) from probabilities or labels."""
     import numpy as np
 
-    values = np.asarray(output.to_numpy() if hasattr(output, "to_numpy") else output)
+    values = _as_array(output)
     classes = list(info.classes or [])
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
     if values.ndim == 2:
         if values.shape[1] != len(classes) or not np.issubdtype(values.dtype, np.number):
             raise MlkubeError(
@@ -103,9 +109,7 @@ def regression_values(output: Any, who: str) -> np.ndarray:
     """One finite value per row."""
     import numpy as np
 
-    values = np.asarray(output.to_numpy() if hasattr(output, "to_numpy") else output)
-    if values.ndim == 2 and values.shape[1] == 1:
-        values = values[:, 0]
+    values = _as_array(output)
     if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
         raise MlkubeError(f"{who} returns {values.dtype} values of shape {values.shape}; a "
                           "regression model returns one number per row")

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mlkube.errors import first_line
+
 DAG_ID = "ml_lifecycle"
 LOG_NAME = "demo.log"
 
@@ -153,11 +155,6 @@ def _label(ti: Any) -> str:
     return f"{ti.task_id}[{index}]" if index is not None and index >= 0 else str(ti.task_id)
 
 
-def _first_line(error: Any) -> str:
-    text = str(error).strip() if error is not None else ""
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 class TaskLines:
     """An Airflow listener: a line as each task instance starts and as it ends."""
 
@@ -194,7 +191,7 @@ class TaskLines:
 
     def failed(self, task_instance: Any, error: Any) -> None:
         label = _label(task_instance)
-        self._line(label, f"failed {self._elapsed(label)}  {_first_line(error)}")
+        self._line(label, f"failed {self._elapsed(label)}  {first_line(error)}")
 
 
 def _listener(lines: TaskLines) -> Any:

@@ -42,6 +42,7 @@ def pods_from_file(path: str, namespace: str | None) -> list[Any]:
     from kubernetes.client import ApiClient
 
     from mlkube.errors import MlkubeError
+    from mlkube.kube.rollout import own_namespace
 
     try:
         documents = [d for d in yaml.safe_load_all(open(path).read()) if d is not None]
@@ -57,16 +58,8 @@ def pods_from_file(path: str, namespace: str | None) -> list[Any]:
     pods = [ApiClient().deserialize(_Response(d), "V1Pod") for d in documents]
     for pod in pods:
         if namespace or not pod.metadata.namespace:
-            pod.metadata.namespace = namespace or _own_namespace()
+            pod.metadata.namespace = namespace or own_namespace()
     return pods
-
-
-def _own_namespace() -> str:
-    """In a pod: its namespace; elsewhere ``default``."""
-    from pathlib import Path
-
-    own = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    return own.read_text().strip() if own.is_file() else "default"
 
 
 def _preflight(args: argparse.Namespace) -> int:
@@ -79,7 +72,7 @@ def _preflight(args: argparse.Namespace) -> int:
     if args.pod:
         pods = pods_from_file(args.pod, args.namespace)
     elif args.step:
-        pods = [step_pod_object(args.step, args, args.namespace or _own_namespace())]
+        pods = [step_pod_object(args.step, args, args.namespace or rollout.own_namespace())]
     else:
         raise MlkubeError("give --step STEP (a step's pod) or --pod FILE (a pod manifest)")
     core = CoreV1Api(client)

@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -80,6 +81,15 @@ Log = Callable[[str], Any]
 
 
 # --- connecting ---------------------------------------------------------------------------
+
+
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace() -> str:
+    """In a pod: the namespace it runs in (its service account's); elsewhere ``default``."""
+    path = Path(NAMESPACE_FILE)
+    return path.read_text().strip() if path.is_file() else "default"
 
 
 def api_client() -> ApiClient:

@@ -21,7 +21,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from mlkube.serve import client
     from mlkube.targets import local
 
     found = local.servers(_state_dir(args.config))
@@ -29,9 +28,8 @@ def _status(args: argparse.Namespace) -> int:
         print("nothing is deployed locally")
     up = [local.running(s) for s in found]
     for server, running in zip(found, up, strict=True):
-        versions = client.metadata(server.base_url, server.model_name).get("versions") \
-            if running else None
-        print(f"{server.model_name} v{(versions or ['?'])[0]} {'up' if running else 'DOWN'} "
+        version = local.served_version(server) if running else None
+        print(f"{server.model_name} v{version or '?'} {'up' if running else 'DOWN'} "
               f"{server.base_url} pid {server.pid} log {server.log}")
     return 0 if all(up) else 1
 

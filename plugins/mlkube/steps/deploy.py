@@ -37,7 +37,6 @@ SPEC = spec.DEPLOY
 SMOKE_ROWS = 5
 SERVING_ALIAS = "serving"
 TAG_REPLACED = "mlkube.replaced_version"
-NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def resolve(name: str, alias: str | None, version: str | None) -> str:
@@ -112,13 +111,11 @@ def choose_target(ctx: Context, name: str) -> ServingTarget:
 
 def _cluster_target(ctx: Context, name: str, kind: str) -> ServingTarget:
     import re
-    from pathlib import Path
 
     from mlkube.kube import rollout
     from mlkube.kube.serving import ModelServing
 
-    namespace = ctx.args.namespace or (Path(NAMESPACE_FILE).read_text().strip()
-                                       if Path(NAMESPACE_FILE).is_file() else "default")
+    namespace = ctx.args.namespace or rollout.own_namespace()
     service = ctx.args.service_name or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63]
     serving = ModelServing(name=service, model_name=name, namespace=namespace,
                            env=tuple(_serving_env()),

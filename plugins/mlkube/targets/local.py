@@ -74,6 +74,14 @@ def running(server: Server) -> bool:
     return client.live(server.base_url)
 
 
+def served_version(server: Server) -> str | None:
+    """The version the running server answers with (its V2 model metadata), or ``None``."""
+    from mlkube.serve import client
+
+    versions = client.metadata(server.base_url, server.model_name).get("versions") or [None]
+    return str(versions[0]) if versions[0] is not None else None
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether nothing listens on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -141,8 +149,6 @@ class LocalTarget(ServingTarget):
 
     def live_version(self) -> str | None:
         """The version the running server answers with, or ``None``."""
-        from mlkube.serve import client
-
         server = self._server()
         if server is None:
             return None
@@ -150,8 +156,7 @@ class LocalTarget(ServingTarget):
             raise MlkubeError(
                 f"{self.model_name} is served on port {server.port}, not serving.port "
                 f"{self.port}; stop it first (mlkube serve stop --model '{self.model_name}')")
-        versions = client.metadata(server.base_url, self.model_name).get("versions") or [None]
-        return str(versions[0]) if versions[0] is not None else None
+        return served_version(server)
 
     def roll_out(self, version: str, model_uri: str) -> None:
         """Hot-swap ``version`` into the running server, or start the server with it."""

@@ -11,7 +11,8 @@ Endpoints (the V2 REST API as KServe and Triton define it): ``GET /v2``, ``/v2/h
 [/versions/{v}]`` (metadata), ``.../ready``, ``POST .../infer`` (JSON, or Triton's binary
 tensor extension), the model-repository extension (``/v2/repository/index``,
 ``/v2/repository/models/{name}/load|unload``); MLflow's ``POST /invocations`` and ``GET
-/ping``; Prometheus ``GET /metrics``. Errors are ``{"error": "<one line>"}``.
+/ping``; Prometheus ``GET /metrics``. Errors are ``{"error": "<one line>"}``. The wire format
+(parsing inputs, encoding outputs) is :mod:`mlkube.serve.protocol`.
 
 Predictions run on the event loop's thread for batches up to ``INLINE_ROWS`` rows (a
 thread hop costs more than the tiny MLP's forward pass), in a worker thread above that.
@@ -21,12 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,31 +41,18 @@ from mlkube import __version__
 from mlkube.errors import MlkubeError, first_line
 from mlkube.serve import loaded as loadedmod
 from mlkube.serve.metrics import CONTENT_TYPE, Metrics
+from mlkube.serve.protocol import (
+    JSON,
+    RequestError,
+    error_response,
+    infer_response,
+    json_body,
+    json_response,
+    rows_from_inputs,
+    rows_from_mlflow,
+)
 
 INLINE_ROWS = 1024
-JSON = "application/json"
-BINARY_HEADER = "inference-header-content-length"
-_NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-            "FP16", "FP32", "FP64"}
-
-
-class RequestError(Exception):
-    """A request the server answers with an error status and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
-
-
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
-
-
 def log(message: str) -> None:
     """One line of the server's own output."""
     print(f"mlkube serve: {message}", flush=True)
@@ -188,187 +174,6 @@ class Repository:
         return entries
 
 
-# --- request parsing ---------------------------------------------------------------------
-
-
-def _numbers(data: Any, datatype: str, shape: list[int], where: str) -> Any:
-    import numpy as np
-
-    try:
-        array = np.asarray(data, dtype=np.float32)
-        return array.reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise RequestError(400, f"{where}: data does not fit shape {shape} as {datatype} "
-                                f"({first_line(exc)})") from None
-
-
-def _tensor(spec: Any, binary: memoryview | None, offset: int, where: str) -> tuple[Any, int]:
-    """One request input as a float32 array, and the offset of the next binary input."""
-    import numpy as np
-
-    if not isinstance(spec, dict):
-        raise RequestError(400, f"{where} must be an object with name, shape, datatype, data")
-    datatype = spec.get("datatype")
-    shape = spec.get("shape")
-    if datatype not in _NUMERIC:
-        raise RequestError(400, f"{where}: datatype {datatype!r} is not a numeric V2 datatype "
-                                "(FP32, FP64, INT64, ...)")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise RequestError(400, f"{where}: shape must be a list of sizes, got {shape!r}")
-    size = (spec.get("parameters") or {}).get("binary_data_size")
-    if size is None:
-        if "data" not in spec:
-            raise RequestError(400, f"{where} has no data")
-        return _numbers(spec["data"], datatype, shape, where), offset
-    if binary is None or offset + int(size) > len(binary):
-        raise RequestError(400, f"{where}: binary_data_size {size} runs past the request body")
-    dtype = np.dtype(loadedmod.NUMPY_DTYPES[datatype]).newbyteorder("<")
-    try:
-        raw = np.frombuffer(binary[offset:offset + int(size)], dtype=dtype)
-    except ValueError as exc:
-        raise RequestError(400, f"{where}: {first_line(exc)}") from None
-    return _numbers(raw, datatype, shape, where), offset + int(size)
-
-
-def _rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any,
-                      binary: memoryview | None) -> Any:
-    """The request's inputs as one 2-D float32 array of feature rows."""
-    import numpy as np
-
-    if not isinstance(inputs, list) or not inputs:
-        raise RequestError(400, "the request has no inputs: send {\"inputs\": [{\"name\": ..., "
-                                "\"shape\": [rows, features], \"datatype\": \"FP32\", "
-                                "\"data\": [...]}]}")
-    expected = [t.name for t in model.inputs]
-    offset = 0
-    tensors: dict[str, Any] = {}
-    for i, spec in enumerate(inputs):
-        name = spec.get("name") if isinstance(spec, dict) else None
-        tensors[str(name)], offset = _tensor(spec, binary, offset, f"input {name or i}")
-    if model.columns is not None and len(tensors) == len(expected) and set(tensors) == set(
-            expected):
-        columns = [tensors[c].reshape(-1) for c in expected]
-        if len({len(c) for c in columns}) != 1:
-            raise RequestError(400, "the column inputs have different lengths")
-        rows = np.stack(columns, axis=1)
-    elif len(tensors) == 1 and (model.columns is not None or next(iter(tensors)) in expected):
-        rows = next(iter(tensors.values()))
-    else:
-        raise RequestError(400, f"inputs {sorted(tensors)} do not match the model's "
-                                f"{expected} (GET /v2/models/{model.name} lists them)")
-    if rows.ndim != 2 or rows.shape[1] != model.n_features:
-        raise RequestError(400, f"input shape {list(rows.shape)} does not match "
-                                f"[-1, {model.n_features}]: send rows of {model.n_features} "
-                                "features" + (f" ({', '.join(model.features[:3])}, ...)"
-                                              if model.features else ""))
-    return rows
-
-
-def _rows_from_mlflow(model: loadedmod.LoadedModel, body: Any) -> Any:
-    """MLflow's scoring formats (inputs / instances / dataframe_split / dataframe_records)."""
-    import numpy as np
-
-    order = model.columns or model.features
-    if not isinstance(body, dict):
-        raise RequestError(400, "send a JSON object: {\"inputs\": [[...], ...]}, "
-                                "{\"dataframe_split\": ...} or {\"dataframe_records\": ...}")
-    try:
-        if "inputs" in body or "instances" in body:
-            rows = np.asarray(body.get("inputs", body.get("instances")), dtype=np.float32)
-            if rows.ndim == 1:
-                rows = rows.reshape(1, -1)
-        elif "dataframe_split" in body:
-            split = body["dataframe_split"]
-            rows = np.asarray(split["data"], dtype=np.float32)
-            columns = split.get("columns")
-            if columns and order and list(columns) != list(order):
-                index = {str(c): i for i, c in enumerate(columns)}
-                missing = [c for c in order if c not in index]
-                if missing:
-                    raise RequestError(400, f"dataframe_split lacks the columns {missing[:5]}")
-                rows = rows[:, [index[c] for c in order]]
-        elif "dataframe_records" in body:
-            records = body["dataframe_records"]
-            names = order or list(records[0])
-            rows = np.asarray([[r[c] for c in names] for r in records], dtype=np.float32)
-        else:
-            raise RequestError(400, "expected one of inputs, instances, dataframe_split, "
-                                    f"dataframe_records; got {sorted(body)[:5]}")
-    except RequestError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise RequestError(400, f"malformed request: {first_line(exc)}") from None
-    if rows.ndim != 2 or rows.shape[1] != model.n_features:
-        raise RequestError(400, f"input shape {list(rows.shape)} does not match "
-                                f"[-1, {model.n_features}]")
-    return rows
-
-
-# --- responses -----------------------------------------------------------------------------
-
-
-def _outputs(model: loadedmod.LoadedModel, out: Any) -> dict[str, tuple[str, Any, list[str]]]:
-    """Output name -> (datatype, numpy array or list of strings, shape)."""
-    first = model.outputs[0]
-    if model.classifier:
-        labels = model.labels or []
-        picks = out.argmax(axis=1).tolist()
-        return {"probabilities": (first.datatype, out, list(out.shape)),
-                "label": ("BYTES", [labels[i] for i in picks], [len(picks)])}
-    return {first.name: (first.datatype, out, list(out.shape))}
-
-
-def _encode_bytes(values: list[str]) -> bytes:
-    parts = []
-    for value in values:
-        raw = value.encode()
-        parts.append(struct.pack("<I", len(raw)) + raw)
-    return b"".join(parts)
-
-
-def _infer_response(model: loadedmod.LoadedModel, out: Any, request: dict[str, Any]) -> Response:
-    produced = _outputs(model, out)
-    wanted = request.get("outputs")
-    all_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
-    selected: list[tuple[str, bool]] = []
-    if wanted:
-        for spec in wanted:
-            name = spec.get("name") if isinstance(spec, dict) else None
-            if name not in produced:
-                raise RequestError(400, f"unknown output {name!r}; the model's outputs are "
-                                        f"{sorted(produced)}")
-            params = spec.get("parameters") or {}
-            selected.append((name, bool(params.get("binary_data", all_binary))))
-    else:
-        selected = [(name, all_binary) for name in produced]
-    tensors: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    params = {t.name: t.parameters for t in model.outputs if t.parameters}
-    for name, binary in selected:
-        datatype, data, shape = produced[name]
-        tensor: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
-        extra = dict(params.get(name) or {})
-        if binary:
-            if datatype == "BYTES":
-                raw = _encode_bytes(data)
-            else:
-                raw = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
-            chunks.append(raw)
-            extra["binary_data_size"] = len(raw)
-        else:
-            tensor["data"] = data if isinstance(data, list) else data.ravel().tolist()
-        if extra:
-            tensor["parameters"] = extra
-        tensors.append(tensor)
-    body = {"model_name": model.name, "model_version": model.version,
-            "id": str(request.get("id") or uuid.uuid4()), "outputs": tensors}
-    if not chunks:
-        return _json(body)
-    header = json.dumps(body, separators=(",", ":")).encode()
-    return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
-
-
 # --- the app ------------------------------------------------------------------------------
 
 
@@ -381,33 +186,15 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except RequestError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         except MlkubeError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         except Exception as exc:  # a bug or a model failing at predict time
             traceback.print_exc(file=sys.stderr)
-            return _error(500, f"{type(exc).__name__}: {first_line(exc)}")
+            return error_response(500, f"{type(exc).__name__}: {first_line(exc)}")
 
     guarded.__name__ = handler.__name__
     return guarded
-
-
-async def _json_body(request: Request) -> tuple[Any, memoryview | None]:
-    """The request's JSON, and the binary part that follows it (Triton's tensor extension)."""
-    body = await request.body()
-    binary = None
-    header = request.headers.get(BINARY_HEADER)
-    if header is not None:
-        try:
-            length = int(header)
-        except ValueError:
-            raise RequestError(400, f"{BINARY_HEADER} is not a number: {header!r}") from None
-        binary = memoryview(body)[length:]
-        body = body[:length]
-    try:
-        return json.loads(body) if body else {}, binary
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the request body is not JSON: {first_line(exc)}") from None
 
 
 class Endpoints:
@@ -426,11 +213,11 @@ class Endpoints:
         """``POST /v2/models/{name}[/versions/{version}]/infer``."""
         params = request.path_params
         model = self.repo.model(params["name"], params.get("version"))
-        body, binary = await _json_body(request)
+        body, binary = await json_body(request)
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object with inputs")
-        rows = _rows_from_inputs(model, body.get("inputs"), binary)
-        return _infer_response(model, await self._predict(model, rows), body)
+        rows = rows_from_inputs(model, body.get("inputs"), binary)
+        return infer_response(model, await self._predict(model, rows), body)
 
     async def invocations(self, request: Request) -> Response:
         """MLflow's ``POST /invocations``: ``{"predictions": ...}`` from the default model."""
@@ -441,9 +228,9 @@ class Endpoints:
         if "json" not in content_type:
             raise RequestError(415, f"content type {content_type} is not supported; send "
                                     "application/json")
-        body, _ = await _json_body(request)
-        out = await self._predict(model, _rows_from_mlflow(model, body))
-        return _json({"predictions": out.tolist()})
+        body, _ = await json_body(request)
+        out = await self._predict(model, rows_from_mlflow(model, body))
+        return json_response({"predictions": out.tolist()})
 
     async def ping(self, request: Request) -> Response:
         """MLflow's ``GET /ping``: 200 once the default model serves."""
@@ -453,45 +240,45 @@ class Endpoints:
 
     async def server_metadata(self, request: Request) -> Response:
         """``GET /v2``."""
-        return _json({"name": "mlkube", "version": __version__,
+        return json_response({"name": "mlkube", "version": __version__,
                       "extensions": ["model_repository", "binary_tensor_data"]})
 
     async def live(self, request: Request) -> Response:
         """``GET /v2/health/live``: the process answers."""
-        return _json({"live": True})
+        return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
         """``GET /v2/health/ready``: 200 once a model is loaded and verified, else 503."""
         if self.repo.models:
-            return _json({"ready": True})
+            return json_response({"ready": True})
         loading = ", ".join(f"{n} version {v}" for n, (v, _) in self.repo.loading.items())
-        return _json({"ready": False,
+        return json_response({"ready": False,
                       "error": f"loading {loading}" if loading else "no model is loaded"}, 503)
 
     async def model_metadata(self, request: Request) -> Response:
         """``GET /v2/models/{name}[/versions/{version}]``."""
         params = request.path_params
-        return _json(self.repo.model(params["name"], params.get("version")).metadata())
+        return json_response(self.repo.model(params["name"], params.get("version")).metadata())
 
     async def model_ready(self, request: Request) -> Response:
         """``GET /v2/models/{name}[/versions/{version}]/ready``: 200, 503 loading, 404."""
         params = request.path_params
         model = self.repo.model(params["name"], params.get("version"))
-        return _json({"name": model.name, "version": model.version, "ready": True})
+        return json_response({"name": model.name, "version": model.version, "ready": True})
 
     async def index(self, request: Request) -> Response:
         """``GET|POST /v2/repository/index`` (POST ``{"ready": true}``: ready ones only)."""
         entries = self.repo.index()
         if request.method == "POST":
-            body, _ = await _json_body(request)
+            body, _ = await json_body(request)
             if isinstance(body, dict) and body.get("ready"):
                 entries = [e for e in entries if e["state"] == "READY"]
-        return _json(entries)
+        return json_response(entries)
 
     async def load(self, request: Request) -> Response:
         """``POST /v2/repository/models/{name}/load``: hot swap to ``parameters.model_uri``."""
         name = request.path_params["name"]
-        body, _ = await _json_body(request)
+        body, _ = await json_body(request)
         params = dict((body.get("parameters") if isinstance(body, dict) else None) or {})
         if isinstance(params.get("config"), str):  # tritonclient's load_model(config=...)
             try:
@@ -505,12 +292,12 @@ class Endpoints:
         version = params.get("version") or _uri_version(uri)
         if not version:
             raise RequestError(400, "parameters.version is required for this model_uri")
-        return _json(await self.repo.load(name, str(version), uri))
+        return json_response(await self.repo.load(name, str(version), uri))
 
     async def unload(self, request: Request) -> Response:
         """``POST /v2/repository/models/{name}/unload``."""
         self.repo.unload(request.path_params["name"])
-        return _json({"name": request.path_params["name"], "unloaded": True})
+        return json_response({"name": request.path_params["name"], "unloaded": True})
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text format."""
@@ -579,7 +366,7 @@ def create_app(repository: Repository | None = None,
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
-        return _error(status, f"{request.method} {request.url.path}: "
+        return error_response(status, f"{request.method} {request.url.path}: "
                               f"{getattr(exc, 'detail', 'error')}")
 
     app = Starlette(routes=Endpoints(repo).routes(), lifespan=lifespan,

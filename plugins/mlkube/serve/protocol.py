@@ -1,0 +1,242 @@
+"""The Open Inference Protocol (V2) on the wire: requests in, responses out.
+
+Parsing a request's inputs (JSON or Triton's binary tensor extension, and MLflow's scoring
+formats) into one float32 array of feature rows, and encoding a model's outputs as a V2
+response. :mod:`mlkube.serve.app` holds the models and routes; this module holds the format.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mlkube.errors import first_line
+from mlkube.serve import loaded as loadedmod
+
+JSON = "application/json"
+BINARY_HEADER = "inference-header-content-length"
+_NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+            "FP16", "FP32", "FP64"}
+
+
+class RequestError(Exception):
+    """A request the server answers with an error status and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``obj`` as a compact JSON response."""
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(status: int, message: str) -> Response:
+    """The error body every endpoint answers with: ``{"error": "<one line>"}``."""
+    return json_response({"error": message}, status)
+
+
+async def json_body(request: Request) -> tuple[Any, memoryview | None]:
+    """The request's JSON, and the binary part that follows it (Triton's tensor extension)."""
+    body = await request.body()
+    binary = None
+    header = request.headers.get(BINARY_HEADER)
+    if header is not None:
+        try:
+            length = int(header)
+        except ValueError:
+            raise RequestError(400, f"{BINARY_HEADER} is not a number: {header!r}") from None
+        binary = memoryview(body)[length:]
+        body = body[:length]
+    try:
+        return json.loads(body) if body else {}, binary
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the request body is not JSON: {first_line(exc)}") from None
+
+
+# --- request parsing ---------------------------------------------------------------------
+
+
+def _numbers(data: Any, datatype: str, shape: list[int], where: str) -> Any:
+    import numpy as np
+
+    try:
+        array = np.asarray(data, dtype=np.float32)
+        return array.reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(400, f"{where}: data does not fit shape {shape} as {datatype} "
+                                f"({first_line(exc)})") from None
+
+
+def _tensor(spec: Any, binary: memoryview | None, offset: int, where: str) -> tuple[Any, int]:
+    """One request input as a float32 array, and the offset of the next binary input."""
+    import numpy as np
+
+    if not isinstance(spec, dict):
+        raise RequestError(400, f"{where} must be an object with name, shape, datatype, data")
+    datatype = spec.get("datatype")
+    shape = spec.get("shape")
+    if datatype not in _NUMERIC:
+        raise RequestError(400, f"{where}: datatype {datatype!r} is not a numeric V2 datatype "
+                                "(FP32, FP64, INT64, ...)")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise RequestError(400, f"{where}: shape must be a list of sizes, got {shape!r}")
+    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        if "data" not in spec:
+            raise RequestError(400, f"{where} has no data")
+        return _numbers(spec["data"], datatype, shape, where), offset
+    if binary is None or offset + int(size) > len(binary):
+        raise RequestError(400, f"{where}: binary_data_size {size} runs past the request body")
+    dtype = np.dtype(loadedmod.NUMPY_DTYPES[datatype]).newbyteorder("<")
+    try:
+        raw = np.frombuffer(binary[offset:offset + int(size)], dtype=dtype)
+    except ValueError as exc:
+        raise RequestError(400, f"{where}: {first_line(exc)}") from None
+    return _numbers(raw, datatype, shape, where), offset + int(size)
+
+
+def rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any,
+                      binary: memoryview | None) -> Any:
+    """The request's inputs as one 2-D float32 array of feature rows."""
+    import numpy as np
+
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError(400, "the request has no inputs: send {\"inputs\": [{\"name\": ..., "
+                                "\"shape\": [rows, features], \"datatype\": \"FP32\", "
+                                "\"data\": [...]}]}")
+    expected = [t.name for t in model.inputs]
+    offset = 0
+    tensors: dict[str, Any] = {}
+    for i, spec in enumerate(inputs):
+        name = spec.get("name") if isinstance(spec, dict) else None
+        tensors[str(name)], offset = _tensor(spec, binary, offset, f"input {name or i}")
+    if model.columns is not None and len(tensors) == len(expected) and set(tensors) == set(
+            expected):
+        columns = [tensors[c].reshape(-1) for c in expected]
+        if len({len(c) for c in columns}) != 1:
+            raise RequestError(400, "the column inputs have different lengths")
+        rows = np.stack(columns, axis=1)
+    elif len(tensors) == 1 and (model.columns is not None or next(iter(tensors)) in expected):
+        rows = next(iter(tensors.values()))
+    else:
+        raise RequestError(400, f"inputs {sorted(tensors)} do not match the model's "
+                                f"{expected} (GET /v2/models/{model.name} lists them)")
+    if rows.ndim != 2 or rows.shape[1] != model.n_features:
+        raise RequestError(400, f"input shape {list(rows.shape)} does not match "
+                                f"[-1, {model.n_features}]: send rows of {model.n_features} "
+                                "features" + (f" ({', '.join(model.features[:3])}, ...)"
+                                              if model.features else ""))
+    return rows
+
+
+def rows_from_mlflow(model: loadedmod.LoadedModel, body: Any) -> Any:
+    """MLflow's scoring formats (inputs / instances / dataframe_split / dataframe_records)."""
+    import numpy as np
+
+    order = model.columns or model.features
+    if not isinstance(body, dict):
+        raise RequestError(400, "send a JSON object: {\"inputs\": [[...], ...]}, "
+                                "{\"dataframe_split\": ...} or {\"dataframe_records\": ...}")
+    try:
+        if "inputs" in body or "instances" in body:
+            rows = np.asarray(body.get("inputs", body.get("instances")), dtype=np.float32)
+            if rows.ndim == 1:
+                rows = rows.reshape(1, -1)
+        elif "dataframe_split" in body:
+            split = body["dataframe_split"]
+            rows = np.asarray(split["data"], dtype=np.float32)
+            columns = split.get("columns")
+            if columns and order and list(columns) != list(order):
+                index = {str(c): i for i, c in enumerate(columns)}
+                missing = [c for c in order if c not in index]
+                if missing:
+                    raise RequestError(400, f"dataframe_split lacks the columns {missing[:5]}")
+                rows = rows[:, [index[c] for c in order]]
+        elif "dataframe_records" in body:
+            records = body["dataframe_records"]
+            names = order or list(records[0])
+            rows = np.asarray([[r[c] for c in names] for r in records], dtype=np.float32)
+        else:
+            raise RequestError(400, "expected one of inputs, instances, dataframe_split, "
+                                    f"dataframe_records; got {sorted(body)[:5]}")
+    except RequestError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RequestError(400, f"malformed request: {first_line(exc)}") from None
+    if rows.ndim != 2 or rows.shape[1] != model.n_features:
+        raise RequestError(400, f"input shape {list(rows.shape)} does not match "
+                                f"[-1, {model.n_features}]")
+    return rows
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def _outputs(model: loadedmod.LoadedModel, out: Any) -> dict[str, tuple[str, Any, list[str]]]:
+    """Output name -> (datatype, numpy array or list of strings, shape)."""
+    first = model.outputs[0]
+    if model.classifier:
+        labels = model.labels or []
+        picks = out.argmax(axis=1).tolist()
+        return {"probabilities": (first.datatype, out, list(out.shape)),
+                "label": ("BYTES", [labels[i] for i in picks], [len(picks)])}
+    return {first.name: (first.datatype, out, list(out.shape))}
+
+
+def _encode_bytes(values: list[str]) -> bytes:
+    parts = []
+    for value in values:
+        raw = value.encode()
+        parts.append(struct.pack("<I", len(raw)) + raw)
+    return b"".join(parts)
+
+
+def infer_response(model: loadedmod.LoadedModel, out: Any, request: dict[str, Any]) -> Response:
+    produced = _outputs(model, out)
+    wanted = request.get("outputs")
+    all_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    selected: list[tuple[str, bool]] = []
+    if wanted:
+        for spec in wanted:
+            name = spec.get("name") if isinstance(spec, dict) else None
+            if name not in produced:
+                raise RequestError(400, f"unknown output {name!r}; the model's outputs are "
+                                        f"{sorted(produced)}")
+            params = spec.get("parameters") or {}
+            selected.append((name, bool(params.get("binary_data", all_binary))))
+    else:
+        selected = [(name, all_binary) for name in produced]
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    params = {t.name: t.parameters for t in model.outputs if t.parameters}
+    for name, binary in selected:
+        datatype, data, shape = produced[name]
+        tensor: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
+        extra = dict(params.get(name) or {})
+        if binary:
+            if datatype == "BYTES":
+                raw = _encode_bytes(data)
+            else:
+                raw = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+            chunks.append(raw)
+            extra["binary_data_size"] = len(raw)
+        else:
+            tensor["data"] = data if isinstance(data, list) else data.ravel().tolist()
+        if extra:
+            tensor["parameters"] = extra
+        tensors.append(tensor)
+    body = {"model_name": model.name, "model_version": model.version,
+            "id": str(request.get("id") or uuid.uuid4()), "outputs": tensors}
+    if not chunks:
+        return json_response(body)
+    header = json.dumps(body, separators=(",", ":")).encode()
+    return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})

@@ -205,9 +205,11 @@ def ready_path(model_name: str) -> str:
 
 def server_command(serving: ModelServing) -> list[str]:
     """The serving runtime's command line for the fixed version."""
-    return ["mlkube", "serve", "model", "--model-uri", serving.model_uri,
-            "--name", serving.model_name, "--version", serving.version,
-            "--host", "0.0.0.0", "--port", str(SERVER_PORT)]
+    from mlkube.serve.server import arguments
+
+    return ["mlkube", "serve", "model",
+            *arguments(model_uri=serving.model_uri, name=serving.model_name,
+                       version=serving.version, host="0.0.0.0", port=SERVER_PORT)]
 
 
 def _probes(serving: ModelServing, port: int | str) -> dict[str, V1Probe]:

@@ -80,6 +80,12 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
         raise failures[0]
 
 
+def arguments(*, model_uri: str, name: str, version: str, host: str, port: int) -> list[str]:
+    """The options of ``mlkube serve model`` for one fixed version (what its callers start)."""
+    return ["--model-uri", model_uri, "--name", name, "--version", version, "--host", host,
+            "--port", str(port)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mlkube serve model``."""
     parser.add_argument("--model-uri", required=True,

@@ -179,9 +179,11 @@ class LocalTarget(ServingTarget):
         logs = self.state_dir / "serving" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{safe_name(self.model_name)}-{self.port}.log"
-        command = [sys.executable, "-m", "mlkube.cli", "serve", "model", "--model-uri", model_uri,
-                   "--name", self.model_name, "--version", version, "--host", self.host,
-                   "--port", str(self.port)]
+        from mlkube.serve.server import arguments
+
+        command = [sys.executable, "-m", "mlkube.cli", "serve", "model",
+                   *arguments(model_uri=model_uri, name=self.model_name, version=version,
+                              host=self.host, port=self.port)]
         with log.open("a") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)

@@ -126,8 +126,6 @@ def preflight_pods(options: RenderOptions) -> list[dict[str, Any]]:
     The step arguments are left out: they hold the templates' own parameters, which Argo
     would try to resolve here, and they do not decide where a pod can run.
     """
-    from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec
-
     from mlkube.kube.serving import to_dict
 
     pods = []
@@ -135,16 +133,9 @@ def preflight_pods(options: RenderOptions) -> list[dict[str, Any]]:
         pieces = step_pod(template.step, template_values(template, options),
                           placement(template, options), what=template.name)
         pieces.container.args = None
-        pods.append(to_dict(V1Pod(
-            api_version="v1", kind="Pod",
-            metadata=V1ObjectMeta(name=f"{options.steps_name}-{template.name}",
-                                  namespace=options.namespace),
-            spec=V1PodSpec(containers=[pieces.container], volumes=pieces.volumes or None,
-                           tolerations=pieces.tolerations or None,
-                           node_selector=pieces.node_selector or None,
-                           security_context=pieces.security_context,
-                           service_account_name=(options.deploy_service_account
-                                                 if template.deploys else None)))))
+        account = options.deploy_service_account if template.deploys else None
+        pods.append(to_dict(pieces.pod(f"{options.steps_name}-{template.name}",
+                                       options.namespace, account)))
     return pods
 
 

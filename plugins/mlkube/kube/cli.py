@@ -16,8 +16,6 @@ from typing import Any
 
 def step_pod_object(step: str, args: argparse.Namespace, namespace: str) -> Any:
     """The pod the adapters would submit for ``step`` (placeholders for per-run values)."""
-    from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec
-
     from mlkube import spec
     from mlkube.kube.pod import Placement, step_pod
 
@@ -27,13 +25,7 @@ def step_pod_object(step: str, args: argparse.Namespace, namespace: str) -> Any:
                           memory=args.memory, gpus=args.gpus, gpu_product=args.gpu_product,
                           artifact_pvc=args.artifact_pvc)
     pieces = step_pod(description, values, placement, what=f"step {step}")
-    return V1Pod(api_version="v1", kind="Pod",
-                 metadata=V1ObjectMeta(name=f"mlkube-{step}-preflight", namespace=namespace),
-                 spec=V1PodSpec(containers=[pieces.container], volumes=pieces.volumes or None,
-                                tolerations=pieces.tolerations or None,
-                                node_selector=pieces.node_selector or None,
-                                security_context=pieces.security_context,
-                                restart_policy="Never"))
+    return pieces.pod(f"mlkube-{step}-preflight", namespace)
 
 
 def pods_from_file(path: str, namespace: str | None) -> list[Any]:

@@ -18,8 +18,11 @@ from kubernetes.client import (
     V1Container,
     V1EnvVar,
     V1EnvVarSource,
+    V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
+    V1Pod,
     V1PodSecurityContext,
+    V1PodSpec,
     V1ResourceRequirements,
     V1SecretKeySelector,
     V1Toleration,
@@ -89,6 +92,18 @@ class StepPod:
     tolerations: list[V1Toleration]
     node_selector: dict[str, str]
     security_context: V1PodSecurityContext
+
+    def pod(self, name: str, namespace: str | None,
+            service_account: str | None = None) -> V1Pod:
+        """These pieces as a whole Pod (what preflight judges; the adapters build their own)."""
+        return V1Pod(api_version="v1", kind="Pod",
+                     metadata=V1ObjectMeta(name=name, namespace=namespace),
+                     spec=V1PodSpec(containers=[self.container], volumes=self.volumes or None,
+                                    tolerations=self.tolerations or None,
+                                    node_selector=self.node_selector or None,
+                                    security_context=self.security_context,
+                                    service_account_name=service_account,
+                                    restart_policy="Never"))
 
 
 def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> V1ResourceRequirements:

@@ -4,8 +4,8 @@
 
 For each width, a CSV of random floats (and a 0/1 target) is written once; then the anchor,
 ``pandas.read_csv`` of that file, and ``mlkube.data.prepare`` (read, validate, clean, split,
-digest: everything but writing Parquet and logging to MLflow) and ``data.write`` are timed in
-this process. The ratio prepare / read is what mlkube adds to reading the data; it should stay
+digest, write Parquet: everything but logging to MLflow) are timed in this process. The ratio
+prepare / read is what mlkube adds to reading the data; it should stay
 flat as the width grows (linear in cells, no per-column inserts).
 """
 
@@ -52,8 +52,7 @@ def main() -> None:
                 warnings.simplefilter("always")
 
                 def prepare(p: Path = path, out: Path = Path(tmp) / f"out-{width}") -> None:
-                    splits, info = data.prepare(str(p), DataConfig())
-                    data.write(out, splits, info)
+                    data.prepare(str(p), DataConfig(), out)
 
                 seconds, _ = _timed(prepare)
             slow = sum(issubclass(w.category, pd.errors.PerformanceWarning) for w in caught)

@@ -3,17 +3,22 @@
 A prepared dataset is a directory holding ``train``, ``validation`` and ``test`` Parquet
 files and ``schema.json``; its URI is the directory. The directory's name is the content
 digest, and it appears only once complete (written aside, then renamed), so a later step never
-reads a half-written dataset and preparing the same data twice writes nothing new.
+reads a half-written dataset and preparing the same data twice writes nothing new. Input is
+read in blocks, never whole, so files larger than memory prepare in bounded memory.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,140 +75,254 @@ def demo_data(state_dir: Path) -> Path:
     return path
 
 
-def read_table(uri: str) -> pd.DataFrame:
-    """Read a CSV or Parquet file, with one-line errors for the usual mistakes."""
-    import pandas as pd
+BLOCK_BYTES = 16 << 20  # CSV text parsed at a time
+BATCH_VALUES = 4_000_000  # cells per batch read from Parquet (rows = this / columns)
+SAMPLE_VALUES = 4_000_000  # train cells kept for the quartiles of the statistics
+# pandas' default missing-value markers, so a CSV means what it meant when read with pandas
+NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
+
+def _open(uri: str) -> tuple[Path, str, list[str]]:
+    """The input's path, its format and its column names; one-line errors for the usual mistakes."""
     path = local_path(uri)
     if not path.is_file():
         raise MlkubeError(f"input file {uri} not found: check data.path / --input")
     if path.stat().st_size == 0:
         raise MlkubeError(f"input file {uri} is empty: it needs a header row and data rows")
     suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return path, "csv", _csv_header(path, uri)
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            return path, "parquet", list(pq.ParquetFile(path).schema_arrow.names)
+        except (OSError, ValueError) as exc:
+            raise _unreadable(uri, "parquet", exc) from None
+    raise MlkubeError(f"input file {uri}: unknown format {suffix!r}; use .csv or .parquet")
+
+
+def _unreadable(uri: str, kind: str, exc: BaseException) -> MlkubeError:
+    what = "a comma-separated text file with a header row" if kind == "csv" else "Parquet"
+    return MlkubeError(f"input file {uri} cannot be read: {first_line(exc)}; check that it is {what}")
+
+
+def _not_utf8(uri: str, byte: int, offset: int) -> MlkubeError:
+    return MlkubeError(
+        f"input file {uri} is not UTF-8 text (byte {byte:#04x} at offset {offset}); a CSV must "
+        "be UTF-8: re-save it as UTF-8 CSV, or pass a Parquet file")
+
+
+def _csv_header(path: Path, uri: str) -> list[str]:
+    with path.open("rb") as stream:
+        line = stream.readline()
     try:
-        if suffix == ".csv":
-            frame = pd.read_csv(path)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            raise MlkubeError(f"input file {uri}: unknown format {suffix!r}; use .csv or .parquet")
+        text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise MlkubeError(
-            f"input file {uri} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-            f"{exc.start}); a CSV must be UTF-8: re-save it as UTF-8 CSV, or pass a Parquet file"
-        ) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
-        what = "a comma-separated text file with a header row" if suffix == ".csv" else "Parquet"
-        raise MlkubeError(f"input file {uri} cannot be read: {first_line(exc)}; check that it is "
-                          f"{what}") from None
-    if frame.empty:
-        raise MlkubeError(f"input file {uri} has no data rows")
-    return frame
+        raise _not_utf8(uri, exc.object[exc.start], exc.start) from None
+    names = next(csv.reader([text]), [])
+    duplicated = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) < len(names) else []
+    if duplicated:
+        raise MlkubeError(f"input file {uri}: the header names columns {duplicated[:5]} more than "
+                          "once; give every column its own name")
+    return names
 
 
-def _coerce(frame: pd.DataFrame, column: str, kind: str, uri: str) -> pd.Series:
-    import pandas as pd
+def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
+    """The first byte of ``path`` that is not UTF-8 and its offset (read in blocks), if any."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # of the block being decoded
+    with path.open("rb") as stream:
+        while True:
+            block = stream.read(BLOCK_BYTES)
+            pending = len(decoder.getstate()[0])  # bytes of a character the last block began
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                return exc.object[exc.start], offset - pending + exc.start
+            if not block:
+                return None
+            offset += len(block)
 
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna() & frame[column].notna()
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise MlkubeError(
-            f"{uri}: column {column!r} is declared {kind} but row {row + 2} holds "
-            f"{frame[column].iloc[row]!r}; fix the data or data.types"
-        )
-    if kind == "int":
-        whole = values.dropna()
-        if not (whole == whole.round()).all():
-            raise MlkubeError(f"{uri}: column {column!r} is declared int but has fractions")
-    return values.astype("float64")
 
-
-def validate(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> tuple[pd.DataFrame, list[str]]:
-    """Check the frame against the declared schema; return it with numeric columns only."""
-    import pandas as pd
-
-    columns = list(frame.columns)
-    present = set(columns)
+def _columns(names: list[str], cfg: DataConfig, uri: str) -> list[str]:
+    """The feature columns, checked against the file's header."""
+    present = set(names)
     if cfg.target not in present:
-        raise MlkubeError(
-            f"{uri}: target column {cfg.target!r} is missing; columns are {columns[:12]}"
-            " — set data.target"
-        )
-    features = cfg.features if cfg.features is not None else [c for c in columns if c != cfg.target]
+        raise MlkubeError(f"{uri}: target column {cfg.target!r} is missing; columns are "
+                          f"{names[:12]} — set data.target")
+    features = cfg.features if cfg.features is not None else [c for c in names if c != cfg.target]
     missing = [c for c in features if c not in present]
     if missing:
-        raise MlkubeError(f"{uri}: feature columns {missing} are missing; columns are {columns[:12]}")
+        raise MlkubeError(f"{uri}: feature columns {missing} are missing; columns are {names[:12]}")
     if not features:
         raise MlkubeError(f"{uri}: no feature columns besides the target {cfg.target!r}")
     for column in cfg.types:
         if column not in present:
             raise MlkubeError(f"{uri}: data.types names column {column!r}, which is not in the file")
-    dtypes = frame.dtypes
+    return features
+
+
+def _not_numeric(uri: str, column: str, value: Any, row: int | None, cfg: DataConfig) -> MlkubeError:
+    where = f"row {row} holds {value!r}" if row is not None else f"it holds {value!r}"
+    if column in cfg.types:
+        return MlkubeError(f"{uri}: column {column!r} is declared {cfg.types[column]} but {where}; "
+                           "fix the data or data.types")
+    return MlkubeError(f"{uri}: feature column {column!r} is not numeric ({where}); encode it, "
+                       "declare its type in data.types, or leave it out of data.features")
+
+
+def _locate(path: Path, column: str) -> tuple[int, str] | None:
+    """The first row (1 = the header) whose ``column`` is not a number, and its text."""
+    import pandas as pd
+
+    try:
+        chunks = pd.read_csv(path, usecols=[column], dtype=str, chunksize=1 << 20)
+        for chunk in chunks:
+            text = chunk[column]
+            bad = (pd.to_numeric(text, errors="coerce").isna() & text.notna()).to_numpy().nonzero()[0]
+            if len(bad):
+                return int(chunk.index[bad[0]]) + 2, str(text.iloc[bad[0]])
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
+    return None
+
+
+def _csv_batches(path: Path, uri: str, names: list[str], features: list[str],
+                 cfg: DataConfig) -> Iterator[Any]:
+    """The CSV in blocks: features parsed as float64, the target as text."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    types = {c: pa.float64() for c in features} | {cfg.target: pa.string()}
+    try:
+        reader = pacsv.open_csv(
+            path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1,
+                                                 block_size=BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=[*features, cfg.target],
+                null_values=NA_VALUES, strings_can_be_null=True, quoted_strings_can_be_null=True))
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        bad = _first_bad_utf8(path)
+        if bad is not None:
+            raise _not_utf8(uri, *bad) from None
+        found = re.search(r"column #(\d+): CSV conversion error to double: invalid value '(.*)'",
+                          str(exc), re.S)
+        if found is None:
+            raise _unreadable(uri, "csv", exc) from None
+        column = names[int(found[1])]
+        located = _locate(path, column)
+        row, value = located if located else (None, found[2])
+        raise _not_numeric(uri, column, value, row, cfg) from None
+
+
+def _parquet_batches(path: Path, uri: str, features: list[str], cfg: DataConfig) -> Iterator[Any]:
+    """The Parquet file in batches; non-numeric feature columns must be declared in data.types."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(path)
+    schema = source.schema_arrow
     for column in features:
-        kind = dtypes[column]
-        if column in cfg.types or (pd.api.types.is_numeric_dtype(kind)
-                                   and not pd.api.types.is_bool_dtype(kind)):
-            continue
-        example = frame[column].dropna().iloc[0] if frame[column].notna().any() else None
-        raise MlkubeError(
-            f"{uri}: feature column {column!r} is not numeric (e.g. {example!r}); encode it, "
-            "declare its type in data.types, or leave it out of data.features"
-        )
-    # Whole-frame operations: handling 10,000 columns one at a time is quadratic.
-    out = frame[[*features, cfg.target]].copy()
+        kind = schema.field(column).type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+        if not numeric and column not in cfg.types:
+            first = source.read(columns=[column]).column(0).drop_null()
+            raise _not_numeric(uri, column, first[0].as_py() if len(first) else None, None, cfg)
+    target_kind = schema.field(cfg.target).type
+    rows = max(1, BATCH_VALUES // (len(features) + 1))
+    try:
+        for batch in source.iter_batches(batch_size=rows, columns=[*features, cfg.target]):
+            if cfg.task == "classification" and not pa.types.is_string(target_kind):
+                target = pc.cast(batch.column(cfg.target), pa.string())
+                batch = batch.set_column(len(features), cfg.target, target)
+            yield batch
+    except (OSError, ValueError) as exc:
+        raise _unreadable(uri, "parquet", exc) from None
+
+
+def _numeric(values: pd.Series, row0: int, on_bad: Callable[[Any, int], MlkubeError]) -> pd.Series:
+    """``values`` as float64; the first non-number raises ``on_bad(value, row)``."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype("float64")
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = (numbers.isna() & values.notna()).to_numpy().nonzero()[0]
+    if len(bad):
+        raise on_bad(values.iloc[bad[0]], row0 + int(bad[0]))
+    return numbers.astype("float64")
+
+
+@dataclass
+class _Pass:
+    """What the first pass learns: rows read, kept and with a target, the class labels seen."""
+
+    read: int = 0
+    with_target: int = 0
+    kept: int = 0
+    labels: set[str] = field(default_factory=set)
+
+
+def _clean(batch: Any, features: list[str], cfg: DataConfig, uri: str, row0: int,
+           seen: _Pass) -> Any:
+    """One batch validated and cleaned: features and target numeric, incomplete rows dropped."""
+    import numpy as np
+    import pyarrow as pa
+
+    frame = batch.to_pandas()
+    for column in features:
+        if frame[column].dtype != np.float64:
+            frame[column] = _numeric(frame[column], row0,
+                                     lambda v, r, c=column: _not_numeric(uri, c, v, r, cfg))
+    values = frame[features].to_numpy(dtype=np.float64)
     for column, kind in cfg.types.items():
-        if column in features:
-            out[column] = _coerce(frame, column, kind, uri)
-    out = out.astype({column: "float64" for column in features})
-    if out[cfg.target].isna().all():
-        raise MlkubeError(f"{uri}: target column {cfg.target!r} has no values (all {len(out)} rows are empty)")
-    return out, features
-
-
-def non_finite_to_missing(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """``frame`` with ±inf in ``columns`` turned into missing values (dropped like them)."""
-    import numpy as np
-    import pandas as pd
-
-    values = frame[columns].to_numpy(dtype="float64")
-    infinite = np.isinf(values)
-    if not infinite.any():
-        return frame
-    block = pd.DataFrame(np.where(infinite, np.nan, values), columns=columns, index=frame.index)
-    return pd.concat([block, frame.drop(columns=columns)], axis=1)[list(frame.columns)]
-
-
-def _regression_target(target: pd.Series, name: str, uri: str) -> pd.Series:
-    import pandas as pd
-
-    numeric = pd.to_numeric(target, errors="coerce")
-    bad = numeric.isna() & target.notna()
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise MlkubeError(f"{uri}: regression target {name!r} holds {target.iloc[row]!r} in row "
-                          f"{row + 2}; a regression target must be numeric (or use "
-                          "data.task: classification)")
-    return numeric.astype("float64")
-
-
-def _encode_target(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> tuple[pd.DataFrame, list[Any] | None]:
+        if kind == "int" and column in features:
+            whole = values[:, features.index(column)]
+            whole = whole[np.isfinite(whole)]
+            if (whole != np.round(whole)).any():
+                raise MlkubeError(f"{uri}: column {column!r} is declared int but has fractions")
     target = frame[cfg.target]
+    seen.read += len(frame)
+    seen.with_target += int(target.notna().sum())
+    keep = np.isfinite(values).all(axis=1) & target.notna().to_numpy()
     if cfg.task == "regression":
-        return frame, None
-    classes = sorted(target.unique().tolist(), key=str)
-    if len(classes) < 2:
-        raise MlkubeError(f"{uri}: classification target {cfg.target!r} has one class: {classes}")
-    index = {c: i for i, c in enumerate(classes)}
-    frame[cfg.target] = target.map(index).astype("int64")
-    return frame, [c.item() if hasattr(c, "item") else c for c in classes]
+        target = _numeric(target, row0, lambda v, r: MlkubeError(
+            f"{uri}: regression target {cfg.target!r} holds {v!r} in row {r}; a regression "
+            "target must be numeric (or use data.task: classification)"))
+        keep &= np.isfinite(target.to_numpy())
+        kept_target = pa.array(target.to_numpy()[keep], pa.float64())
+    else:
+        kept_target = pa.array(target.to_numpy(dtype=object)[keep], pa.string())
+        seen.labels.update(kept_target.unique().to_pylist())
+    seen.kept += int(keep.sum())
+    columns = np.ascontiguousarray(values[keep].T)
+    return pa.record_batch([*columns, kept_target], names=[*features, cfg.target])
 
 
-def split(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> dict[str, pd.DataFrame]:
-    """A deterministic train/validation/test split from the configured seed."""
+def _classes(labels: set[str]) -> tuple[list[Any], dict[str, int]]:
+    """The class values (numbers where every label is one) and each label's index."""
+    for kind in (int, float):
+        try:
+            values = {label: kind(label) for label in labels}
+        except ValueError:
+            continue
+        break
+    else:
+        values = {label: label for label in labels}
+    classes = sorted(set(values.values()), key=str)
+    index = {value: i for i, value in enumerate(classes)}
+    return classes, {label: index[value] for label, value in values.items()}
+
+
+def split_labels(n: int, cfg: DataConfig, uri: str) -> tuple[Any, Any]:
+    """Each kept row's split (0 train, 1 validation, 2 test), deterministic from the seed, and
+    the train rows in random order (a uniform sample is a prefix)."""
     import numpy as np
 
-    n = len(frame)
     n_test = int(round(n * cfg.split.test))
     n_val = int(round(n * cfg.split.validation))
     sizes = {"train": n - n_test - n_val, "validation": n_val, "test": n_test}
@@ -215,69 +334,167 @@ def split(frame: pd.DataFrame, cfg: DataConfig, uri: str) -> dict[str, pd.DataFr
             "larger fractions"
         )
     order = np.random.default_rng(cfg.split.seed).permutation(n)
-    bounds = np.cumsum([sizes["train"], sizes["validation"]])
-    parts = np.split(order, bounds)
-    return {name: frame.iloc[np.sort(idx)].reset_index(drop=True) for name, idx in zip(SPLITS, parts, strict=True)}
+    labels = np.full(n, 2, dtype=np.int8)
+    labels[order[:sizes["train"]]] = 0
+    labels[order[sizes["train"]:sizes["train"] + n_val]] = 1
+    return labels, order[:sizes["train"]]
 
 
-def digest(splits: dict[str, pd.DataFrame], header: dict[str, Any]) -> str:
-    """A content digest of the prepared data: the same rows and schema give the same digest."""
+class _Statistics:
+    """count, mean, std, min, quartiles and max of every column of the train split, streamed:
+    exact moments (Chan's parallel update); quartiles of a uniform sample of at most
+    ``SAMPLE_VALUES`` cells (all rows when they fit, as for the demo data)."""
+
+    def __init__(self, columns: list[str]):
+        import numpy as np
+
+        self.columns = columns
+        self.count = 0
+        self.mean = np.zeros(len(columns))
+        self.m2 = np.zeros(len(columns))
+        self.min = np.full(len(columns), np.inf)
+        self.max = np.full(len(columns), -np.inf)
+        self.sample: list[Any] = []
+
+    def add(self, values: Any, sampled: Any) -> None:
+        n = len(values)
+        mean = values.mean(axis=0)
+        delta = mean - self.mean
+        total = self.count + n
+        self.m2 += ((values - mean) ** 2).sum(axis=0) + delta ** 2 * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
+        self.min = values.min(axis=0).clip(max=self.min)
+        self.max = values.max(axis=0).clip(min=self.max)
+        self.sample.append(values[sampled])
+
+    def table(self) -> dict[str, dict[str, float]]:
+        import numpy as np
+
+        quartiles = np.percentile(np.concatenate(self.sample), [25, 50, 75], axis=0)
+        std = np.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else np.full(len(self.m2), np.nan)
+        rows = {"count": np.full(len(self.columns), float(self.count)), "mean": self.mean,
+                "std": std, "min": self.min, "25%": quartiles[0], "50%": quartiles[1],
+                "75%": quartiles[2], "max": self.max}
+        return {column: {stat: float(row[i]) for stat, row in rows.items()}
+                for i, column in enumerate(self.columns)}
+
+
+def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, dict[str, Any]]:
+    """Read, validate, clean, split, digest and write the dataset under ``root/datasets``.
+
+    Streamed, so memory does not grow with the file: a first pass reads the input in blocks,
+    validates and cleans each, and stages the kept rows (Arrow IPC, beside the output); the
+    split needs their count. A second pass routes each staged row to its split's Parquet file
+    and hashes it. Rows with a missing or non-finite (±inf) target or feature value are dropped
+    and counted. The result is the dataset directory, its info and the train split's
+    statistics. The directory appears only once complete; preparing the same data again
+    reuses it.
+    """
+    path, kind, names = _open(uri)
+    features = _columns(names, cfg, uri)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dataset-", dir=root))
+    try:
+        seen, staged = _first_pass(path, kind, names, features, cfg, uri, tmp)
+        classes, index = _classes(seen.labels) if cfg.task == "classification" else (None, {})
+        header = {"target": cfg.target, "features": features, "task": cfg.task, "classes": classes}
+        labels, train_order = split_labels(seen.kept, cfg, uri)
+        hasher, rows, stats = _second_pass(staged, labels, train_order, index, header, tmp)
+        staged.unlink()
+        info = DatasetInfo(digest=hasher.hexdigest(), source=uri, target=cfg.target,
+                           features=features, task=cfg.task, classes=classes, rows=rows,
+                           dropped_rows=seen.read - seen.kept)
+        (tmp / SCHEMA_FILE).write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
+        final = root / "datasets" / info.digest[:16]
+        final.parent.mkdir(exist_ok=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # prepared before, or another process finished the same dataset first
+            if not (final / SCHEMA_FILE).is_file():
+                raise
+        return final, info, stats
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_pass(path: Path, kind: str, names: list[str], features: list[str], cfg: DataConfig,
+                uri: str, tmp: Path) -> tuple[_Pass, Path]:
+    import pyarrow as pa
+
+    batches = (_csv_batches(path, uri, names, features, cfg) if kind == "csv"
+               else _parquet_batches(path, uri, features, cfg))
+    staged = tmp / "staged.arrow"
+    seen = _Pass()
+    writer = None
+    try:
+        for batch in batches:
+            kept = _clean(batch, features, cfg, uri, seen.read + 2, seen)
+            if writer is None:
+                writer = pa.ipc.new_stream(pa.OSFile(str(staged), "wb"), kept.schema)
+            writer.write_batch(kept)
+    finally:
+        if writer is not None:
+            writer.close()
+    if seen.read == 0:
+        raise MlkubeError(f"input file {uri} has no data rows")
+    if seen.with_target == 0:
+        raise MlkubeError(f"{uri}: target column {cfg.target!r} has no values (all {seen.read} "
+                          "rows are empty)")
+    if seen.kept == 0:
+        raise MlkubeError(f"{uri}: every row misses the target or a feature value (or holds "
+                          "inf); nothing is left")
+    if cfg.task == "classification" and len(seen.labels) < 2:
+        raise MlkubeError(f"{uri}: classification target {cfg.target!r} has one class: "
+                          f"{_classes(seen.labels)[0]}")
+    return seen, staged
+
+
+def _second_pass(staged: Path, labels: Any, train_order: Any, index: dict[str, int],
+                 header: dict[str, Any], tmp: Path) -> tuple[Any, dict[str, int], dict[str, Any]]:
+    """Route the staged rows to their splits' Parquet files; hash them; profile train."""
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    target = header["target"]
+    sampled = np.zeros(len(labels), dtype=bool)
+    sampled[train_order[:max(1, SAMPLE_VALUES // (len(header["features"]) + 1))]] = True
+    stats = _Statistics([*header["features"], target])
+    hashes: dict[str, list[Any]] = {name: [] for name in SPLITS}
+    writers: dict[str, Any] = {}
+    offset = 0
+    try:
+        with pa.OSFile(str(staged), "rb") as source:
+            for batch in pa.ipc.open_stream(source):
+                frame = batch.to_pandas()
+                if index:
+                    frame[target] = frame[target].map(index).astype("int64")
+                part = labels[offset:offset + len(frame)]
+                for i, name in enumerate(SPLITS):
+                    rows = part == i
+                    if not rows.any():
+                        continue
+                    chunk = frame[rows].reset_index(drop=True)
+                    hashes[name].append(pd.util.hash_pandas_object(chunk, index=False).to_numpy())
+                    table = pa.Table.from_pandas(chunk, preserve_index=False)
+                    if name not in writers:
+                        writers[name] = pq.ParquetWriter(tmp / f"{name}.parquet", table.schema)
+                    writers[name].write_table(table)
+                    if name == "train":
+                        stats.add(chunk.to_numpy(dtype=np.float64),
+                                  sampled[offset:offset + len(frame)][rows])
+                offset += len(frame)
+    finally:
+        for writer in writers.values():
+            writer.close()
     hasher = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for name in SPLITS:
         hasher.update(name.encode())
-        hasher.update(pd.util.hash_pandas_object(splits[name], index=False).to_numpy().tobytes())
-    return hasher.hexdigest()
-
-
-def write(root: Path, splits: dict[str, pd.DataFrame], info: DatasetInfo) -> Path:
-    """Write the dataset under ``root/datasets/<digest>``; reuse it when already complete."""
-    final = root / "datasets" / info.digest[:16]
-    if (final / SCHEMA_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        for name, part in splits.items():
-            part.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / SCHEMA_FILE).write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same dataset first
-            if not (final / SCHEMA_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def prepare(uri: str, cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], DatasetInfo]:
-    """Read, validate, clean and split; nothing is written.
-
-    Rows with a missing or non-finite (±inf) target or feature value are dropped and counted.
-    """
-    frame = read_table(uri)
-    frame, features = validate(frame, cfg, uri)
-    before = len(frame)
-    numeric = features + ([cfg.target] if cfg.task == "regression" else [])
-    if cfg.task == "regression":
-        frame[cfg.target] = _regression_target(frame[cfg.target], cfg.target, uri)
-    frame = non_finite_to_missing(frame, numeric)
-    frame = frame.dropna().reset_index(drop=True)
-    dropped = before - len(frame)
-    if frame.empty:
-        raise MlkubeError(f"{uri}: every row misses the target or a feature value (or holds "
-                          "inf); nothing is left")
-    frame, classes = _encode_target(frame, cfg, uri)
-    parts = split(frame, cfg, uri)
-    header = {"target": cfg.target, "features": features, "task": cfg.task, "classes": classes}
-    info = DatasetInfo(
-        digest=digest(parts, header), source=uri, target=cfg.target, features=features,
-        task=cfg.task, classes=classes, rows={k: len(v) for k, v in parts.items()},
-        dropped_rows=dropped,
-    )
-    return parts, info
+        hasher.update(np.concatenate(hashes[name]).tobytes())
+    rows = {name: int(sum(len(h) for h in hashes[name])) for name in SPLITS}
+    return hasher, rows, stats.table()
 
 
 def load_info(dataset_uri: str) -> DatasetInfo:
@@ -290,6 +507,28 @@ def load_info(dataset_uri: str) -> DatasetInfo:
             f"dataset {dataset_uri} is not a prepared dataset (no {SCHEMA_FILE}); "
             "pass prepare-data's dataset_uri"
         ) from None
+
+
+def load_arrays(dataset_uri: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32) and target of one split, copied column by column, a row group at a
+    time, into arrays allocated once: no float64 or pandas copy of the whole split in memory."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    info = load_info(dataset_uri)
+    source = pq.ParquetFile(local_path(dataset_uri) / f"{name}.parquet")
+    rows = source.metadata.num_rows
+    x = np.empty((rows, len(info.features)), dtype=np.float32)
+    y = np.empty(rows, dtype=np.int64 if info.task == "classification" else np.float32)
+    start = 0
+    for group in range(source.metadata.num_row_groups):
+        table = source.read_row_group(group, columns=[*info.features, info.target])
+        end = start + table.num_rows
+        for i, column in enumerate(table.columns[:-1]):
+            x[start:end, i] = column.to_numpy()
+        y[start:end] = table.columns[-1].to_numpy()
+        start = end
+    return x, y
 
 
 def load_split(dataset_uri: str, name: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

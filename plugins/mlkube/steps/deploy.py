@@ -146,7 +146,7 @@ def run(ctx: Context) -> dict[str, Any]:
     tracking.configure(ctx.state_dir, ctx.config.experiment)
     name = ctx.config.registry.model_name
     version = resolve(name, ctx.args.alias, ctx.args.version)
-    x_test, _, _ = data.load_split(ctx.args.dataset, "test")
+    x_test, _ = data.load_arrays(ctx.args.dataset, "test")
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
     target = choose_target(ctx, name)
     previous = target.live_version()

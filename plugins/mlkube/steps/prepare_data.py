@@ -28,43 +28,31 @@ def champion_digest(model_name: str) -> str:
     return str(version.tags.get(tracking.TAG_DIGEST, ""))
 
 
-def statistics(frame: Any) -> dict[str, dict[str, float]]:
-    """count, mean, std, min, quartiles and max of every column (vectorised: wide data is fine)."""
-    import numpy as np
-
-    values = frame.to_numpy(dtype="float64")
-    quartiles = np.percentile(values, [25, 50, 75], axis=0)
-    table = {"count": np.full(values.shape[1], float(len(values))), "mean": values.mean(axis=0),
-             "std": values.std(axis=0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan),
-             "min": values.min(axis=0), "25%": quartiles[0], "50%": quartiles[1],
-             "75%": quartiles[2], "max": values.max(axis=0)}
-    return {column: {stat: float(row[i]) for stat, row in table.items()}
-            for i, column in enumerate(frame.columns)}
-
-
-def _dataset_input(frame: Any, info: Any, name: str) -> Any:
-    """The MLflow dataset of one split: its schema from the dtypes (MLflow's ``from_pandas``
-    inspects every cell, minutes for wide data) and the profile ``from_pandas`` would give."""
+def _dataset_input(info: Any, name: str) -> Any:
+    """The MLflow dataset of one split: its schema (float64 features, the encoded target) and the
+    profile ``from_pandas`` would give, without reading the split back."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.types import ColSpec, DataType, Schema
 
+    rows = info.rows[name]
+
     class Split(MetaDataset):
         @property
         def profile(self) -> dict[str, int]:
-            return {"num_rows": len(frame), "num_elements": int(frame.size)}
+            return {"num_rows": rows, "num_elements": rows * (len(info.features) + 1)}
 
         def to_dict(self) -> dict[str, str]:
             return super().to_dict() | {"profile": json.dumps(self.profile)}
 
-    kinds = {"float64": DataType.double, "int64": DataType.long, "float32": DataType.float}
-    schema = Schema([ColSpec(kinds.get(str(dtype), DataType.string), column)
-                     for column, dtype in frame.dtypes.items()])
+    target = DataType.long if info.task == "classification" else DataType.double
+    schema = Schema([ColSpec(DataType.double, column) for column in info.features]
+                    + [ColSpec(target, info.target)])
     return Split(resolve_dataset_source(info.source), name=f"{name}-{info.digest[:8]}",
                  digest=info.digest[:8], schema=schema)
 
 
-def _log_dataset(ctx: Context, experiment_id: str, splits: dict[str, Any], info: Any,
+def _log_dataset(ctx: Context, experiment_id: str, info: Any, statistics: dict[str, Any],
                  dataset_uri: str) -> str:
     import mlflow
 
@@ -74,13 +62,13 @@ def _log_dataset(ctx: Context, experiment_id: str, splits: dict[str, Any], info:
             tracking.TAG_DIGEST: info.digest}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"prepare-{info.digest[:8]}",
                           tags=tags) as run:
-        for name, frame in splits.items():
-            mlflow.log_input(_dataset_input(frame, info, name), context=name)
+        for name in info.rows:
+            mlflow.log_input(_dataset_input(info, name), context=name)
         mlflow.log_params({"source": info.source, "target": info.target, "task": info.task,
                            "n_features": len(info.features), "dataset_uri": dataset_uri})
         mlflow.log_metrics({f"rows_{k}": v for k, v in info.rows.items()}
                            | {"dropped_rows": info.dropped_rows})
-        mlflow.log_text(json.dumps(statistics(splits["train"]), indent=1),
+        mlflow.log_text(json.dumps(statistics, indent=1),
                         "dataset/statistics.json")
         return str(run.info.run_id)
 
@@ -91,15 +79,14 @@ def run(ctx: Context) -> dict[str, Any]:
 
     cfg = ctx.config.data
     source = cfg.path or str(data.demo_data(ctx.state_dir))
-    splits, info = data.prepare(source, cfg)
+    dataset_dir, info, statistics = data.prepare(source, cfg, ctx.artifact_root)
     ctx.log(f"{source}: {sum(info.rows.values())} rows kept, {info.dropped_rows} dropped "
             f"(missing or non-finite values); split {info.rows}")
-    dataset_dir = data.write(ctx.artifact_root, splits, info)
     experiment_id = tracking.configure(ctx.state_dir, ctx.config.experiment)
     previous = tracking.find_run(experiment_id, {tracking.TAG_STEP: SPEC.name,
                                                  tracking.TAG_DIGEST: info.digest})
     run_id = previous.info.run_id if previous else _log_dataset(
-        ctx, experiment_id, splits, info, str(dataset_dir))
+        ctx, experiment_id, info, statistics, str(dataset_dir))
     champion = champion_digest(ctx.config.registry.model_name)
     changed = champion != info.digest
     ctx.log(f"dataset {info.digest[:12]} at {dataset_dir}; "

@@ -31,6 +31,7 @@ def _prepared(directory: Path) -> dict[str, pd.DataFrame]:
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "BLOCK_BYTES", 4096)  # ~35 rows of CSV a block
     monkeypatch.setattr(data, "BATCH_VALUES", 300)  # ~40 rows of Parquet a batch
+    monkeypatch.setattr(data, "MIN_BLOCK_ROWS", 1)
 
 
 @pytest.fixture

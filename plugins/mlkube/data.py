@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -75,16 +76,19 @@ def demo_data(state_dir: Path) -> Path:
     return path
 
 
-BLOCK_BYTES = 16 << 20  # CSV text parsed at a time
-BATCH_VALUES = 4_000_000  # cells per batch read from Parquet (rows = this / columns)
+BLOCK_BYTES = 16 << 20  # CSV text parsed at a time, at least ...
+MIN_BLOCK_ROWS = 1024  # ... rows a block (wide tables: per-block costs are per column) ...
+MAX_BLOCK_BYTES = 256 << 20  # ... but never more than this
+BATCH_VALUES = 4_000_000  # cells per batch read from Parquet (at least MIN_BLOCK_ROWS rows)
 SAMPLE_VALUES = 4_000_000  # train cells kept for the quartiles of the statistics
 # pandas' default missing-value markers, so a CSV means what it meant when read with pandas
 NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
-def _open(uri: str) -> tuple[Path, str, list[str]]:
-    """The input's path, its format and its column names; one-line errors for the usual mistakes."""
+def _open(uri: str) -> tuple[Path, str, list[str], int]:
+    """The input's path, its format, its column names and the bytes of a CSV block (of whole
+    rows); one-line errors for the usual mistakes."""
     path = local_path(uri)
     if not path.is_file():
         raise MlkubeError(f"input file {uri} not found: check data.path / --input")
@@ -92,12 +96,13 @@ def _open(uri: str) -> tuple[Path, str, list[str]]:
         raise MlkubeError(f"input file {uri} is empty: it needs a header row and data rows")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return path, "csv", _csv_header(path, uri)
+        names, row = _csv_header(path, uri)
+        return path, "csv", names, min(MAX_BLOCK_BYTES, max(BLOCK_BYTES, MIN_BLOCK_ROWS * row))
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
         try:
-            return path, "parquet", list(pq.ParquetFile(path).schema_arrow.names)
+            return path, "parquet", list(pq.ParquetFile(path).schema_arrow.names), 0
         except (OSError, ValueError) as exc:
             raise _unreadable(uri, "parquet", exc) from None
     raise MlkubeError(f"input file {uri}: unknown format {suffix!r}; use .csv or .parquet")
@@ -114,9 +119,11 @@ def _not_utf8(uri: str, byte: int, offset: int) -> MlkubeError:
         "be UTF-8: re-save it as UTF-8 CSV, or pass a Parquet file")
 
 
-def _csv_header(path: Path, uri: str) -> list[str]:
+def _csv_header(path: Path, uri: str) -> tuple[list[str], int]:
+    """The column names and the length of the first data row."""
     with path.open("rb") as stream:
         line = stream.readline()
+        row = len(stream.readline())
     try:
         text = line.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -126,7 +133,7 @@ def _csv_header(path: Path, uri: str) -> list[str]:
     if duplicated:
         raise MlkubeError(f"input file {uri}: the header names columns {duplicated[:5]} more than "
                           "once; give every column its own name")
-    return names
+    return names, row
 
 
 def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
@@ -164,7 +171,8 @@ def _columns(names: list[str], cfg: DataConfig, uri: str) -> list[str]:
     return features
 
 
-def _not_numeric(uri: str, column: str, value: Any, row: int | None, cfg: DataConfig) -> MlkubeError:
+def _not_numeric(uri: str, column: str, value: Any, row: int | None, *,
+                 cfg: DataConfig) -> MlkubeError:
     where = f"row {row} holds {value!r}" if row is not None else f"it holds {value!r}"
     if column in cfg.types:
         return MlkubeError(f"{uri}: column {column!r} is declared {cfg.types[column]} but {where}; "
@@ -190,7 +198,7 @@ def _locate(path: Path, column: str) -> tuple[int, str] | None:
 
 
 def _csv_batches(path: Path, uri: str, names: list[str], features: list[str],
-                 cfg: DataConfig) -> Iterator[Any]:
+                 cfg: DataConfig, block: int) -> Iterator[Any]:
     """The CSV in blocks: features parsed as float64, the target as text."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -199,7 +207,7 @@ def _csv_batches(path: Path, uri: str, names: list[str], features: list[str],
     try:
         reader = pacsv.open_csv(
             path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1,
-                                                 block_size=BLOCK_BYTES),
+                                                 block_size=block),
             convert_options=pacsv.ConvertOptions(
                 column_types=types, include_columns=[*features, cfg.target],
                 null_values=NA_VALUES, strings_can_be_null=True, quoted_strings_can_be_null=True))
@@ -215,7 +223,7 @@ def _csv_batches(path: Path, uri: str, names: list[str], features: list[str],
         column = names[int(found[1])]
         located = _locate(path, column)
         row, value = located if located else (None, found[2])
-        raise _not_numeric(uri, column, value, row, cfg) from None
+        raise _not_numeric(uri, column, value, row, cfg=cfg) from None
 
 
 def _parquet_batches(path: Path, uri: str, features: list[str], cfg: DataConfig) -> Iterator[Any]:
@@ -231,9 +239,10 @@ def _parquet_batches(path: Path, uri: str, features: list[str], cfg: DataConfig)
         numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
         if not numeric and column not in cfg.types:
             first = source.read(columns=[column]).column(0).drop_null()
-            raise _not_numeric(uri, column, first[0].as_py() if len(first) else None, None, cfg)
+            raise _not_numeric(uri, column, first[0].as_py() if len(first) else None, None,
+                               cfg=cfg)
     target_kind = schema.field(cfg.target).type
-    rows = max(1, BATCH_VALUES // (len(features) + 1))
+    rows = max(MIN_BLOCK_ROWS, BATCH_VALUES // (len(features) + 1))
     try:
         for batch in source.iter_batches(batch_size=rows, columns=[*features, cfg.target]):
             if cfg.task == "classification" and not pa.types.is_string(target_kind):
@@ -276,8 +285,8 @@ def _clean(batch: Any, features: list[str], cfg: DataConfig, uri: str, row0: int
     frame = batch.to_pandas()
     for column in features:
         if frame[column].dtype != np.float64:
-            frame[column] = _numeric(frame[column], row0,
-                                     lambda v, r, c=column: _not_numeric(uri, c, v, r, cfg))
+            frame[column] = _numeric(frame[column], row0, functools.partial(
+                _not_numeric, uri, column, cfg=cfg))
     values = frame[features].to_numpy(dtype=np.float64)
     for column, kind in cfg.types.items():
         if kind == "int" and column in features:
@@ -305,14 +314,13 @@ def _clean(batch: Any, features: list[str], cfg: DataConfig, uri: str, row0: int
 
 def _classes(labels: set[str]) -> tuple[list[Any], dict[str, int]]:
     """The class values (numbers where every label is one) and each label's index."""
+    values: dict[str, Any] = {label: label for label in labels}
     for kind in (int, float):
         try:
             values = {label: kind(label) for label in labels}
         except ValueError:
             continue
         break
-    else:
-        values = {label: label for label in labels}
     classes = sorted(set(values.values()), key=str)
     index = {value: i for i, value in enumerate(classes)}
     return classes, {label: index[value] for label, value in values.items()}
@@ -391,12 +399,12 @@ def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, d
     statistics. The directory appears only once complete; preparing the same data again
     reuses it.
     """
-    path, kind, names = _open(uri)
+    path, kind, names, block = _open(uri)
     features = _columns(names, cfg, uri)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dataset-", dir=root))
     try:
-        seen, staged = _first_pass(path, kind, names, features, cfg, uri, tmp)
+        seen, staged = _first_pass(path, kind, names, block, features, cfg, uri, tmp)
         classes, index = _classes(seen.labels) if cfg.task == "classification" else (None, {})
         header = {"target": cfg.target, "features": features, "task": cfg.task, "classes": classes}
         labels, train_order = split_labels(seen.kept, cfg, uri)
@@ -418,11 +426,11 @@ def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, d
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _first_pass(path: Path, kind: str, names: list[str], features: list[str], cfg: DataConfig,
-                uri: str, tmp: Path) -> tuple[_Pass, Path]:
+def _first_pass(path: Path, kind: str, names: list[str], block: int, features: list[str],
+                cfg: DataConfig, uri: str, tmp: Path) -> tuple[_Pass, Path]:
     import pyarrow as pa
 
-    batches = (_csv_batches(path, uri, names, features, cfg) if kind == "csv"
+    batches = (_csv_batches(path, uri, names, features, cfg, block) if kind == "csv"
                else _parquet_batches(path, uri, features, cfg))
     staged = tmp / "staged.arrow"
     seen = _Pass()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +54,17 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     if (state_dir / "serving").is_dir():
         for server in local.servers(state_dir):
             local.stop(server)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server on loopback for the session (tests/postgres_server.py)."""
+    from postgres_server import Postgres, available
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL (initdb, pg_ctl) is not installed; CI machines have it")
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    server = Postgres().start()
+    yield server
+    server.stop()

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of a library's exception message (MLflow keeps it in .message)."""
     text = str(getattr(exc, "message", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password, if it holds one, masked: for messages and logs."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def database_unusable(what: str, url: str, exc: BaseException, setting: str) -> MlkubeError:
+    """The one line for a database that cannot be reached or refuses the login."""
+    reason = first_line(getattr(exc, "orig", None) or exc)
+    return MlkubeError(f"{what} {safe_url(url)} is not usable: {reason}; check {setting} (host, "
+                       "port, user, database) and the password (in the URL or PGPASSWORD)")
 
 
 class MlkubeError(Exception):

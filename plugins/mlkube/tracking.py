@@ -7,13 +7,14 @@ artifacts, both under the state directory. In a pod, the operator sets MLFLOW_TR
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlkube.errors import MlkubeError, first_line
+from mlkube.errors import MlkubeError, database_unusable, first_line, safe_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,6 +31,29 @@ def embedded_tracking_uri(state_dir: Path) -> str:
     return f"sqlite:///{state_dir / 'mlflow.db'}"
 
 
+SERVER_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+@functools.cache
+def _check_database(uri: str) -> None:
+    """Fail in seconds, in one line, where MLflow's own retries take minutes and log warnings;
+    and size MLflow's connection pool per process (a few connections a worker)."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "2")
+    os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "1")
+    connect_args = {"connect_timeout": 10} if uri.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args=connect_args)
+    try:
+        engine.connect().close()
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        raise database_unusable("MLflow's database", uri, exc, "MLFLOW_TRACKING_URI") from None
+    finally:
+        engine.dispose()
+
+
 def configure(state_dir: Path, experiment: str) -> str:
     """Point MLflow at the configured server (or the embedded store); return the experiment id."""
     import mlflow
@@ -42,7 +66,10 @@ def configure(state_dir: Path, experiment: str) -> str:
     embedded = os.environ.setdefault("MLFLOW_TRACKING_URI", default) == default
     if embedded:
         state_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if not embedded and uri.split(":", 1)[0].split("+")[0] in SERVER_DATABASES:
+        _check_database(uri)
+    mlflow.set_tracking_uri(uri)
     try:
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
@@ -57,7 +84,7 @@ def configure(state_dir: Path, experiment: str) -> str:
             return str(found.experiment_id)
     except MlflowException as exc:
         raise MlkubeError(
-            f"MLflow at {os.environ['MLFLOW_TRACKING_URI']} refused experiment {experiment!r}: "
+            f"MLflow at {safe_url(os.environ['MLFLOW_TRACKING_URI'])} refused experiment {experiment!r}: "
             f"{first_line(exc)}"
         ) from None
 

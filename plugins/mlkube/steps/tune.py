@@ -2,9 +2,10 @@
 
 ``python -m mlkube.steps.tune --dataset DIR [--role all|worker|select] ...``
 
-- ``worker`` joins the study (creating it and its parent MLflow run if it is the first) and
-  runs trials until the study holds ``n_trials``; any number of workers (pods, mapped tasks,
-  processes) share one storage.
+- ``worker`` joins the study (creating it, with ``n_trials`` waiting trials, and its parent
+  MLflow run if it is the first) and runs waiting trials until none is left; any number of
+  workers (pods, mapped tasks, processes) share one storage, and each trial runs exactly once.
+  On a cluster the storage is PostgreSQL (``tune.storage``; the password from PGPASSWORD).
 - ``select`` reports the best trial and logs the optimisation history and parameter
   importances to the parent run.
 - ``all`` (the default) creates the study once, starts ``workers`` local worker processes,
@@ -27,7 +28,7 @@ from typing import Any, Literal, cast
 
 from mlkube import config as configmod
 from mlkube import spec
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, database_unusable
 from mlkube.steps._main import Context, run_step
 
 SPEC = spec.TUNE
@@ -44,20 +45,43 @@ def study_name(ctx: Context, digest: str) -> str:
     return f"mlkube-{digest[:12]}-{key}"
 
 
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options of the study storage.
+
+    SQLite: a long lock timeout (parallel workers on one file). A server (PostgreSQL): a pool
+    of one connection and one overflow per worker process, checked before use and recycled,
+    so N workers hold at most 2N connections however many trials they run, and an unreachable
+    host fails in seconds.
+    """
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    options: dict[str, Any] = {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True,
+                               "pool_recycle": 300}
+    if url.startswith("postgresql"):
+        options["connect_args"] = {"connect_timeout": 10}
+    return options
+
+
+_STORAGES: dict[str, Any] = {}
+
+
 def storage(ctx: Context) -> Any:
-    """The study storage; retries the first creation of SQLite tables by parallel workers."""
+    """The study storage, one per URL in a process (one connection pool); retries the first
+    creation of SQLite tables by parallel workers."""
     import sqlalchemy.exc
     from optuna.storages import RDBStorage
 
     url = ctx.config.tune.storage or f"sqlite:///{ctx.state_dir / 'optuna.db'}"
+    if url in _STORAGES:
+        return _STORAGES[url]
     ctx.state_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(5):
         try:
-            return RDBStorage(url, engine_kwargs=kwargs)
+            _STORAGES[url] = RDBStorage(url, engine_kwargs=engine_options(url))
+            return _STORAGES[url]
         except sqlalchemy.exc.OperationalError as exc:
             if attempt == 4 or not url.startswith("sqlite"):
-                raise MlkubeError(f"Optuna storage {url} is not usable: {exc.orig}") from None
+                raise database_unusable("Optuna storage", url, exc, "tune.storage") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -99,6 +123,8 @@ def open_study(ctx: Context, name: str,
             study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
         raise MlkubeError(f"study {name} has no parent MLflow run after 60 s; "
                           "delete the study from the storage and run again") from None
+    for _ in range(ctx.config.tune.n_trials):  # the queue workers claim trials from
+        study.enqueue_trial({})
     tags = tracking.lineage_tags(SPEC.name, ctx.pipeline_run_id) | {"mlkube.study": name}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune-{name}", tags=tags) as run:
         mlflow.log_params({"n_trials": ctx.config.tune.n_trials, "pruner": ctx.config.tune.pruner,
@@ -179,29 +205,62 @@ def objective(ctx: Context, splits: Any, parent_run_id: str, experiment_id: str)
     return run_trial
 
 
-def _counted(study: Any) -> int:
+def _refill(study: Any, n_trials: int) -> int:
+    """Queue the trials that a failed earlier run left undone; return how many are waiting."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                         TrialState.RUNNING)))
+    held = study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING))
+    for _ in range(n_trials - len(held)):
+        study.enqueue_trial({})
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def claim(study: Any) -> Any | None:
+    """Take one waiting trial of the study for this worker, or None when none is left.
+
+    The study is created with exactly ``n_trials`` waiting trials. Taking one is the storage's
+    atomic WAITING -> RUNNING change (a row lock on PostgreSQL), so however many workers there
+    are, each trial runs once and the study ends with ``n_trials`` trials: none twice, none
+    extra. (``Study.optimize`` would create a new trial when the queue is empty.)
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    store = study._storage
+    study_id = store.get_study_id_from_name(study.study_name)
+    for waiting in store.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = store.get_trial_id_from_study_id_trial_number(study_id, waiting.number)
+        try:
+            if store.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
 
 
 def work(ctx: Context, study: Any, experiment_id: str, info: Any) -> None:
-    """Run trials until the study holds ``n_trials`` (finished, pruned or running)."""
+    """Run the study's waiting trials, one at a time, until none is left."""
     import optuna
+    from optuna.trial import TrialState
 
     from mlkube import model as modelmod
 
     splits = modelmod.load_splits(ctx.args.dataset, info)
     run_trial = objective(ctx, splits, study.user_attrs[PARENT_ATTR], experiment_id)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def report(_: Any, trial: Any) -> None:
-        value = "" if trial.value is None else f" val={trial.value:.4f}"
-        ctx.log(f"trial {trial.number} {trial.state.name.lower()}{value} {trial.params}")
-
-    while _counted(study) < ctx.config.tune.n_trials:
-        study.optimize(run_trial, n_trials=1, callbacks=[report])
+    while (trial := claim(study)) is not None:
+        try:
+            value = run_trial(trial)
+        except optuna.TrialPruned:
+            done = study.tell(trial, state=TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            done = study.tell(trial, value)
+        shown = "" if done.value is None else f" val={done.value:.4f}"
+        ctx.log(f"trial {done.number} {done.state.name.lower()}{shown} {done.params}")
 
 
 def _log_plots(study: Any, parent_run_id: str) -> None:
@@ -353,7 +412,7 @@ def run(ctx: Context) -> dict[str, Any]:
         work(ctx, study, experiment_id, info)
         return select(ctx, name, plots=False)
     ctx.args.study_name = name
-    if _counted(study) >= ctx.config.tune.n_trials:
+    if _refill(study, ctx.config.tune.n_trials) == 0:
         ctx.log(f"study {name} already holds {ctx.config.tune.n_trials} trials")
     else:
         ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "

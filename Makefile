@@ -31,6 +31,7 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check plugins tests dags workflows benchmarks
 	$(VENV)/bin/mlkube argo render --check
+	$(VENV)/bin/mlkube platform render --check
 	$(PY) -m pytest -q
 
 lint: setup
@@ -39,6 +40,7 @@ lint: setup
 
 render: setup
 	$(VENV)/bin/mlkube argo render
+	$(VENV)/bin/mlkube platform render
 
 stop: setup
 	$(VENV)/bin/mlkube serve stop
@@ -49,8 +51,31 @@ bench: setup
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/redeploy.py
 	$(PY) benchmarks/prepare_wide.py
+	$(PY) benchmarks/prepare_scale.py --sizes-gb 0.5 1 2 5
 	$(PY) benchmarks/tune_vs_grid.py
+	$(PY) benchmarks/train_vs_loop.py
 
 clean:
 	-$(VENV)/bin/mlkube serve stop
 	rm -rf .mlkube
+
+# The three images, named as the manifests name them by default (mlkube.spec IMAGE_REPOSITORY
+# and the package version); README.md, "Images". BASE_IMAGE and PIP_INDEX_URL go to all three,
+# TORCH_INDEX_URL and TORCH_WHEELS to the CPU images, GPU_TORCH_INDEX_URL and GPU_TORCH_WHEELS
+# to the trainer; a variable left unset keeps the Dockerfile's default, one set empty passes "".
+DOCKER ?= docker
+IMAGE_REPO ?= ghcr.io/mlkube
+IMAGE_TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' plugins/mlkube/__init__.py)
+image_arg = $(if $(filter undefined,$(origin $(2))),,--build-arg $(1)='$($(2))')
+IMAGE_ARGS = $(call image_arg,BASE_IMAGE,BASE_IMAGE) $(call image_arg,PIP_INDEX_URL,PIP_INDEX_URL)
+CPU_ARGS = $(IMAGE_ARGS) $(call image_arg,TORCH_INDEX_URL,TORCH_INDEX_URL) \
+	$(call image_arg,TORCH_WHEELS,TORCH_WHEELS)
+GPU_ARGS = $(IMAGE_ARGS) $(call image_arg,TORCH_INDEX_URL,GPU_TORCH_INDEX_URL) \
+	$(call image_arg,TORCH_WHEELS,GPU_TORCH_WHEELS)
+
+.PHONY: images
+images:
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE_REPO)/mlkube:$(IMAGE_TAG) $(CPU_ARGS) .
+	$(DOCKER) build -f docker/Dockerfile.gpu -t $(IMAGE_REPO)/mlkube-gpu:$(IMAGE_TAG) $(GPU_ARGS) .
+	$(DOCKER) build -f docker/Dockerfile.server -t $(IMAGE_REPO)/mlkube-server:$(IMAGE_TAG) \
+		$(CPU_ARGS) .

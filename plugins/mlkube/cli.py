@@ -17,7 +17,7 @@ from mlkube.errors import MlkubeError, missing_extra
 # Subcommand groups that live beside their adapter: module with add_parser(subparsers), and the
 # commands it registers (listed here so a group whose dependencies are missing can say so).
 _GROUPS = {"mlkube.local.cli": ("run", "serve"), "mlkube.argo.cli": ("argo",),
-           "mlkube.kube.cli": ("preflight",)}
+           "mlkube.kube.cli": ("preflight",), "mlkube.kube.platform": ("platform",)}
 
 # The parser's description: plain text, as --help prints it (the docstring above is reST).
 DESCRIPTION = ("Run the machine-learning lifecycle: the whole pipeline locally, one step "

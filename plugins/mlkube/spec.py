@@ -75,6 +75,9 @@ class StepSpec:
     image: str = CPU_IMAGE
     resources: Resources = field(default_factory=Resources)
     distributed: bool = False  # runs under torchrun, one process per GPU, when given several
+    # How long the kubelet waits between SIGTERM and SIGKILL when the pod is stopped (deleted,
+    # preempted, past its deadline); None = Kubernetes' default, 30 s.
+    termination_grace_period_seconds: int | None = None
 
     def option(self, dest: str) -> Option:
         """The option whose Python name is ``dest``."""
@@ -84,8 +87,19 @@ class StepSpec:
         known = ", ".join(o.dest for o in self.options)
         raise MlkubeError(f"step {self.name} has no option {dest!r}; known: {known}")
 
-    def command(self, python: str = "python", processes: int = 1) -> list[str]:
-        """The program that runs this step; torchrun for ``processes`` > 1 on a distributed step."""
+    def command(self, python: str = "python", processes: int = 1, nodes: int = 1) -> list[str]:
+        """The program that runs this step; torchrun for ``processes`` > 1 on a distributed step.
+
+        With ``nodes`` > 1, one such command runs in each pod of an Indexed Job: torchrun's
+        static rendezvous at ``$(MASTER_ADDR):$(MASTER_PORT)`` (the pod of index 0), the node
+        rank from the pod's ``$(JOB_COMPLETION_INDEX)``; Kubernetes expands them from the
+        container's environment (:mod:`mlkube.kube.multinode` sets it).
+        """
+        if nodes > 1 and self.distributed:
+            return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                    f"--nproc-per-node={processes}", "--node-rank=$(JOB_COMPLETION_INDEX)",
+                    "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
+                    "-m", self.module]
         if processes > 1 and self.distributed:
             return [python, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc-per-node={processes}", "-m", self.module]
@@ -183,6 +197,8 @@ TRAIN = StepSpec(
     image=GPU_IMAGE,
     resources=Resources(cpu="4", memory="16Gi", gpus=1),
     distributed=True,
+    # On SIGTERM the trainer writes a checkpoint before it exits; the rerun resumes from it.
+    termination_grace_period_seconds=120,
 )
 
 REGISTER = StepSpec(

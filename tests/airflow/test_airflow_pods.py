@@ -188,3 +188,61 @@ def test_own_image_and_command_keep_the_contract() -> None:
     assert container["command"] == ["torchrun", "--nproc-per-node=2", "-m", "team.train"]
     assert "--dataset" in container["args"] and "--result-file" in container["args"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+@pytest.mark.parametrize("op", ALL_OPERATORS, ids=lambda op: op.task_id)
+def test_every_operator_takes_a_queue_and_a_priority_class(op: StepOperator) -> None:
+    """Kueue's label and the PriorityClass on each step's pod (Kueue gates the pod itself)."""
+    kwargs = {"task_id": f"{op.task_id}_queued", "queue_name": "team-a",
+              "priority_class_name": "batch-high",
+              **{attr: getattr(op, attr) for attr in op.step_fields}}
+    pod = submitted(type(op)(**kwargs))
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pod["metadata"]["labels"]["mlkube.io/step"] == op.step.name
+    assert pod["spec"]["priorityClassName"] == "batch-high"
+    assert "schedulingGates" not in pod["spec"]  # Kueue's webhook adds its gate
+    assert pod["spec"].get("terminationGracePeriodSeconds") == \
+        op.step.termination_grace_period_seconds
+    plain = submitted(op)
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+    assert "priorityClassName" not in plain["spec"]
+
+
+def test_train_gets_time_to_checkpoint_and_an_explicit_grace_period_wins() -> None:
+    train = TrainOperator(task_id="train", dataset="/d")
+    assert submitted(train)["spec"]["terminationGracePeriodSeconds"] == 120
+    assert train.termination_grace_period == 120  # also the grace of on_kill's pod delete
+    longer = TrainOperator(task_id="train", dataset="/d", termination_grace_period=900)
+    assert submitted(longer)["spec"]["terminationGracePeriodSeconds"] == 900
+    register = RegisterModelOperator(task_id="register", dataset="/d", run_id="r")
+    assert "terminationGracePeriodSeconds" not in submitted(register)["spec"]  # Kubernetes' 30 s
+
+
+def test_a_queued_pod_may_wait_for_admission() -> None:
+    """KubernetesPodOperator's 120 s to get scheduled would fail a pod waiting in its queue."""
+    from mlkube.airflow.base import QUEUED_SCHEDULE_TIMEOUT_SECONDS
+
+    assert TrainOperator(task_id="t", dataset="/d").schedule_timeout_seconds == 120
+    queued = TrainOperator(task_id="t", dataset="/d", queue_name="team-a")
+    assert queued.schedule_timeout_seconds == QUEUED_SCHEDULE_TIMEOUT_SECONDS
+    mine = TrainOperator(task_id="t", dataset="/d", queue_name="team-a", schedule_timeout_seconds=600)
+    assert mine.schedule_timeout_seconds == 600
+    labelled = TrainOperator(task_id="t", dataset="/d", queue_name="team-a",
+                             labels={"kueue.x-k8s.io/queue-name": "other", "team": "ml"})
+    labels = submitted(labelled)["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a" and labels["team"] == "ml"
+
+
+def test_the_local_backend_gives_the_process_the_same_grace_period() -> None:
+    class Process:
+        timeout: float | None = None
+
+        def terminate(self, timeout: float = 30.0) -> None:
+            self.timeout = timeout
+
+    for op, grace in ((TrainOperator(task_id="t", dataset="/d"), 120.0),
+                      (TrainOperator(task_id="t", dataset="/d", termination_grace_period=5), 5.0),
+                      (RegisterModelOperator(task_id="r", dataset="/d", run_id="x"), 30.0)):
+        op._local = process = Process()  # type: ignore[assignment]
+        op.on_kill()
+        assert process.timeout == grace, op.task_id

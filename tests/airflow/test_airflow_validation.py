@@ -27,10 +27,17 @@ from mlkube.errors import MlkubeError
     ({"container_resources": {}}, r"task 'train': container_resources is set by the step"),
     ({"namespace": "My_NS"}, r"task 'train': namespace is 'My_NS', not a DNS-1123 label"),
     ({"epochs": 0}, r"task 'train': epochs: config key 'model.epochs' must be positive"),
+    ({"queue_name": "Team_A"}, r"^task 'train': queue_name is 'Team_A', not a DNS-1123 "
+                               r"subdomain: use at most 63 lowercase letters, .*'team-a'$"),
+    ({"priority_class_name": "High"}, r"^task 'train': priority_class_name is 'High', not a "
+                                      r"DNS-1123 subdomain: use at most 253 "),
+    ({"termination_grace_period": -5}, r"^task 'train': termination_grace_period is -5; give a "
+                                       r"whole number of seconds"),
 ])
 def test_bad_parameters_fail_at_parse_time(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(MlkubeError, match=message):
+    with pytest.raises(MlkubeError, match=message) as caught:
         TrainOperator(**{"task_id": "train", "dataset": "/d", **kwargs})
+    assert "\n" not in str(caught.value)
 
 
 def test_choices_are_checked() -> None:

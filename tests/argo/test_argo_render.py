@@ -99,3 +99,18 @@ def test_lint_names_a_missing_schema(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["argo", "lint", "--schema", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err
     assert "nope.json not found" in err and "MLKUBE_ARGO_SCHEMA" in err
+
+
+def test_queue_and_priority_class_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["argo", "render", "--out", str(tmp_path), "--queue-name", "team-a",
+                 "--priority-class-name", "batch-high"]) == 0
+    steps = yaml.safe_load((tmp_path / "mlkube-steps.yaml").read_text())
+    train = next(t for t in steps["spec"]["templates"] if t["name"] == "train")
+    assert train["metadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "team-a"}
+    assert train["priorityClassName"] == "batch-high"
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["argo", "render", "--out", str(bad), "--queue-name", "Team A"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mlkube argo: error: queue_name is 'Team A', not a DNS-1123 subdomain")
+    assert not bad.exists()  # nothing written

@@ -184,3 +184,55 @@ def test_preflight_judges_every_step_pod_as_rendered(steps: dict[str, Any]) -> N
         assert pod["spec"].get("nodeSelector") == steps[name].get("nodeSelector")
         assert "{{" not in yaml.safe_dump(pod)  # nothing for Argo to resolve inside the artifact
     assert pods[-1]["spec"]["serviceAccountName"] == RenderOptions().deploy_service_account
+
+
+def test_train_gets_a_grace_period_long_enough_to_checkpoint(steps: dict[str, Any]) -> None:
+    """Argo templates have no terminationGracePeriodSeconds: the step's is in podSpecPatch."""
+    import json
+
+    grace = spec.TRAIN.termination_grace_period_seconds
+    assert json.loads(steps["train"]["podSpecPatch"]) == {"terminationGracePeriodSeconds": grace}
+    for name in ("preflight", "prepare-data", "tune-worker", "select-best", "register", "deploy"):
+        assert "podSpecPatch" not in steps[name], name  # Kubernetes' default 30 s
+    pods = list(yaml.safe_load_all(steps["preflight"]["inputs"]["artifacts"][0]["raw"]["data"]))
+    (judged,) = [p for p in pods if p["metadata"]["name"].endswith("-train")]
+    assert judged["spec"]["terminationGracePeriodSeconds"] == grace
+
+
+def test_a_queue_and_a_priority_class_reach_every_pod(validator: Any) -> None:
+    """Kueue's pod integration gates each labelled pod itself: no suspend, nothing else."""
+    import kubernetes_validate
+
+    from mlkube.argo.render import render
+    from mlkube.kube.pod import QUEUE_LABEL
+
+    options = RenderOptions(queue_name="team-a", priority_class_name="batch-high")
+    (wt,) = [yaml.safe_load(render(options)["mlkube-steps.yaml"])]
+    assert validator.errors(wt) == []
+    for template in wt["spec"]["templates"]:  # the preflight pod waits in the queue too
+        assert template["metadata"]["labels"] == {QUEUE_LABEL: "team-a"}, template["name"]
+        assert template["priorityClassName"] == "batch-high", template["name"]
+        assert "suspend" not in template
+    pods = list(yaml.safe_load_all(wt["spec"]["templates"][0]["inputs"]["artifacts"][0]["raw"]["data"]))
+    for pod in pods:  # judged as they will run: quota scopes on PriorityClass match them
+        kubernetes_validate.validate(pod, "1.33.0", strict=True)
+        assert pod["metadata"]["labels"] == {QUEUE_LABEL: "team-a"}
+        assert pod["spec"]["priorityClassName"] == "batch-high"
+    default = yaml.safe_load(render(RenderOptions())["mlkube-steps.yaml"])
+    assert all("metadata" not in t and "priorityClassName" not in t
+               for t in default["spec"]["templates"])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"queue_name": "Team_A"}, r"^queue_name is 'Team_A', not a DNS-1123 subdomain: use at "
+                               r"most 63 lowercase letters, digits, '-' and '\.', .*'team-a'$"),
+    ({"priority_class_name": "batch high"}, r"^priority_class_name is 'batch high', not a "
+                                            r"DNS-1123 subdomain: use at most 253 "),
+])
+def test_a_bad_queue_or_priority_class_name_fails_the_render(options: dict[str, Any],
+                                                             message: str) -> None:
+    from mlkube.argo.render import render
+
+    with pytest.raises(MlkubeError, match=message) as caught:
+        render(RenderOptions(**options))
+    assert "\n" not in str(caught.value)

@@ -8,7 +8,7 @@ from kubernetes.client import ApiClient, V1ObjectMeta, V1Pod, V1PodSpec
 
 from mlkube import spec
 from mlkube.errors import MlkubeError
-from mlkube.kube.pod import Placement, SecretEnv, step_pod
+from mlkube.kube.pod import QUEUE_LABEL, Placement, SecretEnv, step_pod
 
 
 def _pod(step: spec.StepSpec, placement: Placement) -> dict:  # type: ignore[type-arg]
@@ -66,3 +66,37 @@ def test_secrets_by_reference_and_restricted_profile() -> None:
 def test_bad_placement_names_the_field(placement: Placement, message: str) -> None:
     with pytest.raises(MlkubeError, match=message):
         step_pod(spec.TRAIN, {"dataset": "/d"}, placement, what="task train")
+
+
+def test_queue_priority_class_and_grace_period_reach_the_pod() -> None:
+    """Kueue's queue label, the PriorityClass and the grace period, on the whole Pod too."""
+    placement = Placement(queue_name="team-a", priority_class_name="batch-high")
+    parts = step_pod(spec.TRAIN, {"dataset": "/d"}, placement)
+    pod: dict = ApiClient().sanitize_for_serialization(parts.pod("p", "ml"))  # type: ignore[type-arg]
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    assert pod["metadata"]["labels"] == {QUEUE_LABEL: "team-a"}
+    assert pod["spec"]["priorityClassName"] == "batch-high"
+    # train checkpoints on SIGTERM: it gets time to write one; the others Kubernetes' 30 s
+    assert pod["spec"]["terminationGracePeriodSeconds"] == spec.TRAIN.termination_grace_period_seconds == 120
+    register = step_pod(spec.REGISTER, {"dataset": "/d", "run_id": "r"}, Placement())
+    assert register.labels == {} and register.priority_class_name is None
+    assert register.termination_grace_period_seconds is None
+    longer = step_pod(spec.TRAIN, {"dataset": "/d"}, Placement(termination_grace_period_seconds=600))
+    assert longer.termination_grace_period_seconds == 600
+
+
+@pytest.mark.parametrize(("placement", "message"), [
+    (Placement(queue_name="Team_A"), r"^task train: queue_name is 'Team_A', not a DNS-1123 "
+                                     r"subdomain: use at most 63 lowercase letters, .*'team-a'$"),
+    (Placement(queue_name="q" * 64), r"^task train: queue_name is 'q{64}', not a DNS-1123"),
+    (Placement(priority_class_name="High Priority"),
+     r"^task train: priority_class_name is 'High Priority', not a DNS-1123 subdomain: use at "
+     r"most 253 lowercase"),
+    (Placement(termination_grace_period_seconds=-1),
+     r"^task train: termination_grace_period_seconds is -1; give a whole number of seconds"),
+])
+def test_bad_queue_priority_class_or_grace_period_is_one_line(placement: Placement,
+                                                             message: str) -> None:
+    with pytest.raises(MlkubeError, match=message) as caught:
+        step_pod(spec.TRAIN, {"dataset": "/d"}, placement, what="task train")
+    assert "\n" not in str(caught.value)

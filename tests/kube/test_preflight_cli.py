@@ -20,7 +20,8 @@ GPU_NODE = V1Node(metadata=V1ObjectMeta(name="gpu-1", labels={}), spec=V1NodeSpe
 
 
 def _args(**given: object) -> argparse.Namespace:
-    fields = ("image", "cpu", "cpu_limit", "memory", "gpus", "gpu_product", "artifact_pvc")
+    fields = ("image", "cpu", "cpu_limit", "memory", "gpus", "gpu_product", "artifact_pvc",
+              "queue_name", "priority_class_name")
     return argparse.Namespace(**{f: given.get(f) for f in fields})
 
 
@@ -32,6 +33,18 @@ def test_a_steps_pod_is_the_one_the_adapters_build() -> None:
     with pytest.raises(MlkubeError, match=r"0/1 nodes are available: 1 node: Insufficient "
                                           r"nvidia\.com/gpu \(has 2, asks 4\)"):
         preflight.verdict(too_big, nodes=[GPU_NODE])
+
+
+def test_a_steps_pod_carries_its_queue_and_priority_class() -> None:
+    """A quota scoped to a PriorityClass is judged against the class the pod will have."""
+    pod = cli.step_pod_object("train", _args(queue_name="team-a",
+                                             priority_class_name="batch-high"), "ml")
+    assert pod.metadata.labels == {"kueue.x-k8s.io/queue-name": "team-a"}
+    assert pod.spec.priority_class_name == "batch-high"
+    assert pod.spec.termination_grace_period_seconds == 120
+    with pytest.raises(MlkubeError, match=r"^step train: priority_class_name is 'Batch', not a "
+                                          r"DNS-1123 subdomain"):
+        cli.step_pod_object("train", _args(priority_class_name="Batch"), "ml")
 
 
 def test_any_pod_manifest(tmp_path: Path) -> None:

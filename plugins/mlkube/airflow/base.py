@@ -27,13 +27,18 @@ from mlkube.airflow.mlflow_connection import MlflowHook, MlflowSettings
 from mlkube.airflow.termination import result_from_pod
 from mlkube.errors import MlkubeError
 from mlkube.kube import preflight as preflights
-from mlkube.kube.pod import Placement, SecretEnv, StepPod, step_pod
+from mlkube.kube import validation
+from mlkube.kube.pod import Placement, SecretEnv, StepPod, grace_period, step_pod
 from mlkube.spec import StepSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 STEP_LABEL = "mlkube.io/step"
+# With a Kueue queue, a pod may wait (gated, unscheduled) until the queue admits it: how long
+# KubernetesPodOperator waits for that unless told otherwise (its own default is 120 s).
+QUEUED_SCHEDULE_TIMEOUT_SECONDS = 24 * 3600
+KUEUE_GATE = "kueue.x-k8s.io/admission"
 # KubernetesPodOperator parameters the step description owns; the message says what to use.
 _OWNED = {
     "cmds": "command= (the step's arguments follow it)",
@@ -56,6 +61,12 @@ def _env_list(env: Mapping[str, str] | Sequence[V1EnvVar] | None) -> list[V1EnvV
     if isinstance(env, Mapping):
         return [V1EnvVar(name=k, value=str(v)) for k, v in env.items()]
     return list(env or [])
+
+
+def _gated(pod: V1Pod) -> bool:
+    """Whether Kueue still holds the pod back: its webhook's scheduling gate is still there."""
+    gates = (pod.spec and pod.spec.scheduling_gates) or []
+    return any(g.name == KUEUE_GATE for g in gates)
 
 
 def pending_reason(events: Sequence[Any]) -> str | None:
@@ -89,6 +100,14 @@ class StepOperator(KubernetesPodOperator):
         gpu_product: GPU product to select nodes by (``nvidia.com/gpu.product``).
         shm_size: size of the memory-backed /dev/shm given to GPU pods.
         artifact_pvc: PersistentVolumeClaim mounted at /mnt/mlkube, shared by the steps.
+        queue_name: the Kueue LocalQueue the pod waits in (label ``kueue.x-k8s.io/queue-name``;
+            not Airflow's own ``queue``). Kueue admits the pod when the queue has quota; until
+            then it is Pending, so ``schedule_timeout_seconds`` defaults to 24 h instead of 120 s.
+        priority_class_name: KubernetesPodOperator's own: the pod's PriorityClass (Kueue takes
+            the workload's priority from it); checked as a name at parse time.
+        termination_grace_period: KubernetesPodOperator's own: seconds between SIGTERM and
+            SIGKILL when the pod (or, locally, the process) is stopped; default: the step's
+            (train 120 s, to write a checkpoint; others Kubernetes' 30 s).
         secret_env: environment variables taken from Kubernetes Secrets by reference.
         mlflow_conn_id: an ``mlflow`` Airflow connection (tracking URI, credentials Secret).
         mlflow_tracking_uri: the tracking URI, overriding the connection's.
@@ -131,6 +150,7 @@ class StepOperator(KubernetesPodOperator):
         gpu_product: str | None = None,
         shm_size: str = "1Gi",
         artifact_pvc: str | None = None,
+        queue_name: str | None = None,
         secret_env: Sequence[SecretEnv] = (),
         mlflow_conn_id: str | None = None,
         mlflow_tracking_uri: str | None = None,
@@ -149,6 +169,8 @@ class StepOperator(KubernetesPodOperator):
         # A failed step writes no result, so the kubelet puts its last log lines (the one-line
         # error) in the termination message, which KubernetesPodOperator's failure reports.
         kwargs.setdefault("termination_message_policy", "FallbackToLogsOnError")
+        if queue_name is not None:  # admission by the queue is part of getting scheduled
+            kwargs.setdefault("schedule_timeout_seconds", QUEUED_SCHEDULE_TIMEOUT_SECONDS)
         super().__init__(do_xcom_push=do_xcom_push, multiple_outputs=multiple_outputs, **kwargs)
         self.config = config
         self.experiment = experiment
@@ -162,6 +184,7 @@ class StepOperator(KubernetesPodOperator):
         self.gpu_product = gpu_product
         self.shm_size = shm_size
         self.artifact_pvc = artifact_pvc
+        self.queue_name = queue_name
         self.secret_env = list(secret_env)
         self.mlflow_conn_id = mlflow_conn_id
         self.mlflow_tracking_uri = mlflow_tracking_uri
@@ -180,6 +203,9 @@ class StepOperator(KubernetesPodOperator):
     def _check_parameters(self) -> None:
         """Fail when the DAG is parsed, naming the task, for what is already wrong."""
         backends.check(self.backend, f"{self._what}: backend")
+        if self.termination_grace_period is not None:  # named as the operator takes it
+            validation.seconds(self.termination_grace_period,
+                               f"{self._what}: termination_grace_period")
         checks.placement(self._placement_fields(), self._what)
         checks.namespace(self.namespace, f"{self._what}: namespace")
         checks.config_file(self.config, f"{self._what}: config")
@@ -192,7 +218,9 @@ class StepOperator(KubernetesPodOperator):
         return {"image": self.image, "cpu": self.cpu, "cpu_limit": self.cpu_limit,
                 "memory": self.memory, "gpus": self.gpus,
                 "gpu_product": self.gpu_product, "shm_size": self.shm_size,
-                "artifact_pvc": self.artifact_pvc}
+                "artifact_pvc": self.artifact_pvc, "queue_name": self.queue_name,
+                "priority_class_name": self.priority_class_name,
+                "termination_grace_period_seconds": self.termination_grace_period}
 
     def extra_env(self) -> dict[str, str]:
         """Step-specific plain environment (subclasses add to it)."""
@@ -254,7 +282,9 @@ class StepOperator(KubernetesPodOperator):
         self.volume_mounts = _merge_named(container.volume_mounts or [], self.volume_mounts)
         self.tolerations = pieces.tolerations + [t for t in self.tolerations if t not in pieces.tolerations]
         self.node_selector = {**pieces.node_selector, **self.node_selector}
-        self.labels = {STEP_LABEL: self.step.name, **self.labels}
+        self.labels = {STEP_LABEL: self.step.name, **self.labels, **pieces.labels}
+        self.priority_class_name = pieces.priority_class_name
+        self.termination_grace_period = pieces.termination_grace_period_seconds
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> V1Pod:
         """The pod this task submits: the step's pod pieces through KubernetesPodOperator."""
@@ -298,8 +328,16 @@ class StepOperator(KubernetesPodOperator):
             yield
         except PodLaunchTimeoutException as exc:
             pod = getattr(self, "pod", None)
-            reason = pending_reason(self.pod_manager.read_pod_events(pod).items) if pod else None
-            if pod is None or reason is None:
+            if pod is None:
+                raise
+            reason = pending_reason(self.pod_manager.read_pod_events(pod).items)
+            if reason is None and self.queue_name and _gated(self.pod_manager.read_pod(pod)):
+                raise MlkubeError(
+                    f"{self._what}: pod {pod.metadata.name} was not admitted by Kueue queue "
+                    f"{self.queue_name!r} within {self.schedule_timeout_seconds} s: see `kubectl "
+                    f"get workloads -n {pod.metadata.namespace}`, or raise "
+                    "schedule_timeout_seconds") from exc
+            if reason is None:
                 raise
             raise MlkubeError(f"{self._what}: pod {pod.metadata.name} was not scheduled: "
                               f"{reason}") from exc
@@ -334,8 +372,14 @@ class StepOperator(KubernetesPodOperator):
         return result
 
     def on_kill(self) -> None:
-        """Stop the local process, or let KubernetesPodOperator delete the pod."""
+        """Stop the local process (SIGTERM, SIGKILL after the grace period), or let
+        KubernetesPodOperator delete the pod (with the same grace period)."""
         if self._local is not None:
-            self._local.terminate()
+            grace = grace_period(self.step, Placement(
+                termination_grace_period_seconds=self.termination_grace_period))
+            if grace is None:
+                self._local.terminate()  # Kubernetes' default, as a pod would get
+            else:
+                self._local.terminate(float(grace))
             return
         super().on_kill()

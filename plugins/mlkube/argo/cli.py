@@ -59,6 +59,9 @@ def _render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service-name", help="the serving objects' name (default mlkube-demo)")
     parser.add_argument("--cpu-limit", help="CPU limit of every step container, for a namespace "
                                             "whose ResourceQuota tracks limits.cpu (default none)")
+    parser.add_argument("--queue-name", help="Kueue LocalQueue every pod waits in (the "
+                                             "kueue.x-k8s.io/queue-name label; default none)")
+    parser.add_argument("--priority-class-name", help="PriorityClass of every pod (default none)")
 
 
 def options_from(args: argparse.Namespace) -> Any:
@@ -66,7 +69,8 @@ def options_from(args: argparse.Namespace) -> Any:
     from mlkube.argo.options import RenderOptions
 
     fields = ("namespace", "workers", "parallelism", "schedules", "gpu_product", "artifact_pvc",
-              "mlflow_tracking_uri", "service_name", "cpu_limit")
+              "mlflow_tracking_uri", "service_name", "cpu_limit", "queue_name",
+              "priority_class_name")
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return RenderOptions(**given).validated()
 

@@ -32,6 +32,9 @@ class RenderOptions:
         gpu_image: the training image, or ``None`` for the step's default.
         cpu_limit: a CPU limit on every step container, for namespaces whose quota tracks
             ``limits.cpu`` (``None``: no CPU limit; memory is always limited).
+        queue_name: the Kueue LocalQueue every pod of the workflow waits in (the
+            ``kueue.x-k8s.io/queue-name`` label on each template's pod), or ``None``.
+        priority_class_name: the PriorityClass of every pod of the workflow, or ``None``.
         mlflow_tracking_uri: the MLflow server every step logs to.
         secret_env: credentials as Secret references (e.g. MLflow or object-store keys).
         service_name: the serving objects (InferenceService, or Deployment + Service + HPA) deploy creates.
@@ -56,6 +59,8 @@ class RenderOptions:
     image: str | None = None
     gpu_image: str | None = None
     cpu_limit: str | None = None
+    queue_name: str | None = None
+    priority_class_name: str | None = None
     mlflow_tracking_uri: str = "http://mlflow:5000"
     secret_env: Sequence[SecretEnv] = ()
     service_name: str = "mlkube-demo"
@@ -89,6 +94,10 @@ class RenderOptions:
             validation.image(self.image, "image")
         if self.gpu_image is not None:
             validation.image(self.gpu_image, "gpu_image")
+        if self.queue_name is not None:
+            validation.queue_name(self.queue_name, "queue_name")
+        if self.priority_class_name is not None:
+            validation.priority_class_name(self.priority_class_name, "priority_class_name")
         return self
 
 

@@ -10,6 +10,8 @@ the deploy ServiceAccount, with the same guarantees as everywhere else.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +81,28 @@ def placement(template: StepTemplate, options: RenderOptions) -> Placement:
         artifact_pvc=options.artifact_pvc,
         env={"MLFLOW_TRACKING_URI": options.mlflow_tracking_uri, **io.outputs_env()},
         secret_env=options.secret_env,
+        queue_name=options.queue_name,
+        priority_class_name=options.priority_class_name,
     )
+
+
+def pod_fields(labels: Mapping[str, str], priority_class_name: str | None,
+               grace_seconds: int | None = None) -> dict[str, Any]:
+    """The template fields for its pod's labels, PriorityClass and termination grace period.
+
+    Argo templates have no ``terminationGracePeriodSeconds``: it goes in ``podSpecPatch``
+    (Argo applies the workflow's own patch, if any, first).
+    """
+    from hera.workflows.models import Metadata
+
+    fields: dict[str, Any] = {}
+    if labels:
+        fields["metadata"] = Metadata(labels=dict(labels))
+    if priority_class_name:
+        fields["priority_class_name"] = priority_class_name
+    if grace_seconds is not None:
+        fields["pod_spec_patch"] = json.dumps({"terminationGracePeriodSeconds": grace_seconds})
+    return fields
 
 
 def template_values(template: StepTemplate, options: RenderOptions) -> dict[str, Any]:
@@ -117,6 +140,7 @@ def step_template(template: StepTemplate, options: RenderOptions) -> Template:
         retry_strategy=retry_strategy(options),
         active_deadline_seconds=IntOrString(root=str(deadline)),
         service_account_name=options.deploy_service_account if template.deploys else None,
+        **pod_fields(pod.labels, pod.priority_class_name, pod.termination_grace_period_seconds),
     )
 
 
@@ -160,7 +184,9 @@ def preflight_template(options: RenderOptions) -> Template:
     from mlkube.kube.pod import resources
     from mlkube.kube.security import container_security_context, pod_security_context
 
-    small = Placement(image=options.image, cpu="100m", memory="256Mi", cpu_limit=options.cpu_limit)
+    small = Placement(image=options.image, cpu="100m", memory="256Mi", cpu_limit=options.cpu_limit,
+                      queue_name=options.queue_name,
+                      priority_class_name=options.priority_class_name)
     container = V1Container(
         name="main", image=options.image or spec.PREPARE_DATA.image,
         command=["python", "-m", "mlkube.cli", "preflight", "--pod", PREFLIGHT_PODS],
@@ -174,6 +200,7 @@ def preflight_template(options: RenderOptions) -> Template:
         container=to_hera(container, Container),
         security_context=to_hera(pod_security_context(), PodSecurityContext),
         active_deadline_seconds=IntOrString(root="300"),
+        **pod_fields(small.pod_labels(), small.priority_class_name),  # queued like the steps
     )
 
 

@@ -23,7 +23,8 @@ def step_pod_object(step: str, args: argparse.Namespace, namespace: str) -> Any:
     values = {o.dest: f"<{o.dest}>" for o in description.options if o.required}
     placement = Placement(image=args.image, cpu=args.cpu, cpu_limit=args.cpu_limit,
                           memory=args.memory, gpus=args.gpus, gpu_product=args.gpu_product,
-                          artifact_pvc=args.artifact_pvc)
+                          artifact_pvc=args.artifact_pvc, queue_name=args.queue_name,
+                          priority_class_name=args.priority_class_name)
     pieces = step_pod(description, values, placement, what=f"step {step}")
     return pieces.pod(f"mlkube-{step}-preflight", namespace)
 
@@ -101,7 +102,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     for flag, text in (("--image", "image"), ("--cpu", "CPU request"),
                        ("--cpu-limit", "CPU limit"), ("--memory", "memory request and limit"),
                        ("--gpu-product", "nvidia.com/gpu.product to select nodes by"),
-                       ("--artifact-pvc", "the shared claim the step mounts")):
+                       ("--artifact-pvc", "the shared claim the step mounts"),
+                       ("--queue-name", "Kueue LocalQueue (label kueue.x-k8s.io/queue-name)"),
+                       ("--priority-class-name", "the pod's PriorityClass (quota scopes "
+                                                 "match it)")):
         parser.add_argument(flag, help=f"with --step: {text}")
     parser.add_argument("--gpus", type=int, help="with --step: whole GPUs")
     parser.set_defaults(handler=_preflight)

@@ -2,8 +2,9 @@
 
 :func:`step_pod` is the single place where a step becomes a container: command and
 arguments, image, resources, GPU scheduling, environment (secrets by reference only), the
-artifact volume and the restricted security context. The Airflow operators and the Argo
-templates both render what it returns.
+artifact volume, the restricted security context, the Kueue queue label, the PriorityClass and
+the termination grace period. The Airflow operators and the Argo templates both render what
+it returns.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from mlkube.kube import gpu, security, validation
 from mlkube.spec import ARTIFACT_MOUNT, RESULT_PATH, SECRET_ENV_VAR, StepSpec
 
 ARTIFACT_VOLUME = "mlkube-artifacts"
+# Kueue's label: the LocalQueue a pod waits in. Kueue's pod integration gates a pod carrying
+# it (its webhook adds a scheduling gate) until the queue admits it; nothing else is needed.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 STATE_DIR = f"{ARTIFACT_MOUNT}/state"
 
 
@@ -66,6 +70,13 @@ class Placement:
     artifact_pvc: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: Sequence[SecretEnv] = ()
+    queue_name: str | None = None  # Kueue LocalQueue (the kueue.x-k8s.io/queue-name label)
+    priority_class_name: str | None = None  # the pod's PriorityClass (also Kueue's priority)
+    termination_grace_period_seconds: int | None = None  # None: the step's default
+
+    def pod_labels(self) -> dict[str, str]:
+        """The labels placement puts on the pod: the Kueue queue, when one is named."""
+        return {QUEUE_LABEL: self.queue_name} if self.queue_name else {}
 
     def validated(self, what: str) -> Placement:
         """Check every field; ``what`` names the task or template in the error."""
@@ -80,6 +91,13 @@ class Placement:
         if self.gpus is not None:
             validation.gpus(self.gpus, f"{what}: gpus")
         validation.quantity(self.shm_size, f"{what}: shm_size")
+        if self.queue_name is not None:
+            validation.queue_name(self.queue_name, f"{what}: queue_name")
+        if self.priority_class_name is not None:
+            validation.priority_class_name(self.priority_class_name, f"{what}: priority_class_name")
+        if self.termination_grace_period_seconds is not None:
+            validation.seconds(self.termination_grace_period_seconds,
+                               f"{what}: termination_grace_period_seconds")
         return self
 
 
@@ -92,17 +110,24 @@ class StepPod:
     tolerations: list[V1Toleration]
     node_selector: dict[str, str]
     security_context: V1PodSecurityContext
+    labels: dict[str, str] = field(default_factory=dict)
+    priority_class_name: str | None = None
+    termination_grace_period_seconds: int | None = None
 
     def pod(self, name: str, namespace: str | None,
             service_account: str | None = None) -> V1Pod:
         """These pieces as a whole Pod (what preflight judges; the adapters build their own)."""
         return V1Pod(api_version="v1", kind="Pod",
-                     metadata=V1ObjectMeta(name=name, namespace=namespace),
+                     metadata=V1ObjectMeta(name=name, namespace=namespace,
+                                           labels=self.labels or None),
                      spec=V1PodSpec(containers=[self.container], volumes=self.volumes or None,
                                     tolerations=self.tolerations or None,
                                     node_selector=self.node_selector or None,
                                     security_context=self.security_context,
                                     service_account_name=service_account,
+                                    priority_class_name=self.priority_class_name,
+                                    termination_grace_period_seconds=(
+                                        self.termination_grace_period_seconds),
                                     restart_policy="Never"))
 
 
@@ -124,6 +149,12 @@ def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> 
     if gpus:
         requests[gpu.GPU_RESOURCE] = limits[gpu.GPU_RESOURCE] = str(gpus)
     return V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def grace_period(spec: StepSpec, placement: Placement) -> int | None:
+    """Seconds from SIGTERM to SIGKILL: the placement's, else the step's (None: Kubernetes' 30)."""
+    given = placement.termination_grace_period_seconds
+    return spec.termination_grace_period_seconds if given is None else given
 
 
 def step_arguments(spec: StepSpec, values: Mapping[str, Any], placement: Placement) -> list[str]:
@@ -172,4 +203,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
         termination_message_policy="FallbackToLogsOnError",
     )
     return StepPod(container=container, volumes=volumes, tolerations=tolerations,
-                   node_selector=selector, security_context=security.pod_security_context())
+                   node_selector=selector, security_context=security.pod_security_context(),
+                   labels=placement.pod_labels(),
+                   priority_class_name=placement.priority_class_name,
+                   termination_grace_period_seconds=grace_period(spec, placement))

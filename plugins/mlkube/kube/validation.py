@@ -13,7 +13,9 @@ _IMAGE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_LABEL = re.compile(rf"^{_LABEL}$")
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 
 
 def quantity(value: object, what: str) -> str:
@@ -50,4 +52,35 @@ def dns1123_label(value: str, what: str) -> str:
             f"{what} is {value!r}, not a DNS-1123 label: use at most 63 lowercase letters, "
             "digits and '-', starting and ending with a letter or digit"
         )
+    return value
+
+
+def dns1123_subdomain(value: str, what: str, max_length: int = 253, example: str = "team-a") -> str:
+    """A name Kubernetes accepts for most objects: DNS-1123 labels joined by '.'."""
+    if not isinstance(value, str) or len(value) > max_length or not _DNS1123_SUBDOMAIN.match(value):
+        raise MlkubeError(
+            f"{what} is {value!r}, not a DNS-1123 subdomain: use at most {max_length} lowercase "
+            f"letters, digits, '-' and '.', starting and ending with a letter or digit, e.g. "
+            f"{example!r}"
+        )
+    return value
+
+
+def queue_name(value: str, what: str) -> str:
+    """A Kueue LocalQueue name: an object name that is also a label value (at most 63 chars).
+
+    Kueue's webhook checks the ``kueue.x-k8s.io/queue-name`` label as a DNS-1123 subdomain.
+    """
+    return dns1123_subdomain(value, what, max_length=63, example="team-a")
+
+
+def priority_class_name(value: str, what: str) -> str:
+    """A PriorityClass name (the API server checks a pod's ``priorityClassName`` so)."""
+    return dns1123_subdomain(value, what, example="batch-high")
+
+
+def seconds(value: object, what: str) -> int:
+    """A whole number of seconds, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MlkubeError(f"{what} is {value!r}; give a whole number of seconds (0 or more)")
     return value

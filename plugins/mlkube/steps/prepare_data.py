@@ -46,8 +46,8 @@ def _dataset_input(info: Any, name: str) -> Any:
             return super().to_dict() | {"profile": json.dumps(self.profile)}
 
     target = DataType.long if info.task == "classification" else DataType.double
-    schema = Schema([ColSpec(DataType.double, column) for column in info.features]
-                    + [ColSpec(target, info.target)])
+    schema = Schema([*(ColSpec(DataType.double, column) for column in info.features),
+                     ColSpec(target, info.target)])
     return Split(resolve_dataset_source(info.source), name=f"{name}-{info.digest[:8]}",
                  digest=info.digest[:8], schema=schema)
 

@@ -111,7 +111,7 @@ class PlatformOptions:
         """Check every field; an error names the option and what to write."""
         validation.dns1123_label(self.namespace, "--namespace")
         if self.storage_class is not None:
-            validation.dns1123_label(self.storage_class, "--storage-class")
+            validation.dns1123_subdomain(self.storage_class, "--storage-class")
         for what in ("artifact_size", "database_size", "quota_cpu", "quota_memory", "quota_gpus"):
             validation.quantity(getattr(self, what), f"--{what.replace('_', '-')}")
         validation.image(self.postgres_image, "--postgres-image")

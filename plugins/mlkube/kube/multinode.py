@@ -1,0 +1,151 @@
+"""Training across nodes: the same train program under torchrun in N pods.
+
+By default a pure-Kubernetes Indexed Job: N pods (``completionMode: Indexed``), each one node
+of the torchrun job, its node rank the pod's ``JOB_COMPLETION_INDEX``, and a headless Service
+giving the pods stable names, so every pod reaches the rendezvous on the pod of index 0
+(``MASTER_ADDR``). Where Kubeflow Trainer is installed (its ``TrainJob`` kind is served),
+:func:`train_job` gives the same run as a ``TrainJob`` on its ``torch-distributed`` runtime,
+which sets torchrun's environment itself.
+
+Either way rank 0 (node 0, first process) is the leader: it logs to MLflow, writes the
+checkpoints and the model, and writes the step's result; the pods share the artifact claim.
+With a Kueue queue, the Job is created suspended and carries the queue label (Kueue admits the
+Job as a whole, then unsuspends it); its pods do not carry the label, so Kueue's pod
+integration does not also gate them one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubernetes.client import (
+    V1Container,
+    V1ContainerPort,
+    V1EnvVar,
+    V1Job,
+    V1JobSpec,
+    V1ObjectMeta,
+    V1PodSpec,
+    V1PodTemplateSpec,
+    V1Service,
+    V1ServicePort,
+    V1ServiceSpec,
+)
+
+from mlkube import spec
+from mlkube.errors import MlkubeError
+from mlkube.kube.pod import QUEUE_LABEL, StepPod
+
+RENDEZVOUS_PORT = 29500
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
+TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+TORCH_RUNTIME = "torch-distributed"  # Kubeflow Trainer's ClusterTrainingRuntime for PyTorch
+
+
+def check_nodes(nodes: object, what: str = "nodes") -> int:
+    """A whole number of nodes, at least 1."""
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise MlkubeError(f"{what} is {nodes!r}; give a whole number of nodes, at least 1 "
+                          "(1 = one pod; more = an Indexed Job of that many pods)")
+    return nodes
+
+
+def _processes(container: V1Container) -> int:
+    limits = (container.resources.limits or {}) if container.resources else {}
+    return max(1, int(limits.get("nvidia.com/gpu", 1)))
+
+
+def indexed_job(step_pod: StepPod, *, name: str, namespace: str | None, nodes: int,
+                service_account: str | None = None, backoff_limit: int = 3,
+                active_deadline_seconds: int | None = None) -> list[Any]:
+    """The headless Service and the Indexed Job that run ``step_pod``'s train program on
+    ``nodes`` pods (each with the step pod's GPUs: one torchrun process per GPU)."""
+    check_nodes(nodes)
+    if nodes < 2:
+        raise MlkubeError(f"{name}: an Indexed Job is for nodes >= 2 (got {nodes}); one node "
+                          "runs as the step's own pod")
+    container = copy.deepcopy(step_pod.container)
+    container.command = spec.TRAIN.command("python", processes=_processes(container), nodes=nodes)
+    container.env = [*(container.env or []),
+                     V1EnvVar(name="MASTER_ADDR", value=f"{name}-0.{name}"),
+                     V1EnvVar(name="MASTER_PORT", value=str(RENDEZVOUS_PORT))]
+    container.ports = [V1ContainerPort(name="rendezvous", container_port=RENDEZVOUS_PORT)]
+    queue = step_pod.labels.get(QUEUE_LABEL)
+    pod_labels = {k: v for k, v in step_pod.labels.items() if k != QUEUE_LABEL}
+    template = V1PodTemplateSpec(
+        metadata=V1ObjectMeta(labels=pod_labels or None),
+        spec=V1PodSpec(containers=[container], volumes=step_pod.volumes or None,
+                       tolerations=step_pod.tolerations or None,
+                       node_selector=step_pod.node_selector or None,
+                       security_context=step_pod.security_context,
+                       service_account_name=service_account,
+                       priority_class_name=step_pod.priority_class_name,
+                       termination_grace_period_seconds=step_pod.termination_grace_period_seconds,
+                       subdomain=name, restart_policy="Never"))
+    job = V1Job(api_version="batch/v1", kind="Job",
+                metadata=V1ObjectMeta(name=name, namespace=namespace,
+                                      labels={QUEUE_LABEL: queue} if queue else None),
+                spec=V1JobSpec(completion_mode="Indexed", completions=nodes, parallelism=nodes,
+                               backoff_limit=backoff_limit, suspend=True if queue else None,
+                               active_deadline_seconds=active_deadline_seconds,
+                               template=template))
+    service = V1Service(api_version="v1", kind="Service",
+                        metadata=V1ObjectMeta(name=name, namespace=namespace),
+                        spec=V1ServiceSpec(cluster_ip="None", publish_not_ready_addresses=True,
+                                           selector={JOB_NAME_LABEL: name},
+                                           ports=[V1ServicePort(name="rendezvous",
+                                                                port=RENDEZVOUS_PORT)]))
+    return [service, job]
+
+
+def train_job(step_pod: StepPod, *, name: str, namespace: str | None, nodes: int,
+              service_account: str | None = None) -> dict[str, Any]:
+    """The same run as a Kubeflow Trainer ``TrainJob`` (v1alpha1) on ``torch-distributed``:
+    the runtime sets torchrun's node count, rank and rendezvous (``PET_*``), so the command is
+    torchrun with the step's module and arguments only."""
+    from mlkube.kube.serving import to_dict
+
+    check_nodes(nodes)
+    container = to_dict(step_pod.container)
+    queue = step_pod.labels.get(QUEUE_LABEL)
+    trainer = {"image": container["image"],
+               "command": ["python", "-m", "torch.distributed.run", "-m", spec.TRAIN.module],
+               "args": container.get("args", []), "env": container.get("env", []),
+               "numNodes": nodes, "numProcPerNode": _processes(step_pod.container),
+               "resourcesPerNode": container["resources"]}
+    metadata: dict[str, Any] = {"name": name}
+    if namespace:
+        metadata["namespace"] = namespace
+    if queue:
+        metadata["labels"] = {QUEUE_LABEL: queue}
+    # the runtime's pods are the "node" job; what the step pod adds goes in as overrides
+    pod: dict[str, Any] = {"containers": [{"name": "node",
+                                           "volumeMounts": container.get("volumeMounts", [])}]}
+    for key, value in (("volumes", step_pod.volumes), ("tolerations", step_pod.tolerations),
+                       ("nodeSelector", step_pod.node_selector),
+                       ("serviceAccountName", service_account)):
+        if value:
+            pod[key] = to_dict(value) if not isinstance(value, str) else value
+    body: dict[str, Any] = {
+        "apiVersion": f"{TRAINJOB_API[0]}/{TRAINJOB_API[1]}", "kind": "TrainJob",
+        "metadata": metadata,
+        "spec": {"runtimeRef": {"name": TORCH_RUNTIME, "apiGroup": TRAINJOB_API[0],
+                                "kind": "ClusterTrainingRuntime"},
+                 "trainer": trainer,
+                 "podTemplateOverrides": [{"targetJobs": [{"name": "node"}], "spec": pod}]}}
+    if queue:
+        body["spec"]["suspend"] = True
+    return body
+
+
+def trainjob_served(api_client: Any) -> bool:
+    """Whether the cluster serves Kubeflow Trainer's TrainJob (its CRD is installed)."""
+    from kubernetes.client import ApiException, ApisApi
+
+    group, version, _ = TRAINJOB_API
+    try:
+        groups = ApisApi(api_client).get_api_versions().groups or []
+    except ApiException:
+        return False
+    return any(g.name == group and any(v.version == version for v in g.versions) for g in groups)

@@ -1,0 +1,93 @@
+"""Multi-node training objects: the Indexed Job and its headless Service (strictly valid, the
+rendezvous wired as torchrun expects), Kueue's suspend handling, the TrainJob, bad input."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from mlkube import spec
+from mlkube.errors import MlkubeError
+from mlkube.kube import multinode
+from mlkube.kube.pod import QUEUE_LABEL, Placement, step_pod
+from mlkube.kube.serving import to_dict
+
+K8S_VERSION = "1.33.0"
+
+
+def _objects(nodes: int = 3, **placement: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    parts = step_pod(spec.TRAIN, {"dataset": "/mnt/mlkube/datasets/x"},
+                     Placement(gpus=4, artifact_pvc="mlkube-artifacts", **placement))
+    service, job = (to_dict(o) for o in multinode.indexed_job(
+        parts, name="train-abc", namespace="ml", nodes=nodes, service_account="mlkube-workflow"))
+    return service, job
+
+
+def test_indexed_job_and_service_are_strictly_valid_and_wired_for_torchrun() -> None:
+    service, job = _objects()
+    for obj in (service, job):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "train-abc"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {multinode.JOB_NAME_LABEL: "train-abc"}
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # the pod of index 0 is <job>-0 under the Service's subdomain
+    assert env["MASTER_ADDR"] == "train-abc-0.train-abc"
+    assert env["MASTER_PORT"] == str(multinode.RENDEZVOUS_PORT)
+    assert "--nnodes=3" in container["command"] and "--nproc-per-node=4" in container["command"]
+    referenced = set(re.findall(r"\$\((\w+)\)", " ".join(container["command"])))
+    # every $(VAR) is the container's own, or the one the Job controller adds to indexed pods
+    assert referenced <= set(env) | {"JOB_COMPLETION_INDEX"}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 120
+    assert "suspend" not in job["spec"]
+
+
+def test_with_a_kueue_queue_the_job_is_suspended_and_labelled_not_its_pods() -> None:
+    _, job = _objects(queue_name="gpu-queue", priority_class_name="training")
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"] == {QUEUE_LABEL: "gpu-queue"}
+    assert QUEUE_LABEL not in (job["spec"]["template"].get("metadata", {}).get("labels") or {})
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "training"
+
+
+def test_train_job_carries_the_same_run() -> None:
+    parts = step_pod(spec.TRAIN, {"dataset": "/d"},
+                     Placement(gpus=2, artifact_pvc="mlkube-artifacts", queue_name="q"))
+    body = multinode.train_job(parts, name="train-abc", namespace="ml", nodes=2)
+    assert body["kind"] == "TrainJob" and body["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = body["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 2
+    assert trainer["command"][-1] == spec.TRAIN.module and "/d" in trainer["args"]
+    assert body["spec"]["suspend"] is True and body["metadata"]["labels"] == {QUEUE_LABEL: "q"}
+    override = body["spec"]["podTemplateOverrides"][0]["spec"]
+    assert override["volumes"][0]["persistentVolumeClaim"]["claimName"] == "mlkube-artifacts"
+    # the pieces are core types: each validates strictly as what it is
+    container = {"name": "node", "image": trainer["image"], "command": trainer["command"],
+                 "args": trainer["args"], "env": trainer["env"],
+                 "resources": trainer["resourcesPerNode"],
+                 "volumeMounts": override["containers"][0]["volumeMounts"]}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+           "spec": {"containers": [container], "volumes": override["volumes"],
+                    "tolerations": override["tolerations"]}}
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("nodes", "message"), [
+    (0, "nodes is 0; give a whole number of nodes, at least 1"),
+    (-2, "nodes is -2"),
+    (True, "nodes is True"),
+    (1, "an Indexed Job is for nodes >= 2"),
+])
+def test_bad_node_count_is_one_line(nodes: Any, message: str) -> None:
+    parts = step_pod(spec.TRAIN, {"dataset": "/d"}, Placement())
+    with pytest.raises(MlkubeError, match=re.escape(message)):
+        multinode.indexed_job(parts, name="t", namespace=None, nodes=nodes)

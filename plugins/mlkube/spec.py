@@ -26,6 +26,12 @@ SERVER_IMAGE = f"{IMAGE_REPOSITORY}/mlkube-server:{__version__}"
 # The Secret references a step pod got, as JSON [{"env", "secret", "key"}]: the deploy step
 # hands the same references to the serving containers it creates (kube.pod sets it).
 SECRET_ENV_VAR = "MLKUBE_SECRET_ENV"
+# The cluster's PostgreSQL (mlkube platform render): Optuna's study storage in step pods, and
+# MLflow's backend store. Pods get the password as PGPASSWORD from the Secret the user creates.
+CLUSTER_DATABASE = "postgresql://mlkube@mlkube-postgres:5432"
+DB_SECRET, DB_SECRET_KEY = "mlkube-db", "password"
+# The tune step's storage where neither --storage nor tune.storage names one (pods set it).
+TUNE_STORAGE_ENV = "MLKUBE_TUNE_STORAGE"
 # Where a container finds the shared artifact volume, and where it writes its result.
 ARTIFACT_MOUNT = "/mnt/mlkube"
 RESULT_PATH = "/tmp/mlkube/result.json"
@@ -75,6 +81,7 @@ class StepSpec:
     image: str = CPU_IMAGE
     resources: Resources = field(default_factory=Resources)
     distributed: bool = False  # runs under torchrun, one process per GPU, when given several
+    database: bool = False  # its pods use the cluster's PostgreSQL (Optuna's study storage)
     # How long the kubelet waits between SIGTERM and SIGKILL when the pod is stopped (deleted,
     # preempted, past its deadline); None = Kubernetes' default, 30 s.
     termination_grace_period_seconds: int | None = None
@@ -158,6 +165,7 @@ PREPARE_DATA = StepSpec(
 
 TUNE = StepSpec(
     name="tune",
+    database=True,
     module="mlkube.steps.tune",
     summary="Optuna study over the search space; trials are nested MLflow runs",
     options=COMMON_OPTIONS + (

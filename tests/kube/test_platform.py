@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from mlkube import spec
 from mlkube.argo.options import RenderOptions
 from mlkube.argo.render import render as argo_render
 from mlkube.kube import platform
@@ -93,6 +94,10 @@ def test_names_match_what_the_steps_expect() -> None:
     assert options.mlflow_tracking_uri == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
     assert _kind(docs, "PersistentVolumeClaim")["metadata"]["name"] == options.artifact_pvc
     assert _kind(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+    database = _kind(docs, "StatefulSet")
+    env = {e["name"]: e.get("value") for e in database["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert spec.CLUSTER_DATABASE == (f"postgresql://{env['POSTGRES_USER']}@"
+                                     f"{database['spec']['serviceName']}:5432")
     argo_rbac = list(yaml.safe_load_all(argo_render(RenderOptions(namespace="ml"))["mlkube-rbac.yaml"]))
     assert [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")] == argo_rbac
 

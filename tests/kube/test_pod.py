@@ -100,3 +100,18 @@ def test_bad_queue_priority_class_or_grace_period_is_one_line(placement: Placeme
     with pytest.raises(MlkubeError, match=message) as caught:
         step_pod(spec.TRAIN, {"dataset": "/d"}, placement, what="task train")
     assert "\n" not in str(caught.value)
+
+
+def test_tune_pods_use_the_platform_postgresql_unless_told_otherwise() -> None:
+    tune = _pod(spec.TUNE, Placement())["spec"]["containers"][0]["env"]
+    by_name = {e["name"]: e for e in tune}
+    assert by_name[spec.TUNE_STORAGE_ENV]["value"] == f"{spec.CLUSTER_DATABASE}/optuna"
+    assert by_name["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": spec.DB_SECRET, "key": spec.DB_SECRET_KEY, "optional": True}
+    train = _pod(spec.TRAIN, Placement())["spec"]["containers"][0].get("env") or []
+    assert {e["name"] for e in train}.isdisjoint({spec.TUNE_STORAGE_ENV, "PGPASSWORD"})
+    own = _pod(spec.TUNE, Placement(env={spec.TUNE_STORAGE_ENV: "postgresql://db/x"},
+                                    secret_env=[SecretEnv(env="PGPASSWORD", secret="s", key="k")]))
+    env = own["spec"]["containers"][0]["env"]
+    assert [e for e in env if e["name"] == spec.TUNE_STORAGE_ENV][0]["value"] == "postgresql://db/x"
+    assert [e["valueFrom"]["secretKeyRef"]["name"] for e in env if e["name"] == "PGPASSWORD"] == ["s"]

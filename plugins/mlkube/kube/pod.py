@@ -33,7 +33,16 @@ from kubernetes.client import (
 
 from mlkube.errors import MlkubeError
 from mlkube.kube import gpu, security, validation
-from mlkube.spec import ARTIFACT_MOUNT, RESULT_PATH, SECRET_ENV_VAR, StepSpec
+from mlkube.spec import (
+    ARTIFACT_MOUNT,
+    CLUSTER_DATABASE,
+    DB_SECRET,
+    DB_SECRET_KEY,
+    RESULT_PATH,
+    SECRET_ENV_VAR,
+    TUNE_STORAGE_ENV,
+    StepSpec,
+)
 
 ARTIFACT_VOLUME = "mlkube-artifacts"
 # Kueue's label: the LocalQueue a pod waits in. Kueue's pod integration gates a pod carrying
@@ -170,7 +179,15 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
     """Build the container and pod-level pieces for running ``spec`` with ``values``."""
     placement = placement.validated(what or spec.name)
     reqs = resources(spec, placement, what)
-    env = [V1EnvVar(name=k, value=v) for k, v in sorted(placement.env.items())]
+    plain = dict(placement.env)
+    if spec.database:  # on a cluster, the study storage is the platform's PostgreSQL
+        plain.setdefault(TUNE_STORAGE_ENV, f"{CLUSTER_DATABASE}/optuna")
+    env = [V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]
+    if spec.database and not any(s.env == "PGPASSWORD" for s in placement.secret_env):
+        # optional: a pod without the Secret starts, and the step says in one line that the
+        # database refused it (a plain-text password in the URL also works)
+        ref = V1SecretKeySelector(name=DB_SECRET, key=DB_SECRET_KEY, optional=True)
+        env.append(V1EnvVar(name="PGPASSWORD", value_from=V1EnvVarSource(secret_key_ref=ref)))
     env += [s.to_k8s() for s in placement.secret_env]
     if placement.secret_env:  # references only, for what the step itself creates (deploy)
         refs = [dataclasses.asdict(s) for s in placement.secret_env]

@@ -5,7 +5,8 @@
 - ``worker`` joins the study (creating it, with ``n_trials`` waiting trials, and its parent
   MLflow run if it is the first) and runs waiting trials until none is left; any number of
   workers (pods, mapped tasks, processes) share one storage, and each trial runs exactly once.
-  On a cluster the storage is PostgreSQL (``tune.storage``; the password from PGPASSWORD).
+  The storage: ``--storage`` / ``tune.storage``, else ``MLKUBE_TUNE_STORAGE`` (step pods get
+  the platform's PostgreSQL there, and PGPASSWORD from its Secret), else SQLite in state_dir.
 - ``select`` reports the best trial and logs the optimisation history and parameter
   importances to the parent run.
 - ``all`` (the default) creates the study once, starts ``workers`` local worker processes,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,7 +73,8 @@ def storage(ctx: Context) -> Any:
     import sqlalchemy.exc
     from optuna.storages import RDBStorage
 
-    url = ctx.config.tune.storage or f"sqlite:///{ctx.state_dir / 'optuna.db'}"
+    url = (ctx.config.tune.storage or os.environ.get(spec.TUNE_STORAGE_ENV)
+           or f"sqlite:///{ctx.state_dir / 'optuna.db'}")
     if url in _STORAGES:
         return _STORAGES[url]
     ctx.state_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -232,7 +233,9 @@ def claim(study: Any) -> Any | None:
 
     store = study._storage
     study_id = store.get_study_id_from_name(study.study_name)
-    for waiting in store.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    candidates = store.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+    random.shuffle(candidates)  # workers rarely reach for the same trial at once
+    for waiting in candidates:
         trial_id = store.get_trial_id_from_study_id_trial_number(study_id, waiting.number)
         try:
             if store.set_trial_state_values(trial_id, state=TrialState.RUNNING):

@@ -3,6 +3,11 @@
 Used by the train step (with checkpoints) and by every tuning trial (without). CUDA with
 bf16 autocast when a GPU is present, CPU otherwise. The network normalises its own inputs
 (and, for regression, de-normalises its output), so a served model takes raw feature rows.
+
+A trainer asked to stop (:meth:`Trainer.request_stop`, which the train step calls on SIGTERM)
+finishes the batch it is on and raises :class:`Stopped`; its :meth:`Trainer.state` then holds
+the position within the epoch, and a trainer loaded from it continues with the next batch,
+to the same weights and epoch loss as one never stopped.
 """
 
 from __future__ import annotations
@@ -99,8 +104,8 @@ def load_splits(dataset_uri: str, info: Any) -> Splits:
     """The train and validation splits of a prepared dataset (``info``: its DatasetInfo)."""
     from mlkube import data
 
-    x_train, y_train, _ = data.load_split(dataset_uri, "train")
-    x_val, y_val, _ = data.load_split(dataset_uri, "validation")
+    x_train, y_train = data.load_arrays(dataset_uri, "train")
+    x_val, y_val = data.load_arrays(dataset_uri, "validation")
     return Splits(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
                   task=info.task, n_classes=len(info.classes or []))
 
@@ -150,12 +155,29 @@ def build(splits: Splits, params: ModelConfig) -> MLP:
                y_mean=y_mean, y_std=y_std)
 
 
+class Stopped(Exception):
+    """:meth:`Trainer.run_epoch` stopped after a batch, as asked; ``state()`` holds where."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__(f"stopped at epoch {epoch} batch {batch}")
+        self.epoch = epoch  # the epoch in progress, counted from 1
+        self.batch = batch  # its batches done
+
+
 class Trainer:
     """Runs epochs over in-memory tensors; its state is what a checkpoint holds.
 
     Under torchrun (``dist.world > 1``) every process holds the data, takes its own shard of
     each epoch's seeded order, and DistributedDataParallel averages the gradients.
+
+    The only randomness is each epoch's order, drawn from a generator seeded by (seed, epoch)
+    (the network has no dropout), so a state needs no RNG state to continue exactly: the
+    order is drawn again and the epoch goes on from the batch the state names.
     """
+
+    # Under torchrun, the processes agree on a stop (one all_reduce of a flag, which waits for
+    # the device) every this many batches: a stop comes at most this many batches late.
+    STOP_CHECK_EVERY = 16
 
     def __init__(self, model: MLP, splits: Splits, params: ModelConfig,
                  on: torch.device | None = None, dist: Distributed | None = None):
@@ -175,6 +197,31 @@ class Trainer:
         self.x = torch.tensor(splits.x_train, device=self.device)
         self.y = torch.tensor(splits.y_train, device=self.device)
         self.epoch = 0  # epochs completed
+        self.batch = 0  # batches done of the epoch in progress (non-zero only when stopped)
+        self._loss_sum: torch.Tensor | None = None  # that epoch's loss sum over those batches
+        self._loss_sums: torch.Tensor | None = None  # every process's (what a state holds)
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Stop after the current batch (a plain flag: safe to call from a signal handler)."""
+        self._stop_requested = True
+
+    def stop_agreed(self) -> bool:
+        """Whether to stop: this process was asked to, or (under torchrun) any process was.
+
+        With ``dist.world > 1`` this is a collective: every process calls it at the same point.
+        """
+        if self.dist.world == 1:
+            return self._stop_requested
+        flag = torch.tensor(float(self._stop_requested), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stop_now(self) -> bool:
+        """After a batch: stop here? Free in one process (a Python flag, no device sync)."""
+        if self.dist.world == 1:
+            return self._stop_requested
+        return self.batch % self.STOP_CHECK_EVERY == 0 and self.stop_agreed()
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
@@ -186,22 +233,40 @@ class Trainer:
         return nn.functional.mse_loss(logits.squeeze(-1), target)
 
     def run_epoch(self) -> float:
-        """One pass over the training data in a seeded order; returns the mean loss."""
+        """One pass over the training data in a seeded order; returns the mean loss.
+
+        A trainer loaded from a stopped state goes on from the batch after the stop. Asked to
+        stop, it finishes the current batch and raises :class:`Stopped` (never after the
+        epoch's last batch: that epoch ends as usual and the caller checks between epochs).
+        """
         self.model.train()
         order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(
             self.params.seed * 100_003 + self.epoch)).to(self.device)
         if self.dist.world > 1:  # equal shards, so every process runs as many steps
             usable = len(order) // self.dist.world * self.dist.world
             order = order[self.dist.rank:usable:self.dist.world]
+        size = self.params.batch_size
         total = torch.zeros((), device=self.device)
-        for start in range(0, len(order), self.params.batch_size):
-            idx = order[start:start + self.params.batch_size]
+        if self.batch and self._loss_sum is not None:  # going on from a stop
+            total = self._loss_sum
+        for start in range(self.batch * size, len(order), size):
+            idx = order[start:start + size]
             loss = self._loss(self.x[idx], self.y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.detach() * len(idx)
+            self.batch += 1
+            if start + size < len(order) and self._stop_now():
+                self._loss_sum, self._loss_sums = total, total.detach().clone().reshape(1)
+                if self.dist.world > 1:  # every process's sum, for the state rank 0 saves
+                    sums = [torch.zeros_like(total) for _ in range(self.dist.world)]
+                    torch.distributed.all_gather(sums, total)
+                    self._loss_sums = torch.stack(sums)
+                raise Stopped(self.epoch + 1, self.batch)
         self.epoch += 1
+        self.batch = 0
+        self._loss_sum = self._loss_sums = None
         count = torch.tensor(float(len(order)), device=self.device)
         if self.dist.world > 1:
             torch.distributed.all_reduce(total)
@@ -213,15 +278,44 @@ class Trainer:
         return evaluate(self.model, self.splits.x_val, self.splits.y_val, self.splits.task)
 
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this left off."""
-        return {"epoch": self.epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+        """Everything needed to continue exactly where this left off.
+
+        Stopped mid-epoch, also the position: ``batch`` (done of epoch ``epoch + 1``), the
+        epoch's loss sum so far (one per process, each added up as if never stopped), and the
+        world size and batch size the position is counted in.
+        """
+        state: dict[str, Any] = {"epoch": self.epoch, "batch": self.batch,
+                                 "model": self.model.state_dict(),
+                                 "optimizer": self.optimizer.state_dict()}
+        if self.batch:
+            state |= {"loss_sum": self._loss_sums, "world": self.dist.world,
+                      "batch_size": self.params.batch_size}
+        return state
+
+    def cannot_continue(self, state: Mapping[str, Any]) -> str | None:
+        """Why this trainer cannot go on from a mid-epoch ``state``, or ``None`` if it can."""
+        if not state.get("batch"):
+            return None
+        if state["world"] != self.dist.world:
+            return f"it was stopped mid-epoch by {state['world']} processes, not {self.dist.world}"
+        if state["batch_size"] != self.params.batch_size:
+            return (f"it was stopped mid-epoch with batch size {state['batch_size']}, "
+                    f"not {self.params.batch_size}")
+        return None
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state`."""
+        """Continue from :meth:`state` (see :meth:`cannot_continue` for a mid-epoch one)."""
+        reason = self.cannot_continue(state)
+        if reason is not None:
+            raise ValueError(f"cannot continue from this state: {reason}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
+        self.batch = int(state.get("batch", 0))
+        self._loss_sum = self._loss_sums = None
+        if self.batch:  # each process goes on from its own sum
+            self._loss_sums = torch.as_tensor(state["loss_sum"]).to(self.device).reshape(-1)
+            self._loss_sum = self._loss_sums[self.dist.rank].clone()
 
 
 def score(predictions: np.ndarray, y: np.ndarray, task: str) -> float:

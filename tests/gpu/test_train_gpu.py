@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlkube.config import ModelConfig
-from mlkube.model import Splits, Trainer, build
+from mlkube.model import Splits, Stopped, Trainer, build
 
 pytestmark = pytest.mark.gpu
 
@@ -39,5 +39,33 @@ def test_trains_on_cuda_and_resumes_to_the_same_weights() -> None:
     resumed.load_state(first.state())
     resumed.run_epoch()
     resumed.run_epoch()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_stopped_mid_epoch_on_cuda_resumes_to_the_same_weights() -> None:
+    params = ModelConfig(hidden_sizes=[64], epochs=2, batch_size=128)  # 29 batches an epoch
+    splits = _splits()
+    straight = Trainer(build(splits, params), splits, params)
+    losses = [straight.run_epoch() for _ in range(2)]
+    first = Trainer(build(splits, params), splits, params)
+    first.run_epoch()
+    step, taken = first.optimizer.step, 0
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal taken
+        out = step(*args, **kwargs)
+        taken += 1
+        if taken == 10:
+            first.request_stop()  # as SIGTERM would, in the train step
+        return out
+
+    first.optimizer.step = counted  # type: ignore[method-assign]
+    with pytest.raises(Stopped):
+        first.run_epoch()
+    assert (first.epoch, first.batch) == (1, 10)
+    resumed = Trainer(build(splits, params), splits, params)
+    resumed.load_state(first.state())
+    assert resumed.run_epoch() == pytest.approx(losses[1], abs=1e-5)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)

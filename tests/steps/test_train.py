@@ -1,4 +1,4 @@
-"""train: real PyTorch on real data; checkpoints, resume after a kill, the logged model."""
+"""train: real PyTorch on real data; checkpoints, resume after a kill or a SIGTERM, the model."""
 
 from __future__ import annotations
 
@@ -7,13 +7,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
+from typing import Any, cast
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from mlkube import spec
+from mlkube.config import ModelConfig
+from mlkube.model import Splits, Stopped, Trainer, build
+from mlkube.steps.train import PREEMPTED_EXIT, latest_checkpoint, save_checkpoint
 from mlkube_testing import error_lines, run
 
 
@@ -68,16 +76,21 @@ def _read_until(process: subprocess.Popen[str], marker: str) -> list[str]:
     raise AssertionError(f"{marker!r} never printed: {lines[-5:]}")
 
 
-def test_resumes_from_checkpoint_after_kill(state: Path, tmp_path: Path) -> None:
+def _big_dataset(tmp_path: Path, rows: int = 20_000) -> str:
+    """A prepared dataset big enough that an epoch takes a while."""
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(20_000, 20))
+    features = rng.normal(size=(rows, 20))
     frame = pd.DataFrame(features, columns=[f"f{i}" for i in range(20)])
     frame["y"] = (features[:, 0] + features[:, 1] > 0).astype(int)
     frame.to_csv(tmp_path / "big.csv", index=False)
     _, prepared, _ = run("prepare-data", "--input", str(tmp_path / "big.csv"), "--target", "y",
                          tmp=tmp_path)
     assert prepared is not None
-    command = [sys.executable, "-m", "mlkube.steps.train", "--dataset", prepared["dataset_uri"],
+    return str(prepared["dataset_uri"])
+
+
+def test_resumes_from_checkpoint_after_kill(state: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "mlkube.steps.train", "--dataset", _big_dataset(tmp_path),
                "--epochs", "8", "--params", '{"hidden_sizes": "256,256", "batch_size": 32}',
                "--run-key", "resume-test", "--result-file", str(tmp_path / "train.json")]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -118,3 +131,230 @@ def test_non_finite_loss_stops_training(dataset: str, tmp_path: Path,
     experiment_id = client.get_run(run_id).info.experiment_id
     assert client.search_logged_models(experiment_ids=[experiment_id],
                                        filter_string=f"source_run_id = '{run_id}'") == []
+
+
+def _splits() -> Splits:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2400, 8)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.int64)
+    return Splits(x_train=x[400:], y_train=y[400:], x_val=x[:400], y_val=y[:400],
+                  task="classification", n_classes=2)
+
+
+def _stop_after(trainer: Trainer, steps: int) -> None:
+    """Ask ``trainer`` to stop once its optimizer has taken ``steps`` steps (as SIGTERM would)."""
+    step, taken = trainer.optimizer.step, 0
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal taken
+        out = step(*args, **kwargs)
+        taken += 1
+        if taken == steps:
+            trainer.request_stop()
+        return out
+
+    trainer.optimizer.step = counted  # type: ignore[method-assign]
+
+
+def test_trainer_stopped_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path: Path) -> None:
+    params = ModelConfig(hidden_sizes=[32, 16], epochs=3, batch_size=32)  # 63 batches an epoch
+    splits = _splits()
+    straight = Trainer(build(splits, params), splits, params)
+    losses = [straight.run_epoch() for _ in range(3)]
+
+    first = Trainer(build(splits, params), splits, params)
+    _stop_after(first, 63 + 20)  # the 20th batch of epoch 2
+    assert first.run_epoch() == losses[0]
+    with pytest.raises(Stopped) as stopped:
+        first.run_epoch()
+    assert (stopped.value.epoch, stopped.value.batch) == (2, 20)
+    assert (first.epoch, first.batch) == (1, 20)
+    save_checkpoint(tmp_path, {**first.state(), "batch": 0})  # as if epoch 1's were written
+    written = save_checkpoint(tmp_path, first.state())
+    assert written.name == "epoch-0002-batch-000020.pt" == latest_checkpoint(tmp_path).name  # type: ignore[union-attr]
+
+    resumed = Trainer(build(splits, params), splits, params)
+    resumed.load_state(torch.load(written))
+    assert (resumed.epoch, resumed.batch) == (1, 20)
+    # Bit for bit on the CPU: the same operations on the same values in the same order (the
+    # epoch's order is drawn again from its seed; the loss sum so far travels in the state).
+    assert [resumed.run_epoch(), resumed.run_epoch()] == losses[1:]
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert resumed.evaluate() == straight.evaluate()
+
+    save_checkpoint(tmp_path, resumed.state())  # epoch 3's replaces the mid-epoch one
+    assert sorted(p.name for p in tmp_path.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0003.pt"]
+
+
+def test_a_stop_in_the_last_batch_ends_the_epoch_and_a_stop_needs_the_same_batch_size() -> None:
+    params = ModelConfig(hidden_sizes=[16], epochs=2, batch_size=500)  # 4 batches an epoch
+    splits = _splits()
+    trainer = Trainer(build(splits, params), splits, params)
+    _stop_after(trainer, 4)
+    trainer.run_epoch()  # no Stopped: the epoch is done, the caller stops between epochs
+    assert (trainer.epoch, trainer.batch, trainer.stop_agreed()) == (1, 0, True)
+    _stop_after(trainer, 1)
+    with pytest.raises(Stopped):
+        trainer.run_epoch()
+    other = ModelConfig(hidden_sizes=[16], epochs=2, batch_size=250)
+    different = Trainer(build(splits, other), splits, other)
+    assert "batch size 500, not 250" in str(different.cannot_continue(trainer.state()))
+    with pytest.raises(ValueError, match="batch size 500"):
+        different.load_state(trainer.state())
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _guard(signum: int, frame: Any) -> None:  # a SIGTERM the step did not catch
+    raise _Interrupted
+
+
+def test_sigterm_between_epochs_stops_after_that_epochs_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlkube.steps import train
+
+    params = ModelConfig(hidden_sizes=[16], epochs=3, batch_size=500)
+    splits = _splits()
+    trainer = Trainer(build(splits, params), splits, params)
+    epochs: list[float] = []
+
+    def each_epoch(loss: float) -> None:  # what the leader does between epochs, then a SIGTERM
+        save_checkpoint(tmp_path, trainer.state())
+        epochs.append(loss)
+        signal.raise_signal(signal.SIGTERM)
+
+    ctx = cast(Any, types.SimpleNamespace(log=print))
+    previous = signal.signal(signal.SIGTERM, _guard)
+    try:
+        with pytest.raises(train.Preempted) as stopped:
+            train._train(ctx, trainer, tmp_path, params, each_epoch)
+        assert signal.getsignal(signal.SIGTERM) is _guard  # the step's handler is gone again
+        with pytest.raises(_Interrupted):
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert str(stopped.value) == (f"stopped by SIGTERM after epoch 1; checkpoint written to "
+                                  f"{tmp_path / 'epoch-0001.pt'}; a retried pod resumes from it")
+    assert len(epochs) == 1 and (trainer.epoch, trainer.batch) == (1, 0)
+    assert "its checkpoint is epoch-0001.pt" in capsys.readouterr().out
+
+
+def _uninterrupted(dataset: str, params: ModelConfig) -> tuple[Trainer, list[float]]:
+    """What the step computes, never stopped, in this process: the trainer and epoch losses."""
+    from mlkube import data
+    from mlkube.model import load_splits
+
+    splits = load_splits(dataset, data.load_info(dataset))
+    trainer = Trainer(build(splits, params), splits, params)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the step's process: the same kernels, the same sums
+    try:
+        return trainer, [trainer.run_epoch() for _ in range(params.epochs)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sigterm_mid_epoch_checkpoints_and_the_retry_matches_an_uninterrupted_run(
+        state: Path, tmp_path: Path) -> None:
+    dataset = _big_dataset(tmp_path, rows=40_000)  # 875 batches an epoch
+    result_file = tmp_path / "train.json"
+    command = [sys.executable, "-m", "mlkube.steps.train", "--dataset", dataset, "--epochs", "2",
+               "--params", '{"hidden_sizes": "256,256", "batch_size": 32}',
+               "--run-key", "preempted", "--result-file", str(result_file)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    with (tmp_path / "stderr").open("w") as stderr:
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                 env=env)
+        _read_until(first, "training on cpu")
+        started = time.monotonic()
+        _read_until(first, "epoch 1/2")
+        time.sleep((time.monotonic() - started) / 2)  # half way through epoch 2
+        signalled = time.monotonic()
+        first.send_signal(signal.SIGTERM)  # what the kubelet sends a pod it evicts
+        out, _ = first.communicate(timeout=60)
+        stopped_s = time.monotonic() - signalled
+    assert first.returncode == PREEMPTED_EXIT == 143
+    checkpoints = state / "artifacts" / "checkpoints" / "preempted"
+    saved = latest_checkpoint(checkpoints)
+    assert saved is not None and saved.name.startswith("epoch-0002-batch-"), out
+    batch = int(saved.stem[-6:])
+    lines = error_lines((tmp_path / "stderr").read_text())
+    assert lines == [f"mlkube train: stopped by SIGTERM at epoch 2 batch {batch}; checkpoint "
+                     f"written to {saved}; a retried pod resumes from it"]
+    assert f"SIGTERM: stopped at epoch 2 batch {batch}; wrote {saved.name} in " in out
+    assert sorted(p.name for p in checkpoints.glob("*.pt*")) == ["epoch-0001.pt", saved.name]
+    assert not result_file.exists()
+    run_id = json.loads((checkpoints / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert stopped_s < 15, stopped_s  # well inside the pod's grace period
+
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env)  # the retried pod
+    params = ModelConfig(hidden_sizes=[256, 256], batch_size=32, epochs=2)
+    straight, straight_losses = _uninterrupted(dataset, params)  # meanwhile, here
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err[-2000:]
+    assert f"resumed run preempted from {saved.name} (epoch 1 batch {batch})" in out
+    assert [x.split(" loss")[0] for x in out.splitlines() if x.startswith("[train] epoch ")] == [
+        "[train] epoch 2/2"]
+    result = json.loads(result_file.read_text())
+    assert result["run_id"] == run_id and result["epochs"] == 2
+    assert client.get_run(run_id).info.status == "FINISHED"
+    losses = client.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in losses) == [1, 2]  # each epoch's metrics logged once
+    assert sorted(p.name for p in checkpoints.glob("*.pt*")) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+    # Bit for bit what a run never stopped gives: epoch losses (epoch 2's included), weights,
+    # the validation metric.
+    assert [m.value for m in sorted(losses, key=lambda m: m.step)] == straight_losses
+    weights = torch.load(checkpoints / "epoch-0002.pt")["model"]
+    expected = straight.model.state_dict()
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+    assert result["value"] == straight.evaluate()
+    print(f"SIGTERM at batch {batch} of epoch 2: exited {stopped_s:.2f} s later; {out}")
+
+
+def test_under_torchrun_sigterm_stops_every_process_at_one_batch_and_the_retry_matches(
+        state: Path, tmp_path: Path) -> None:
+    dataset = _big_dataset(tmp_path, rows=40_000)  # 437 batches an epoch in each process
+    options = ["--dataset", dataset, "--epochs", "2", "--run-key", "preempted-ddp",
+               "--params", '{"hidden_sizes": "256,256", "batch_size": 32}']
+    torchrun = [*spec.TRAIN.command(sys.executable, processes=2), *options]  # a 2-GPU pod's
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    first = subprocess.Popen([*torchrun, "--result-file", str(tmp_path / "train.json")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    _read_until(first, "training on cpu x2")
+    started = time.monotonic()
+    _read_until(first, "epoch 1/2")
+    time.sleep((time.monotonic() - started) / 2)
+    first.send_signal(signal.SIGTERM)  # to torchrun, the container's first process: it passes
+    out, _ = first.communicate(timeout=90)  # SIGTERM on to both workers
+    # torchrun itself exits 1 (its SignalException); the workers exit PREEMPTED_EXIT.
+    assert first.returncode != 0
+    checkpoints = state / "artifacts" / "checkpoints" / "preempted-ddp"
+    saved = latest_checkpoint(checkpoints)
+    assert saved is not None and saved.name.startswith("epoch-0002-batch-"), out[-3000:]
+    batch = int(saved.stem[-6:])
+    assert batch % Trainer.STOP_CHECK_EVERY == 0  # where the processes compare flags
+    assert [x for x in out.splitlines() if x.startswith("mlkube train:")] == [
+        f"mlkube train: stopped by SIGTERM at epoch 2 batch {batch}; checkpoint written to "
+        f"{saved}; a retried pod resumes from it"]  # once: rank 0 reports
+
+    # The retried pod: both processes go on from the same batch (a mismatch would hang or fail
+    # DistributedDataParallel). Its weights and losses match a run never stopped bit for bit,
+    # as in one process (checked by hand: a third torchrun run costs too long for this test).
+    second = subprocess.run([*torchrun, "--result-file", str(tmp_path / "train.json")],
+                            capture_output=True, text=True, env=env, timeout=180)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed run preempted-ddp from {saved.name} (epoch 1 batch {batch})" in second.stdout
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert result["epochs"] == 2 and result["value"] > 0.95
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(result["run_id"],
+                                                                       "train_loss")]
+    assert sorted(steps) == [1, 2]

@@ -6,15 +6,37 @@ The run's identity (``--run-key``, by default a digest of the dataset and hyperp
 names its checkpoint directory. Started again with the same identity, the step continues
 from the newest checkpoint in the same MLflow run; once finished, it returns the same result
 without training again.
+
+Checkpoints: ``epoch-NNNN.pt`` after epoch N (the newest two are kept), each written aside,
+flushed to disk and renamed. SIGTERM while training (a pod's eviction or preemption: the
+kubelet sends it, then SIGKILL once the pod's terminationGracePeriodSeconds are over) stops
+the run after the batch in progress: it writes ``epoch-NNNN-batch-BBBBBB.pt`` (epoch N in
+progress, B of its batches done; it sorts between ``epoch-(N-1)`` and ``epoch-N``), marks the
+MLflow run KILLED, and exits with status 143 (128 + SIGTERM) and one line saying where the
+checkpoint is. A retried pod goes on from the next batch, in the same MLflow run, and ends
+with the weights, epoch losses and metric of a run never stopped (bit for bit on the CPU,
+where the kernels are deterministic for a given thread count); no batch is done twice, and
+each epoch's metrics are logged once. Under torchrun the processes agree on the batch to
+stop at (they compare flags every ``Trainer.STOP_CHECK_EVERY`` batches), rank 0 writes, and
+every worker exits 143; torchrun itself then exits 1. A SIGTERM between epochs stops after
+that epoch's checkpoint (after the last epoch, the run goes on to log its model); one before
+training starts or while the model is logged stops at once (status 130), and a retry
+resumes from the newest checkpoint, as it does after a SIGKILL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,11 +45,24 @@ from mlkube import config as configmod
 from mlkube import spec
 from mlkube.config import ModelConfig, parse_json_option
 from mlkube.errors import MlkubeError
-from mlkube.result import atomic_write_text
+from mlkube.result import atomic_write_text, write_termination_message
 from mlkube.steps._main import Context, run_step
 
 SPEC = spec.TRAIN
 KEEP_CHECKPOINTS = 2
+# The exit status after a SIGTERM that left a checkpoint: what a shell reports for a process
+# SIGTERM ended, distinct from a step's own error (1, which a workflow does not retry) and
+# from Ctrl-C (130); a pod that overran its grace period shows 137 (SIGKILL) instead.
+PREEMPTED_EXIT = 128 + signal.SIGTERM
+_CHECKPOINT = re.compile(r"epoch-(\d+)(?:-batch-(\d+))?\.pt")
+
+
+class Preempted(BaseException):
+    """SIGTERM stopped the training and a checkpoint is written: exit with PREEMPTED_EXIT.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way out
+    (the step runner's "unexpected error" among them) mistakes it for a failure.
+    """
 
 
 def run_key(digest: str, params: ModelConfig) -> str:
@@ -36,22 +71,63 @@ def run_key(digest: str, params: ModelConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _position(path: Path) -> tuple[int, int]:
+    """A checkpoint file's place: (epochs completed, batches done of the next).
+
+    ``epoch-0003.pt`` is (3, 0); ``epoch-0003-batch-000120.pt`` is (2, 120).
+    """
+    found = _CHECKPOINT.fullmatch(path.name)
+    assert found is not None
+    epoch, batch = int(found[1]), int(found[2] or 0)
+    return (epoch - 1, batch) if found[2] else (epoch, 0)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """The complete checkpoint files (written aside, then renamed), newest last."""
+    return sorted((p for p in directory.glob("epoch-*.pt") if _CHECKPOINT.fullmatch(p.name)),
+                  key=_position)
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint file (they are written aside, then renamed)."""
-    found = sorted(directory.glob("epoch-*.pt"))
+    """The newest complete checkpoint file: a mid-epoch one beats the epoch before it."""
+    found = checkpoints(directory)
     return found[-1] if found else None
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """Write ``epoch-NNNN.pt`` atomically and keep only the newest few."""
+def checkpoint_name(state: dict[str, Any]) -> str:
+    """``epoch-NNNN.pt`` after epoch N, ``epoch-NNNN-batch-BBBBBB.pt`` stopped within it."""
+    if state.get("batch"):
+        return f"epoch-{state['epoch'] + 1:04d}-batch-{state['batch']:06d}.pt"
+    return f"epoch-{state['epoch']:04d}.pt"
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
+    """Write the state's checkpoint atomically and durably; keep only the newest few.
+
+    A checkpoint replaces the mid-epoch ones before it; a mid-epoch one leaves the epoch
+    checkpoints in place (a retry that cannot go on from it starts from those).
+    """
     import torch
 
-    path = directory / f"epoch-{state['epoch']:04d}.pt"
+    path = directory / checkpoint_name(state)
     tmp = directory / f".{path.name}.tmp"
-    torch.save(state, tmp)
+    with tmp.open("wb") as out:
+        torch.save(state, out)
+        out.flush()
+        os.fsync(out.fileno())  # on disk before the rename: the node may go next
     os.replace(tmp, path)
-    for old in sorted(directory.glob("epoch-*.pt"))[:-KEEP_CHECKPOINTS]:
+    with contextlib.suppress(OSError):  # the rename itself (not every filesystem allows it)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    found = checkpoints(directory)
+    mid_epoch = [p for p in found if _position(p)[1] and _position(p) < _position(path)]
+    whole = [p for p in found if not _position(p)[1]]
+    for old in mid_epoch + ([] if state.get("batch") else whole[:-KEEP_CHECKPOINTS]):
         old.unlink(missing_ok=True)
+    return path
 
 
 def log_model(model: Any, x_example: Any, features: list[str], params: ModelConfig,
@@ -113,16 +189,74 @@ def _epoch(trainer: Any) -> float:
     return loss
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm(trainer: Any) -> Iterator[None]:
+    """While training, SIGTERM asks ``trainer`` to stop after its batch (then restored).
+
+    Only the main thread may set a handler; elsewhere SIGTERM keeps whatever it does.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: trainer.request_stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _preempted(ctx: Context, trainer: Any, directory: Path) -> Preempted:
+    """Stopped by SIGTERM: rank 0 writes the mid-epoch checkpoint, and every process waits."""
+    import torch
+
+    started = time.perf_counter()
+    state = trainer.state()
+    path = directory / checkpoint_name(state)  # between epochs: that epoch's, already there
+    if trainer.batch and trainer.dist.leader:
+        save_checkpoint(directory, state)
+    if trainer.dist.world > 1:  # no process exits before the checkpoint is there
+        torch.distributed.barrier()
+    where = (f"at epoch {trainer.epoch + 1} batch {trainer.batch}" if trainer.batch
+             else f"after epoch {trainer.epoch}")
+    if trainer.dist.leader:
+        ctx.log(f"SIGTERM: stopped {where}; wrote {path.name} in "
+                f"{(time.perf_counter() - started) * 1000:.0f} ms" if trainer.batch
+                else f"SIGTERM: stopped {where}; its checkpoint is {path.name}")
+    return Preempted(f"stopped by SIGTERM {where}; checkpoint written to {path}; "
+                     "a retried pod resumes from it")
+
+
+def _train(ctx: Context, trainer: Any, directory: Path, params: ModelConfig,
+           each_epoch: Callable[[float], None] | None = None) -> None:
+    """Run the epochs left, calling ``each_epoch(loss)`` after each; SIGTERM stops it."""
+    from mlkube import model as modelmod
+
+    with _stop_on_sigterm(trainer):
+        while trainer.epoch < params.epochs:
+            try:
+                loss = _epoch(trainer)
+            except modelmod.Stopped:
+                raise _preempted(ctx, trainer, directory) from None
+            if each_epoch is not None:
+                each_epoch(loss)
+            if trainer.epoch < params.epochs and trainer.stop_agreed():
+                raise _preempted(ctx, trainer, directory)
+
+
 def _fit(ctx: Context, trainer: Any, directory: Path, params: ModelConfig, metric: str) -> float:
     import mlflow
 
     value = float("nan")  # stays NaN when no epoch is left to run
-    while trainer.epoch < params.epochs:
-        loss = _epoch(trainer)
+
+    def logged(loss: float) -> None:
+        nonlocal value
         value = trainer.evaluate()
         mlflow.log_metrics({"train_loss": loss, f"val_{metric}": value}, step=trainer.epoch)
         save_checkpoint(directory, trainer.state())
         ctx.log(f"epoch {trainer.epoch}/{params.epochs} loss {loss:.4f} val_{metric} {value:.4f}")
+
+    _train(ctx, trainer, directory, params, logged)
     return value
 
 
@@ -167,21 +301,33 @@ def run(ctx: Context) -> dict[str, Any]:
     splits = modelmod.load_splits(ctx.args.dataset, info)
     dist = modelmod.init_distributed()
     trainer = modelmod.Trainer(modelmod.build(splits, params), splits, params, dist=dist)
-    checkpoint = latest_checkpoint(directory)
-    if checkpoint is not None:
-        trainer.load_state(torch.load(checkpoint, map_location=trainer.device))
+    checkpoint = _resume(ctx, trainer, directory)
     if dist.leader:
         result = _lead(ctx, trainer, directory, key, checkpoint, info, params)
         atomic_write_text(finished, json.dumps(result))
     else:
-        while trainer.epoch < params.epochs:
-            _epoch(trainer)
+        _train(ctx, trainer, directory, params)
     if dist.world > 1:  # the followers return the leader's result
         shared = [result if dist.leader else None]
         torch.distributed.broadcast_object_list(shared, src=0)
         result = dict(shared[0] or {})
         torch.distributed.destroy_process_group()
     return result
+
+
+def _resume(ctx: Context, trainer: Any, directory: Path) -> Path | None:
+    """Load the newest checkpoint ``trainer`` can go on from; which one, if any."""
+    import torch
+
+    for path in reversed(checkpoints(directory)):
+        state = torch.load(path, map_location=trainer.device)
+        reason = trainer.cannot_continue(state)
+        if reason is None:
+            trainer.load_state(state)
+            return path
+        if trainer.dist.leader:
+            ctx.log(f"not resuming from {path.name}: {reason}; trying an earlier checkpoint")
+    return None
 
 
 def _lead(ctx: Context, trainer: Any, directory: Path, key: str, checkpoint: Path | None,
@@ -195,13 +341,18 @@ def _lead(ctx: Context, trainer: Any, directory: Path, key: str, checkpoint: Pat
     active_run, new = _start_run(ctx, directory, key, info.digest)
     with active_run as active:
         if checkpoint is not None:
-            ctx.log(f"resumed run {key} from {checkpoint.name} (epoch {trainer.epoch})")
+            within = f" batch {trainer.batch}" if trainer.batch else ""
+            ctx.log(f"resumed run {key} from {checkpoint.name} (epoch {trainer.epoch}{within})")
         if new:
             mlflow.log_params({**asdict(params), "dataset_uri": ctx.args.dataset,
                                "world_size": trainer.dist.world})
         ctx.log(f"training on {trainer.device.type} x{trainer.dist.world} for "
                 f"{params.epochs} epochs")
-        value = _fit(ctx, trainer, directory, params, metric)
+        try:
+            value = _fit(ctx, trainer, directory, params, metric)
+        except Preempted:
+            mlflow.end_run("KILLED")  # a retry sets it RUNNING again
+            raise
         if math.isnan(value):  # every epoch ran before the restart
             value = trainer.evaluate()
         model_uri = log_model(trainer.model, trainer.splits.x_val, info.features, params,
@@ -211,8 +362,16 @@ def _lead(ctx: Context, trainer: Any, directory: Path, key: str, checkpoint: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the step."""
-    return run_step(SPEC, run, argv)
+    """Run the step; after a SIGTERM that left a checkpoint, say where and exit 143."""
+    try:
+        return run_step(SPEC, run, argv)
+    except Preempted as stopped:
+        if os.environ.get("RANK", "0") != "0":  # a torchrun follower: rank 0 reports
+            return PREEMPTED_EXIT
+        line = f"mlkube {SPEC.name}: {stopped}"
+        print(line, file=sys.stderr, flush=True)
+        write_termination_message(line)
+        return PREEMPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -200,6 +200,8 @@ TRAIN = StepSpec(
                kind="json"),
         Option(flag="--epochs", help="epochs", kind="int", config_key="model.epochs"),
         Option(flag="--run-key", help="run identity for resuming; default: derived from inputs"),
+        Option(flag="--result-only", help="true: return the finished run's result, train "
+               "nothing (after a multi-node job trained it)", choices=("true", "false")),
     ),
     result_keys=("run_id", "model_uri", "metric", "value", "epochs", "device"),
     image=GPU_IMAGE,

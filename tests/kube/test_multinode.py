@@ -91,3 +91,75 @@ def test_bad_node_count_is_one_line(nodes: Any, message: str) -> None:
     parts = step_pod(spec.TRAIN, {"dataset": "/d"}, Placement())
     with pytest.raises(MlkubeError, match=re.escape(message)):
         multinode.indexed_job(parts, name="t", namespace=None, nodes=nodes)
+
+
+def _gpu_node(name: str, gpus: str) -> Any:
+    from kubernetes.client import V1Node, V1NodeSpec, V1NodeStatus, V1ObjectMeta
+
+    return V1Node(metadata=V1ObjectMeta(name=name, labels={}), spec=V1NodeSpec(),
+                  status=V1NodeStatus(allocatable={"cpu": "32", "memory": "256Gi",
+                                                   "nvidia.com/gpu": gpus, "pods": "110"}))
+
+
+def test_preflight_wants_a_node_for_each_training_pod() -> None:
+    import argparse
+
+    from mlkube.kube import cli, preflight
+
+    fields = ("image", "cpu", "cpu_limit", "memory", "gpu_product", "artifact_pvc",
+              "queue_name", "priority_class_name")
+    args = argparse.Namespace(**dict.fromkeys(fields), gpus=4, nodes=3)
+    pod = cli.step_pod_object("train", args, "ml")
+    cluster = [_gpu_node("a", "8"), _gpu_node("b", "8"), _gpu_node("c", "2")]
+    fits = preflight.verdict(pod, nodes=cluster).nodes
+    assert fits == ("a", "b")  # one pod of 4 GPUs fits a and b, not c
+    problem = multinode.nodes_problem(pod, fits, len(cluster))
+    assert problem == ("pod mlkube-train-preflight trains on 3 nodes at once, one pod (4 GPUs) a "
+                       "node, but only 2 of 3 nodes can take one: a, b; train on fewer nodes or "
+                       "with fewer GPUs a node, or add nodes")
+    args.nodes = 2
+    assert multinode.nodes_problem(cli.step_pod_object("train", args, "ml"), fits, 3) is None
+    args.nodes = 0
+    with pytest.raises(MlkubeError, match=r"^--nodes is 0"):
+        cli.step_pod_object("train", args, "ml")
+
+
+def test_argo_renders_training_on_nodes_as_an_indexed_job_then_the_result() -> None:
+    import json
+
+    import yaml
+
+    from mlkube.argo import io
+    from mlkube.argo.options import RenderOptions
+    from mlkube.argo.render import render
+    from mlkube.argo.schema import default_validator, embedded_manifests
+
+    files = render(RenderOptions(train_nodes=2, queue_name="gpu-queue"))
+    steps = yaml.safe_load(files["mlkube-steps.yaml"])
+    validator = default_validator()
+    assert validator.errors(steps) == []  # Argo's schema, and every manifest strictly
+    templates = {t["name"]: t for t in steps["spec"]["templates"]}
+    train = templates["train"]
+    assert [s[0]["template"] for s in train["steps"]] == list(
+        ("train-config", "train-rendezvous", "train-nodes", "train-result"))
+    assert {p["name"] for p in train["outputs"]["parameters"]} == set(spec.TRAIN.result_keys)
+    assert templates["train-nodes"]["resource"]["successCondition"] == "status.succeeded > 1"
+    assert "--result-only" in templates["train-result"]["container"]["args"]
+    assert "nvidia.com/gpu" not in str(templates["train-result"]["container"]["resources"])
+    manifests = {name: m for name, m in embedded_manifests(steps)}
+    (config,) = [m for m in manifests.values() if m["kind"] == "ConfigMap"]
+    (job,) = [m for m in manifests.values() if m["kind"] == "Job"]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"] == {QUEUE_LABEL: "gpu-queue"}
+    pod = job["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "config")
+    assert f"{mount['mountPath']}/{next(iter(config['data']))}" == io.CONFIG_PATH
+    # what Argo does to the manifest: a YAML config with quotes and newlines stays one value
+    text = templates["train-config"]["resource"]["manifest"]
+    document = 'model: {hidden_sizes: [8]}\nexperiment: "it\'s"\n'
+    done = text.replace("{{=toJson(inputs.parameters.config)}}", json.dumps(document))
+    assert json.loads(done.replace("{{workflow.name}}", "wf-1"))["data"]["config.yaml"] == document
+    rbac = yaml.safe_load_all(files["mlkube-rbac.yaml"])
+    role = next(d for d in rbac if d["kind"] == "Role" and d["metadata"]["name"] == "mlkube-workflow")
+    assert any("jobs" in r["resources"] for r in role["rules"])
+    single = list(yaml.safe_load_all(render(RenderOptions())["mlkube-rbac.yaml"]))
+    assert single and "jobs" not in str(single)  # one node: no Job rights

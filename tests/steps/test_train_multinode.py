@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from mlkube import spec
-from mlkube_testing import free_port
+from mlkube_testing import error_lines, free_port, run
 
 
 def kubelet_expand(argv: list[str], env: dict[str, str]) -> list[str]:
@@ -46,3 +47,17 @@ def test_two_nodes_train_one_model_and_one_result(dataset: str, state: Path, tmp
     trains = mlflow.search_runs(experiment_names=["mlkube"], output_format="list",
                                 filter_string="tags.`mlkube.step` = 'train'")
     assert len(trains) == 1  # and one MLflow run, with one model
+
+
+def test_result_only_reports_a_finished_run_and_refuses_an_unfinished_one(
+        dataset: str, state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--dataset", dataset, "--epochs", "2", "--params", '{"hidden_sizes": "8"}')
+    code, result, err = run("train", *args, "--result-only", "true", tmp=tmp_path, capsys=capsys)
+    lines = error_lines(err)
+    assert code == 1 and result is None and len(lines) == 1 and "has not finished" in lines[0]
+    assert not (state / "artifacts" / "checkpoints").exists() or not any(
+        (state / "artifacts" / "checkpoints").rglob("*.pt"))  # it trained nothing
+    code, trained, _ = run("train", *args, tmp=tmp_path)
+    assert code == 0 and trained is not None
+    code, reported, _ = run("train", *args, "--result-only", "true", tmp=tmp_path)
+    assert code == 0 and reported == trained

@@ -62,6 +62,8 @@ def _render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-name", help="Kueue LocalQueue every pod waits in (the "
                                              "kueue.x-k8s.io/queue-name label; default none)")
     parser.add_argument("--priority-class-name", help="PriorityClass of every pod (default none)")
+    parser.add_argument("--train-nodes", type=int, help="nodes to train on; more than 1 runs an "
+                                                        "Indexed Job under torchrun (default 1)")
 
 
 def options_from(args: argparse.Namespace) -> Any:
@@ -70,7 +72,7 @@ def options_from(args: argparse.Namespace) -> Any:
 
     fields = ("namespace", "workers", "parallelism", "schedules", "gpu_product", "artifact_pvc",
               "mlflow_tracking_uri", "service_name", "cpu_limit", "queue_name",
-              "priority_class_name")
+              "priority_class_name", "train_nodes")
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return RenderOptions(**given).validated()
 

@@ -32,7 +32,7 @@ CONFIG_PATH = "/etc/mlkube/config.yaml"
 CONFIG_INPUT = "config"
 # Set by the template: the config file, where results go, lineage, the tune role.
 TEMPLATE_SET = frozenset({"config", "artifact_root", "result_file", "pipeline_run_id", "role",
-                          "service_name"})
+                          "service_name", "result_only"})
 # Optional options whose "not given" has a written form.
 OPTIONAL_DEFAULTS = {"params": "{}", "version": "", "target": "auto", "canary_percent": "0"}
 # Optional options left out: the step derives a value every caller agrees on.

@@ -32,6 +32,8 @@ class RenderOptions:
         gpu_image: the training image, or ``None`` for the step's default.
         cpu_limit: a CPU limit on every step container, for namespaces whose quota tracks
             ``limits.cpu`` (``None``: no CPU limit; memory is always limited).
+        train_nodes: nodes training runs on; more than 1: an Indexed Job of that many pods
+            (each with the train step's GPUs) under torchrun (:mod:`mlkube.kube.multinode`).
         queue_name: the Kueue LocalQueue every pod of the workflow waits in (the
             ``kueue.x-k8s.io/queue-name`` label on each template's pod), or ``None``.
         priority_class_name: the PriorityClass of every pod of the workflow, or ``None``.
@@ -61,6 +63,7 @@ class RenderOptions:
     cpu_limit: str | None = None
     queue_name: str | None = None
     priority_class_name: str | None = None
+    train_nodes: int = 1
     mlflow_tracking_uri: str = "http://mlflow:5000"
     secret_env: Sequence[SecretEnv] = ()
     service_name: str = "mlkube-demo"
@@ -96,6 +99,9 @@ class RenderOptions:
             validation.image(self.gpu_image, "gpu_image")
         if self.queue_name is not None:
             validation.queue_name(self.queue_name, "queue_name")
+        from mlkube.kube.multinode import check_nodes
+
+        check_nodes(self.train_nodes, "train_nodes")
         if self.priority_class_name is not None:
             validation.priority_class_name(self.priority_class_name, "priority_class_name")
         return self

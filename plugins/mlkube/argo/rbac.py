@@ -31,11 +31,24 @@ PREFLIGHT_RULES = (
 )
 
 
+# What the multi-node train template's resource steps do (train_nodes > 1): create the run's
+# ConfigMap, headless Service and Indexed Job (owned by the workflow, so deleted with it) and
+# watch the Job until it succeeds or fails.
+MULTINODE_RULES = (
+    V1PolicyRule(api_groups=["batch"], resources=["jobs"],
+                 verbs=["create", "get", "list", "watch", "patch"]),
+    V1PolicyRule(api_groups=[""], resources=["services", "configmaps"],
+                 verbs=["create", "get", "list", "watch", "patch"]),
+)
+
+
 def rbac_objects(options: RenderOptions) -> list[Any]:
     """ServiceAccount, Role and RoleBinding for the workflow, then for deploy."""
+    multinode = MULTINODE_RULES if options.train_nodes > 1 else ()
     return [
         *serving.service_account_rbac(options.workflow_service_account,
-                                      [*EXECUTOR_RULES, *PREFLIGHT_RULES], options.namespace),
+                                      [*EXECUTOR_RULES, *PREFLIGHT_RULES, *multinode],
+                                      options.namespace),
         *serving.deploy_rbac(options.deploy_service_account, options.namespace,
                              extra_rules=EXECUTOR_RULES),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -113,10 +114,10 @@ class Validator:
         return []
 
     def manifest_errors(self, obj: Any) -> list[str]:
-        """Errors of a manifest an Argo resource template applies (InferenceService only)."""
-        if isinstance(obj, dict) and obj.get("kind") == "InferenceService":
-            return self.isvc_errors(obj)
-        return []
+        """Errors of a manifest an Argo resource template applies, by its kind."""
+        if not isinstance(obj, dict):
+            return [f"the manifest is {type(obj).__name__}, not an object"]
+        return self.errors(obj)
 
     def errors(self, obj: dict[str, Any]) -> list[str]:
         """Errors of any object mlkube renders, by its kind."""
@@ -134,7 +135,9 @@ def embedded_manifests(obj: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for i, template in enumerate(spec.get("templates", [])):
         manifest = template.get("resource", {}).get("manifest")
         if manifest:
-            yield f"templates[{i}] ({template.get('name')}) manifest", yaml.safe_load(manifest)
+            # an expression Argo substitutes whole (e.g. {{=toJson(...)}}) stands for a string
+            text = re.sub(r"\{\{=.*?\}\}", lambda m: json.dumps(m[0]), manifest)
+            yield f"templates[{i}] ({template.get('name')}) manifest", yaml.safe_load(text)
 
 
 def default_validator() -> Validator:

@@ -44,6 +44,7 @@ class StepTemplate:
     fixed: dict[str, Any] = field(default_factory=dict)  # option values the template sets
     cpu: str | None = None
     memory: str | None = None
+    gpus: int | None = None  # None: the step's own
     deploys: bool = False  # runs under the deploy ServiceAccount, which may serve models
 
 
@@ -73,10 +74,11 @@ def retry_strategy(options: RenderOptions) -> RetryStrategy:
 
 def placement(template: StepTemplate, options: RenderOptions) -> Placement:
     """Where the template's pod runs: the shared volume, MLflow, the step's image and size."""
-    gpu = template.step.resources.gpus > 0
+    gpu = (template.step.resources.gpus if template.gpus is None else template.gpus) > 0
     return Placement(
         image=options.gpu_image if gpu else options.image,
         cpu=template.cpu, memory=template.memory, cpu_limit=options.cpu_limit,
+        gpus=template.gpus,
         gpu_product=options.gpu_product if gpu else None,
         artifact_pvc=options.artifact_pvc,
         env={"MLFLOW_TRACKING_URI": options.mlflow_tracking_uri, **io.outputs_env()},
@@ -126,7 +128,7 @@ def step_template(template: StepTemplate, options: RenderOptions) -> Template:
 
     values = template_values(template, options)
     pod = step_pod(template.step, values, placement(template, options), what=template.name)
-    gpu = template.step.resources.gpus > 0
+    gpu = (template.step.resources.gpus if template.gpus is None else template.gpus) > 0
     deadline = options.train_deadline_seconds if gpu else options.step_deadline_seconds
     return ModelTemplate(
         name=template.name,
@@ -158,8 +160,13 @@ def preflight_pods(options: RenderOptions) -> list[dict[str, Any]]:
                           placement(template, options), what=template.name)
         pieces.container.args = None
         account = options.deploy_service_account if template.deploys else None
-        pods.append(to_dict(pieces.pod(f"{options.steps_name}-{template.name}",
-                                       options.namespace, account)))
+        pod = to_dict(pieces.pod(f"{options.steps_name}-{template.name}", options.namespace,
+                                 account))
+        if template.step is spec.TRAIN and options.train_nodes > 1:
+            from mlkube.kube.multinode import NODES_ANNOTATION
+
+            pod["metadata"]["annotations"] = {NODES_ANNOTATION: str(options.train_nodes)}
+        pods.append(pod)
     return pods
 
 
@@ -204,12 +211,91 @@ def preflight_template(options: RenderOptions) -> Template:
     )
 
 
+MULTINODE_PARTS = ("train-config", "train-rendezvous", "train-nodes", "train-result")
+
+
+def multinode_objects(template: StepTemplate, options: RenderOptions) -> list[dict[str, Any]]:
+    """The run's ConfigMap (the config document), headless Service and Indexed Job, with Argo
+    placeholders: each pod mounts the config where the step templates put it."""
+    from kubernetes.client import V1ConfigMapVolumeSource, V1Volume, V1VolumeMount
+
+    from mlkube.kube import multinode
+    from mlkube.kube.serving import to_dict
+
+    name = "{{workflow.name}}-train"
+    pod = step_pod(template.step, template_values(template, options),
+                   placement(template, options), what=template.name)
+    config_dir, config_file = io.CONFIG_PATH.rsplit("/", 1)
+    pod.volumes.append(V1Volume(name="config", config_map=V1ConfigMapVolumeSource(name=name)))
+    pod.container.volume_mounts = [*(pod.container.volume_mounts or []),
+                                   V1VolumeMount(name="config", mount_path=config_dir,
+                                                 read_only=True)]
+    service, job = multinode.indexed_job(
+        pod, name=name, namespace=None, nodes=options.train_nodes,
+        service_account=options.workflow_service_account, backoff_limit=options.retry_limit,
+        active_deadline_seconds=options.train_deadline_seconds)
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+              "data": {config_file: f"{{{{inputs.parameters.{io.CONFIG_INPUT}}}}}"}}
+    return [config, to_dict(service), to_dict(job)]
+
+
+def multinode_train_templates(template: StepTemplate, options: RenderOptions) -> list[Any]:
+    """``train`` on ``options.train_nodes`` nodes: a steps template creating the run's
+    ConfigMap, Service and Indexed Job (owned by the workflow), waiting for the Job, then
+    reading the leader's result with ``--result-only`` in a small pod (train's outputs)."""
+    from hera.workflows.models import (
+        Arguments,
+        Inputs,
+        Outputs,
+        ParallelSteps,
+        Parameter,
+        ResourceTemplate,
+        ValueFrom,
+        WorkflowStep,
+    )
+    from hera.workflows.models import Template as ModelTemplate
+
+    inputs = io.step_inputs(template.step)
+    params = Inputs(parameters=inputs.parameters)
+    passed = Arguments(parameters=[Parameter(name=p.name, value=f"{{{{inputs.parameters.{p.name}}}}}")
+                                   for p in inputs.parameters or []])
+    nodes = options.train_nodes
+    conditions = {"train-nodes": (f"status.succeeded > {nodes - 1}",
+                                  f"status.failed > {options.retry_limit}")}
+    resources = []
+    for part, obj in zip(MULTINODE_PARTS, multinode_objects(template, options), strict=False):
+        success, failure = conditions.get(part, (None, None))
+        # JSON, and the config document through toJson: a YAML document substituted into a
+        # manifest's text would break its quoting
+        manifest = json.dumps(obj).replace(
+            f'"{{{{inputs.parameters.{io.CONFIG_INPUT}}}}}"',
+            f"{{{{=toJson(inputs.parameters.{io.CONFIG_INPUT})}}}}")
+        resources.append(ModelTemplate(
+            name=part, inputs=params,
+            resource=ResourceTemplate(action="create", manifest=manifest, set_owner_reference=True,
+                                      success_condition=success, failure_condition=failure)))
+    result = step_template(StepTemplate(name="train-result", step=template.step, gpus=0,
+                                        cpu="500m", memory="2Gi",
+                                        fixed={"result_only": "true"}), options)
+    steps = [ParallelSteps([WorkflowStep(name=part.removeprefix("train-"), template=part,
+                                         arguments=passed)]) for part in MULTINODE_PARTS]
+    outputs = Outputs(parameters=[
+        Parameter(name=key, value_from=ValueFrom(parameter=f"{{{{steps.result.outputs.parameters.{key}}}}}"))
+        for key in template.step.result_keys])
+    train = ModelTemplate(name=template.name, inputs=params, outputs=outputs, steps=steps)
+    return [train, *resources, result]
+
+
 def steps_template(options: RenderOptions) -> WorkflowTemplate:
     """The ``mlkube-steps`` WorkflowTemplate: every step, callable by ``templateRef``."""
     from hera.workflows import WorkflowTemplate
 
-    templates: list[Any] = [preflight_template(options),
-                            *(step_template(t, options) for t in STEP_TEMPLATES)]
+    templates: list[Any] = [preflight_template(options)]
+    for template in STEP_TEMPLATES:
+        if template.step is spec.TRAIN and options.train_nodes > 1:
+            templates += multinode_train_templates(template, options)
+        else:
+            templates.append(step_template(template, options))
     return WorkflowTemplate(
         name=options.steps_name, namespace=options.namespace,
         labels=dict(LABELS),

@@ -26,7 +26,12 @@ def step_pod_object(step: str, args: argparse.Namespace, namespace: str) -> Any:
                           artifact_pvc=args.artifact_pvc, queue_name=args.queue_name,
                           priority_class_name=args.priority_class_name)
     pieces = step_pod(description, values, placement, what=f"step {step}")
-    return pieces.pod(f"mlkube-{step}-preflight", namespace)
+    pod = pieces.pod(f"mlkube-{step}-preflight", namespace)
+    if getattr(args, "nodes", None) is not None:
+        from mlkube.kube.multinode import NODES_ANNOTATION, check_nodes
+
+        pod.metadata.annotations = {NODES_ANNOTATION: str(check_nodes(args.nodes, "--nodes"))}
+    return pod
 
 
 def pods_from_file(path: str, namespace: str | None) -> list[Any]:
@@ -59,7 +64,7 @@ def _preflight(args: argparse.Namespace) -> int:
     from kubernetes.client import CoreV1Api
 
     from mlkube.errors import MlkubeError
-    from mlkube.kube import preflight, rollout
+    from mlkube.kube import multinode, preflight, rollout
 
     client = rollout.api_client()
     if args.pod:
@@ -79,6 +84,12 @@ def _preflight(args: argparse.Namespace) -> int:
         except MlkubeError as exc:
             failures.append(str(exc))
             print(f"never: {exc}")
+            continue
+        spread = (multinode.nodes_problem(pod, result.nodes, len(found["nodes"]))
+                  if found["nodes"] is not None else None)
+        if spread:
+            failures.append(spread)
+            print(f"never: {spread}")
             continue
         asks = ", ".join(f"{k}={v.normalize():f}" for k, v in sorted(result.requests.items()))
         where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
@@ -108,4 +119,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                                  "match it)")):
         parser.add_argument(flag, help=f"with --step: {text}")
     parser.add_argument("--gpus", type=int, help="with --step: whole GPUs")
+    parser.add_argument("--nodes", type=int, help="with --step train: nodes it trains on at once "
+                                                  "(each needs a node of its own)")
     parser.set_defaults(handler=_preflight)

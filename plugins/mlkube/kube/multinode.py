@@ -20,12 +20,16 @@ import copy
 from typing import Any
 
 from kubernetes.client import (
+    V1Affinity,
     V1Container,
     V1ContainerPort,
     V1EnvVar,
     V1Job,
     V1JobSpec,
+    V1LabelSelector,
     V1ObjectMeta,
+    V1PodAffinityTerm,
+    V1PodAntiAffinity,
     V1PodSpec,
     V1PodTemplateSpec,
     V1Service,
@@ -38,6 +42,8 @@ from mlkube.errors import MlkubeError
 from mlkube.kube.pod import QUEUE_LABEL, StepPod
 
 RENDEZVOUS_PORT = 29500
+# On a pod preflight judges: how many pods of its shape run at once, one a node (multi-node).
+NODES_ANNOTATION = "mlkube.dev/nodes"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on its pods
 TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 TORCH_RUNTIME = "torch-distributed"  # Kubeflow Trainer's ClusterTrainingRuntime for PyTorch
@@ -49,6 +55,20 @@ def check_nodes(nodes: object, what: str = "nodes") -> int:
         raise MlkubeError(f"{what} is {nodes!r}; give a whole number of nodes, at least 1 "
                           "(1 = one pod; more = an Indexed Job of that many pods)")
     return nodes
+
+
+def nodes_problem(pod: Any, fits: tuple[str, ...], total: int) -> str | None:
+    """Why ``pod`` cannot train on the nodes its annotation asks for, if it cannot: each of
+    those pods needs a node of its own, so at least that many nodes must fit one."""
+    wanted = int(((pod.metadata.annotations or {}) if pod.metadata else {}).get(NODES_ANNOTATION, 1))
+    if wanted <= len(fits):
+        return None
+    limits = (pod.spec.containers[0].resources.limits or {}) if pod.spec.containers[0].resources else {}
+    gpus = limits.get("nvidia.com/gpu", "0")
+    return (f"pod {pod.metadata.name} trains on {wanted} nodes at once, one pod ({gpus} GPUs) a "
+            f"node, but only {len(fits)} of {total} nodes can take one"
+            f"{': ' + ', '.join(fits[:10]) if fits else ''}; train on fewer nodes or with fewer "
+            "GPUs a node, or add nodes")
 
 
 def _processes(container: V1Container) -> int:
@@ -82,7 +102,12 @@ def indexed_job(step_pod: StepPod, *, name: str, namespace: str | None, nodes: i
                        service_account_name=service_account,
                        priority_class_name=step_pod.priority_class_name,
                        termination_grace_period_seconds=step_pod.termination_grace_period_seconds,
-                       subdomain=name, restart_policy="Never"))
+                       subdomain=name, restart_policy="Never",
+                       # one pod a node: "nodes" means machines, and preflight checks that many fit
+                       affinity=V1Affinity(pod_anti_affinity=V1PodAntiAffinity(
+                           required_during_scheduling_ignored_during_execution=[V1PodAffinityTerm(
+                               label_selector=V1LabelSelector(match_labels={JOB_NAME_LABEL: name}),
+                               topology_key="kubernetes.io/hostname")]))))
     job = V1Job(api_version="batch/v1", kind="Job",
                 metadata=V1ObjectMeta(name=name, namespace=namespace,
                                       labels={QUEUE_LABEL: queue} if queue else None),

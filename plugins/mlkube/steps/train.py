@@ -296,6 +296,9 @@ def run(ctx: Context) -> dict[str, Any]:
     done = _finished(ctx, finished, key)
     if done is not None:
         return done
+    if ctx.args.result_only == "true":
+        raise MlkubeError(f"run {key} has not finished (no {finished}): the training job that "
+                          "should have run it did not complete; see its pods' logs")
     directory.mkdir(parents=True, exist_ok=True)
 
     splits = modelmod.load_splits(ctx.args.dataset, info)

@@ -246,3 +246,34 @@ def test_the_local_backend_gives_the_process_the_same_grace_period() -> None:
         op._local = process = Process()  # type: ignore[assignment]
         op.on_kill()
         assert process.timeout == grace, op.task_id
+
+
+def test_train_on_nodes_runs_an_indexed_job_then_reads_the_result_in_a_cpu_pod() -> None:
+    from mlkube.kube.serving import to_dict
+
+    op = TrainOperator(task_id="train_nodes", dataset="/mnt/mlkube/ds", gpus=4, nodes=3,
+                       namespace="ml", service_account_name="mlkube-workflow",
+                       queue_name="gpu-queue")
+    pod = submitted(op)  # the task's own pod: the result of the run the Job trained
+    container = base(pod)
+    assert container["args"][-2:] == ["--result-only", "true"]
+    assert "nvidia.com/gpu" not in str(container["resources"])
+    service, job = (to_dict(o) for o in op.job_objects("manual__2026-12-02"))
+    for obj in (service, job):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert job["spec"]["completions"] == 3 and job["spec"]["suspend"] is True
+    trainer = job["spec"]["template"]["spec"]
+    assert trainer["serviceAccountName"] == "mlkube-workflow"
+    assert trainer["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert "--result-only" not in trainer["containers"][0]["args"]
+    assert job["metadata"]["name"] == op.job_objects("manual__2026-12-02")[1].metadata.name
+
+
+def test_train_nodes_must_be_a_whole_number_and_needs_pods() -> None:
+    from mlkube.errors import MlkubeError
+
+    with pytest.raises(MlkubeError, match=r"^task 'bad': nodes is 0; give a whole number"):
+        TrainOperator(task_id="bad", dataset="/d", nodes=0)
+    op = TrainOperator(task_id="local", dataset="/d", nodes=2, backend="local")
+    with pytest.raises(MlkubeError, match="nodes=2 needs the kubernetes backend"):
+        op.execute({"run_id": "r"})

@@ -63,6 +63,7 @@ KINDS = {k.kind: k for k in (
     Kind("", "v1", "events", "Event", ("ev",)),
     Kind("apps", "v1", "deployments", "Deployment", ("deploy",)),
     Kind("apps", "v1", "replicasets", "ReplicaSet", ("rs",)),
+    Kind("batch", "v1", "jobs", "Job"),
     Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", ("hpa",)),
     Kind("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService", ("isvc",)),
 )}
@@ -263,6 +264,8 @@ class FakeApiServer:
     kserve: bool = False
     outcome: Callable[[dict[str, Any]], Outcome] = lambda pod_spec: READY
     ready_after: int = 1
+    #: what the Job controller makes of a Job after ``ready_after`` reads: Complete or Failed
+    job_outcome: Literal["Complete", "Failed"] = "Complete"
     #: (method, kind) pairs RBAC refuses, e.g. ("PATCH", "Deployment").
     forbidden: set[tuple[str, str]] = field(default_factory=set)
     requests: list[Request] = field(default_factory=list)
@@ -437,6 +440,8 @@ class FakeApiServer:
                 return None
             if kind.kind == "Deployment":
                 self._deployment_controller(obj)
+            elif kind.kind == "Job":
+                self._job_controller(obj)
             elif kind.kind == "InferenceService":
                 self._kserve_controller(obj)
             return copy.deepcopy(obj)
@@ -490,6 +495,26 @@ class FakeApiServer:
         key = (obj["kind"], meta["namespace"], meta["name"], generation)
         self._reads[key] += 1
         return self._reads[key] >= self.ready_after
+
+    def _job_controller(self, job: dict[str, Any]) -> None:
+        """All the Job's pods succeed (or it fails: BackoffLimitExceeded), as a status says."""
+        status = job.setdefault("status", {})
+        if status.get("conditions") or not self._observe(job):
+            return
+        spec, stamp = job["spec"], now()
+        status.update(startTime=stamp, ready=0, terminating=0)
+        if self.job_outcome == "Complete":
+            status.update(succeeded=spec["completions"], completionTime=stamp,
+                          completedIndexes=f"0-{spec['completions'] - 1}")
+            types = [("SuccessCriteriaMet", "CompletionsReached"), ("Complete", "CompletionsReached")]
+            message = "Reached expected number of succeeded pods"
+        else:
+            status.update(failed=spec.get("backoffLimit", 6) + 1, failedIndexes="0")
+            types = [("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")]
+            message = "Job has reached the specified backoff limit"
+        status["conditions"] = [{"type": t, "status": "True", "reason": r, "message": message,
+                                 "lastProbeTime": stamp, "lastTransitionTime": stamp}
+                                for t, r in types]
 
     def _deployment_controller(self, dep: dict[str, Any]) -> None:
         if not self._observe(dep):

@@ -163,3 +163,37 @@ def test_argo_renders_training_on_nodes_as_an_indexed_job_then_the_result() -> N
     assert any("jobs" in r["resources"] for r in role["rules"])
     single = list(yaml.safe_load_all(render(RenderOptions())["mlkube-rbac.yaml"]))
     assert single and "jobs" not in str(single)  # one node: no Job rights
+
+
+def test_run_job_applies_valid_objects_and_waits_for_the_job() -> None:
+    from fake_apiserver import FakeApiServer
+
+    parts = step_pod(spec.TRAIN, {"dataset": "/d"}, Placement(gpus=2))
+    objects = multinode.indexed_job(parts, name="mlkube-train-1", namespace=None, nodes=2)
+    lines: list[str] = []
+    with FakeApiServer(ready_after=2) as api:
+        multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.01, log=lines.append)
+        assert api.schema_errors() == []  # as stored, status included
+        assert api.get("Job", "mlkube-train-1")["spec"]["completionMode"] == "Indexed"
+        assert api.get("Service", "mlkube-train-1")["spec"]["clusterIP"] == "None"
+        assert lines[-1] == "Job ml/mlkube-train-1: 2 nodes completed"
+        # a second try of a completed run leaves the Job alone
+        multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.01, log=lines.append)
+        assert not [r for r in api.requests if r.method == "DELETE"]
+
+
+def test_a_failed_job_is_one_line_and_a_retry_creates_it_again() -> None:
+    from fake_apiserver import FakeApiServer
+
+    parts = step_pod(spec.TRAIN, {"dataset": "/d"}, Placement(gpus=2))
+    objects = multinode.indexed_job(parts, name="mlkube-train-2", namespace=None, nodes=2)
+    with FakeApiServer(job_outcome="Failed") as api:
+        with pytest.raises(MlkubeError, match=r"^training Job ml/mlkube-train-2 failed "
+                                              r"\(BackoffLimitExceeded: Job has reached the "
+                                              r"specified backoff limit\); see kubectl -n ml logs "
+                                              r"-l batch.kubernetes.io/job-name=mlkube-train-2$"):
+            multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.01, log=print)
+        api.job_outcome = "Complete"
+        multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.01, log=print)
+        assert [r.method for r in api.requests if r.method == "DELETE"] == ["DELETE"]
+        assert api.get("Job", "mlkube-train-2")["status"]["succeeded"] == 2

@@ -245,12 +245,16 @@ class StepOperator(KubernetesPodOperator):
     def step_pod(self, settings: MlflowSettings | None = None) -> StepPod:
         """The step's pod pieces, rendered from its description (kubernetes backend)."""
         settings = settings or self.mlflow_settings()
+        return self._pod_pieces(settings, self.step_values(settings), self._placement_fields())
+
+    def _pod_pieces(self, settings: MlflowSettings, values: dict[str, Any],
+                    fields: dict[str, Any]) -> StepPod:
         placement = Placement(
-            **self._placement_fields(),
+            **fields,
             env={**settings.env(), **self.extra_env()},
             secret_env=[*self.secret_env, *settings.secret_env(self._what)],
         )
-        return step_pod(self.step, self.step_values(settings), placement, what=self._what)
+        return step_pod(self.step, values, placement, what=self._what)
 
     # -- kubernetes backend ------------------------------------------------------------------
 

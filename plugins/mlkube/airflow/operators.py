@@ -126,6 +126,11 @@ class TrainOperator(StepOperator):
         hyperparameters: over the config's model section, e.g. tune's ``best_params``.
         epochs: training epochs.
         run_key: run identity for resuming after a lost pod; default: derived from inputs.
+        nodes: nodes to train on at once. More than 1 (kubernetes backend): an Indexed Job of
+            that many pods, each with ``gpus`` GPUs and a node of its own, runs the train
+            program under torchrun (:mod:`mlkube.kube.multinode`); the task waits for it, then
+            reads the leader's result in a small pod (``--result-only``). The Job's pods are
+            the task's: same namespace, service account, image, queue and priority.
         **kwargs: see :class:`StepOperator` (``gpus``, ``gpu_product``, ``shm_size``,
             ``image`` and ``command`` for your own trainer).
     """
@@ -139,13 +144,55 @@ class TrainOperator(StepOperator):
 
     def __init__(self, *, dataset: str | None = None,
                  hyperparameters: dict[str, Any] | None = None, epochs: int | None = None,
-                 run_key: str | None = None, **kwargs: Any) -> None:
+                 run_key: str | None = None, nodes: int = 1, **kwargs: Any) -> None:
         """Store the parameters; see the class doc."""
+        from mlkube.kube.multinode import check_nodes
+
         self.dataset = dataset
         self.hyperparameters = hyperparameters
         self.epochs = epochs
         self.run_key = run_key
+        self.nodes = nodes
         super().__init__(**kwargs)
+        check_nodes(nodes, f"{self._what}: nodes")
+
+    def step_values(self, settings: Any) -> dict[str, Any]:
+        """On several nodes, this task's own pod only reads the result the Job left."""
+        values = super().step_values(settings)
+        return values | {"result_only": "true"} if self.nodes > 1 else values
+
+    def _placement_fields(self) -> dict[str, Any]:
+        fields = super()._placement_fields()
+        return fields | {"gpus": 0} if self.nodes > 1 else fields
+
+    def job_objects(self, run_id: str) -> list[Any]:
+        """The headless Service and Indexed Job that train on ``nodes`` pods."""
+        from mlkube.kube import multinode
+
+        settings = self.mlflow_settings()
+        pieces = self._pod_pieces(settings, StepOperator.step_values(self, settings),
+                                  StepOperator._placement_fields(self))
+        return multinode.indexed_job(
+            pieces, name=multinode.job_name(self.dag_id, self.task_id, run_id),
+            namespace=self.namespace, nodes=self.nodes,
+            service_account=self.service_account_name)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        """Train on ``nodes`` pods first when there are several; then the step's own pod."""
+        if self.nodes > 1:
+            from mlkube.airflow import backend as backends
+            from mlkube.errors import MlkubeError
+            from mlkube.kube import multinode
+
+            if backends.resolve(self.backend) == "local":
+                raise MlkubeError(f"{self._what}: nodes={self.nodes} needs the kubernetes backend "
+                                  "(pods on several nodes); on this machine use nodes=1")
+            namespace = self.namespace or self.hook.get_namespace() or "default"
+            multinode.run_job(self.hook.core_v1_client.api_client,
+                              self.job_objects(context["run_id"]), namespace, log=self.log.info,
+                              timeout_seconds=self.execution_timeout.total_seconds()
+                              if self.execution_timeout else None)
+        return super().execute(context)
 
 
 class RegisterModelOperator(StepOperator):

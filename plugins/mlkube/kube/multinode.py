@@ -17,6 +17,7 @@ integration does not also gate them one by one.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from kubernetes.client import (
@@ -174,3 +175,85 @@ def trainjob_served(api_client: Any) -> bool:
     except ApiException:
         return False
     return any(g.name == group and any(v.version == version for v in g.versions) for g in groups)
+
+
+def job_name(*parts: str) -> str:
+    """A name for the Job and Service of one run (a DNS-1123 label, stable for the run)."""
+    import hashlib
+
+    return "mlkube-train-" + hashlib.sha256("/".join(parts).encode()).hexdigest()[:12]
+
+
+def _finished(job: dict[str, Any]) -> tuple[str, str] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition["type"], f"{condition.get('reason', '')}: {condition.get('message', '')}"
+    return None
+
+
+def _apply(client: Any, body: dict[str, Any], namespace: str) -> Any:
+    from mlkube.kube import rollout
+
+    resource = client.resources.get(api_version=body["apiVersion"], kind=body["kind"])
+    return resource.server_side_apply(body=body, name=body["metadata"]["name"],
+                                      namespace=namespace, field_manager=rollout.FIELD_MANAGER,
+                                      force_conflicts=True)
+
+
+def run_job(api_client: Any, objects: list[Any], namespace: str, *,
+            poll_seconds: float = 10.0, timeout_seconds: float | None = None,
+            log: Any = print) -> None:
+    """Apply the Service and Job (server-side apply) and wait until the Job completes.
+
+    A Job that failed in an earlier try is deleted and created again, so a retried task trains
+    again (from the run's last checkpoint); a Job that completed is left as it is. A failed or
+    timed-out Job is one line, with the Job's own reason.
+    """
+    import time
+
+    from mlkube.kube import rollout
+    from mlkube.kube.serving import to_dict
+
+    client = rollout._dynamic(api_client)
+    host = api_client.configuration.host
+    bodies = [to_dict(o) for o in objects]
+    for body in bodies:
+        body["metadata"]["namespace"] = namespace
+    job = next(b for b in bodies if b["kind"] == "Job")
+    name = job["metadata"]["name"]
+    jobs = client.resources.get(api_version="batch/v1", kind="Job")
+
+    def read() -> dict[str, Any] | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        try:
+            return dict(jobs.get(name=name, namespace=namespace).to_dict())
+        except NotFoundError:
+            return None
+
+    before = rollout._call(f"read Job {namespace}/{name}", host, read)
+    if before is not None and (_finished(before) or ("", ""))[0] == "Failed":
+        log(f"Job {namespace}/{name} failed before; creating it again")
+        rollout._call(f"delete Job {namespace}/{name}", host, lambda: jobs.delete(
+            name=name, namespace=namespace, body={"propagationPolicy": "Foreground"}))
+        while rollout._call(f"read Job {namespace}/{name}", host, read) is not None:
+            time.sleep(poll_seconds)
+    for body in bodies:
+        where = f"{body['kind']} {namespace}/{body['metadata']['name']}"
+        log(f"applying {where}")
+        rollout._call(f"apply {where}", host, functools.partial(_apply, client, body, namespace))
+    started = time.monotonic()
+    while True:
+        live = rollout._call(f"read Job {namespace}/{name}", host, read) or {}
+        done = _finished(live)
+        if done and done[0] == "Complete":
+            log(f"Job {namespace}/{name}: {job['spec']['completions']} nodes completed")
+            return
+        if done:
+            raise MlkubeError(f"training Job {namespace}/{name} failed ({done[1].strip(': ')}); "
+                              f"see kubectl -n {namespace} logs -l {JOB_NAME_LABEL}={name}")
+        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+            raise MlkubeError(f"training Job {namespace}/{name} did not complete within "
+                              f"{timeout_seconds:.0f} s; see kubectl -n {namespace} describe "
+                              f"job {name}")
+        time.sleep(poll_seconds)

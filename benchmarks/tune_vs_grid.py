@@ -88,15 +88,18 @@ def _dataset(task: str, tmp: Path, env: dict[str, str]) -> tuple[str, Path]:
 
 
 def _tune(dataset: str, config: Path, tmp: Path, env: dict[str, str],
-          direction: str) -> list[tuple[int, float]]:
+          direction: str, n_trials: int | None = None, study: str | None = None
+          ) -> list[tuple[int, float]]:
     import optuna
 
     from mlkube.steps.tune import efficiency_curve
 
     out = tmp / "tune.json"
+    extra = [*(["--n-trials", str(n_trials)] if n_trials else []),
+             *(["--study-name", study] if study else [])]
     subprocess.run([sys.executable, "-m", "mlkube.steps.tune", "--config", str(config),
-                    "--dataset", dataset, "--result-file", str(out)], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+                    "--dataset", dataset, "--result-file", str(out), *extra], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
     name = json.loads(out.read_text())["study_name"]
     study = optuna.load_study(study_name=name,
                               storage=f"sqlite:///{Path(env['MLKUBE_STATE_DIR']) / 'optuna.db'}")
@@ -130,6 +133,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--points", type=int, default=4)
     parser.add_argument("--tasks", nargs="+", default=["demo", "diabetes"])
+    parser.add_argument("--n-trials", type=int, nargs="+", default=[None],
+                        help="tune budgets to compare (default: the config's n_trials)")
+    parser.add_argument("--repeat", type=int, default=1, help="tune runs per budget (TPE is "
+                                                              "not seeded: runs differ)")
     args = parser.parse_args()
     rows = []
     for task in args.tasks:
@@ -141,15 +148,24 @@ def main() -> None:
             dataset, config_file = _dataset(task, tmp, env)
             config = configmod.load(config_file)
             grid, direction = _grid(dataset, config, args.points)
-            tune = _tune(dataset, config_file, tmp, env, direction)
-        plot = _plot(task, grid, tune)
-        grid_best, tune_best = grid[-1][1], tune[-1][1]
-        gap = abs(tune_best - grid_best) / abs(grid_best)
-        rows.append(f"| {task} | {grid_best:.4f} | {grid[-1][0]} | {tune_best:.4f} | {tune[-1][0]} "
-                    f"| {gap:.2%} | {tune[-1][0] / grid[-1][0]:.0%} | {plot.name} |")
-    print("| task | grid best | grid trial-epochs | tune best | tune trial-epochs | gap | "
-          "share of grid's epochs | plot |")
-    print("|---|---|---|---|---|---|---|---|")
+            for n_trials in args.n_trials:
+                for run in range(args.repeat):
+                    tune = _tune(dataset, config_file, tmp, env, direction, n_trials,
+                                 f"bench-{n_trials}-{run}")
+                    plot = _plot(task, grid, tune)
+                    grid_best, tune_best = grid[-1][1], tune[-1][1]
+                    # how much worse than the grid's best (0 when the tuner found better)
+                    worse = (grid_best - tune_best if direction == "maximize"
+                             else tune_best - grid_best)
+                    gap = max(0.0, worse) / abs(grid_best)
+                    rows.append(
+                        f"| {task} | {n_trials or config.tune.n_trials} | {run + 1} | "
+                        f"{grid_best:.4f} | {grid[-1][0]} | {tune_best:.4f} | {tune[-1][0]} | "
+                        f"{gap:.2%} | {tune[-1][0] / grid[-1][0]:.0%} | {plot.name} |")
+                    print(rows[-1], flush=True)
+    print("| task | n_trials | run | grid best | grid trial-epochs | tune best | tune trial-epochs "
+          "| worse than grid | share of grid's epochs | plot (last run) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -54,6 +54,8 @@ bench: setup
 	$(PY) benchmarks/prepare_scale.py --sizes-gb 0.5 1 2 5
 	$(PY) benchmarks/tune_vs_grid.py
 	$(PY) benchmarks/train_vs_loop.py
+	$(PY) benchmarks/tune_storage.py
+	$(PY) benchmarks/ratios.py
 
 clean:
 	-$(VENV)/bin/mlkube serve stop

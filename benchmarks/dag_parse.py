@@ -78,6 +78,12 @@ def main() -> int:
           f"process wall {med_wall['mlkube'] / med_wall['bare KPO']:.2f}× "
           f"({args.repeat} samples each, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs); "
           f"ML libraries imported at parse time: none")
+    ratio = med["mlkube"] / med["bare KPO"]
+    from ratios import record  # benchmarks/ratios.py
+    record("dag_parse", "DAG parse: dags/ml_lifecycle.py / the same DAG of bare KPOs", ratio,
+           "≤ 1.1×, no ML library imported", ratio <= 1.1,
+           f"{med['mlkube'] * 1000:.0f} vs {med['bare KPO'] * 1000:.0f} ms, {args.repeat} samples",
+           f"benchmarks/dag_parse.py --repeat {args.repeat}")
     return 0
 
 

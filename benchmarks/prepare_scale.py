@@ -125,6 +125,18 @@ def main() -> None:
               f"{ours['seconds'] / gb:.1f} | {train['peak_rss'] / 2**30:.2f} GiB |", flush=True)
     target = Path(__file__).parent / "results" / "prepare_scale.json"
     target.write_text(json.dumps(results, indent=1) + "\n")
+    last, per_gb = results[-1], [r["prepare"]["seconds"] / r["gb"] for r in results]
+    peak = last["prepare"]["peak_rss"] / 2**30
+    linear = max(per_gb) <= 1.5 * min(per_gb)
+    from ratios import record  # benchmarks/ratios.py
+    record("prepare_scale", f"prepare-data, {last['gb']:.1f} GB CSV: peak RSS / "
+           "`pandas.read_csv`'s", last["prepare"]["peak_rss"] / last["anchor"]["peak_rss"],
+           "peak RSS ≤ 2 GiB at 5 GB; time linear (s/GB within 1.5×)",
+           peak <= 2 and linear if last["gb"] >= 4.5 else None,
+           f"{peak:.2f} GiB; {last['prepare']['seconds']:.0f} s = "
+           f"{last['prepare']['seconds'] / last['anchor']['seconds']:.1f}× pandas' time; "
+           f"{min(per_gb):.0f}–{max(per_gb):.0f} s/GB over {len(results)} sizes",
+           "benchmarks/prepare_scale.py --sizes-gb " + " ".join(str(g) for g in args.sizes_gb))
 
 
 if __name__ == "__main__":

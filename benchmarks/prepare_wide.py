@@ -59,6 +59,11 @@ def main() -> None:
             cells = args.rows * (width + 1)
             print(f"| {width} | {cells:,} | {anchor:.2f} s | {seconds:.2f} s | "
                   f"{seconds / anchor:.2f}× | {seconds / cells * 1e6:.2f} s | {slow} |")
+    from ratios import record  # benchmarks/ratios.py
+    record("prepare_wide", f"prepare-data, {width:,} columns × {args.rows} rows / "
+           "`pandas.read_csv`", seconds / anchor, "10,000 columns in seconds (< 30 s)",
+           seconds < 30 if width >= 10_000 else None, f"{seconds:.1f} s vs {anchor:.2f} s",
+           "benchmarks/prepare_wide.py")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,11 @@ def main() -> None:
     print(f"| redeploy v1 → v2: step wall time | {wall:.1f} | {wall / anchor:.2f}× |")
     print(f"\n{args.clients} clients during the redeploy: {load.ok} requests answered, "
           f"{len(load.failed)} failed" + (f" (first: {load.failed[0]})" if load.failed else ""))
+    from ratios import record  # benchmarks/ratios.py
+    record("redeploy", "redeploy v1 → v2 under load: step start to v2 answering / a new "
+           "`mlflow models serve`", to_v2 / anchor, "0 failed requests", not load.failed,
+           f"{load.ok} answered, {len(load.failed)} failed, {args.clients} clients",
+           f"benchmarks/redeploy.py --clients {args.clients}")
 
 
 if __name__ == "__main__":

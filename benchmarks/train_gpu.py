@@ -89,6 +89,13 @@ def main() -> None:
         report["resume_on_gpu_matches_straight_run"] = resume_matches(
             synthetic(20_000, args.features, seed=1), params, "cuda")
     print(json.dumps(report, indent=2))
+    if torch.cuda.is_available():
+        from ratios import record  # benchmarks/ratios.py
+        record(f"train_gpu_b{args.batch_size}", f"Trainer on {report['gpu_name']} (bf16) / the "
+               f"same trainer on this machine's CPU, batch {args.batch_size}",
+               report["speedup_gpu_over_cpu"], "none (the bare-loop anchor is issue 10's)", None,  # type: ignore[arg-type]
+               f"resume matches: {report['resume_on_gpu_matches_straight_run']}",
+               f"PYTHONPATH=plugins python benchmarks/train_gpu.py --batch-size {args.batch_size}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,17 @@ def main() -> None:
         server.stop()
     target = Path(__file__).parent / "results" / "tune_storage.json"
     target.write_text(json.dumps(rows, indent=1) + "\n")
+    by = {(r["workers"], r["mode"]): r for r in rows}
+    most = max(args.workers)
+    direct, grpc = by[(most, "direct")], by[(most, "grpc")]
+    from ratios import record  # benchmarks/ratios.py
+    record("tune_storage", f"Optuna on PostgreSQL, {most} workers: trials/s direct / through "
+           "the gRPC proxy", direct["trials_per_s"] / grpc["trials_per_s"],
+           "no lost or duplicate trial, no error",
+           all(r["errors"] == 0 and r["trials"] == r["expected"] == r["unique_trials"]
+               for r in rows),
+           f"peak connections {direct['peak_connections']} direct, "
+           f"{grpc['peak_connections']} proxied", "benchmarks/tune_storage.py")
 
 
 if __name__ == "__main__":

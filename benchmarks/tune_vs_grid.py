@@ -139,6 +139,7 @@ def main() -> None:
                                                               "not seeded: runs differ)")
     args = parser.parse_args()
     rows = []
+    outcomes: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (gap, share) each run
     for task in args.tasks:
         with tempfile.TemporaryDirectory() as name:
             tmp = Path(name)
@@ -163,10 +164,22 @@ def main() -> None:
                         f"{grid_best:.4f} | {grid[-1][0]} | {tune_best:.4f} | {tune[-1][0]} | "
                         f"{gap:.2%} | {tune[-1][0] / grid[-1][0]:.0%} | {plot.name} |")
                     print(rows[-1], flush=True)
+                    outcomes.setdefault((task, n_trials or config.tune.n_trials), []).append(
+                        (gap, tune[-1][0] / grid[-1][0]))
     print("| task | n_trials | run | grid best | grid trial-epochs | tune best | tune trial-epochs "
           "| worse than grid | share of grid's epochs | plot (last run) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    for (task, n_trials), runs in outcomes.items():
+        met = [gap <= 0.01 and share <= 0.40 for gap, share in runs]
+        shares = sorted(share for _, share in runs)
+        from ratios import record  # benchmarks/ratios.py
+        record(f"tune_vs_grid_{task}_{n_trials}", f"tune ({n_trials} trials) on {task}: "
+               "trial-epochs / the exhaustive grid's", shares[len(shares) // 2],
+               "within 1% of the grid's best with ≤ 0.40× its trial-epochs", all(met),
+               f"{sum(met)} of {len(met)} runs met; worse than grid: "
+               + ", ".join(f"{gap:.2%}" for gap, _ in runs),
+               "benchmarks/tune_vs_grid.py")
 
 
 if __name__ == "__main__":

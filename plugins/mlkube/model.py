@@ -192,8 +192,12 @@ class Trainer:
             self.forward = DistributedDataParallel(_Logits(self.model), device_ids=ids)
         self.params = params
         self.splits = splits
+        # Fused AdamW (one kernel for all parameters' updates) on CPU and CUDA: on the 2-core
+        # machine the trainer ran 3-7% faster with it than with the per-parameter default
+        # (benchmarks/train_vs_loop.py), with the same determinism (the resume guarantee).
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate,
-                                           weight_decay=params.weight_decay)
+                                           weight_decay=params.weight_decay,
+                                           fused=self.device.type in ("cpu", "cuda"))
         self.x = torch.tensor(splits.x_train, device=self.device)
         self.y = torch.tensor(splits.y_train, device=self.device)
         self.epoch = 0  # epochs completed
@@ -327,10 +331,17 @@ def score(predictions: np.ndarray, y: np.ndarray, task: str) -> float:
                   task)
 
 
+# Rows a forward pass in ``evaluate``: blocks whose activations stay in cache. On the 2-core
+# machine, 30,000 validation rows of a 64-256-256-2 MLP took 33 ms in blocks of 4,096 and 55 ms
+# in one pass (benchmarks/train_vs_loop.py measures the epoch this is part of).
+EVAL_ROWS = 4096
+
+
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:
-    """The task's metric of ``model`` on ``x``/``y``."""
+    """The task's metric of ``model`` on ``x``/``y`` (forward passes of ``EVAL_ROWS`` rows)."""
     model.eval()
     param = next(model.parameters())
     with torch.no_grad():
-        out = model(torch.tensor(x, device=param.device)).float().cpu().numpy()
-    return score(out, y, task)
+        inputs = torch.as_tensor(x, device=param.device)
+        out = torch.cat([model(block) for block in inputs.split(EVAL_ROWS)])
+    return score(out.float().cpu().numpy(), y, task)

@@ -20,7 +20,7 @@ import torch
 
 from mlkube import spec
 from mlkube.config import ModelConfig
-from mlkube.model import Splits, Stopped, Trainer, build
+from mlkube.model import EVAL_ROWS, Splits, Stopped, Trainer, build, score
 from mlkube.steps.train import PREEMPTED_EXIT, latest_checkpoint, save_checkpoint
 from mlkube_testing import error_lines, run
 
@@ -154,6 +154,23 @@ def _stop_after(trainer: Trainer, steps: int) -> None:
         return out
 
     trainer.optimizer.step = counted  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_evaluate_in_blocks_scores_as_one_pass(task: str) -> None:
+    rng = np.random.default_rng(1)
+    rows = 2 * EVAL_ROWS + 123  # three blocks, the last one short
+    x = rng.normal(size=(rows, 8)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.int64) if task == "classification" else \
+        (x[:, 0] * 3 + 1).astype(np.float32)
+    splits = Splits(x_train=x[:200], y_train=y[:200], x_val=x, y_val=y, task=task,
+                    n_classes=2 if task == "classification" else 0)
+    params = ModelConfig(hidden_sizes=[16], epochs=1, batch_size=64)
+    trainer = Trainer(build(splits, params), splits, params, on=torch.device("cpu"))
+    trainer.run_epoch()
+    with torch.no_grad():
+        whole = trainer.model(torch.from_numpy(x)).numpy()
+    assert trainer.evaluate() == pytest.approx(score(whole, y, task), rel=1e-6)
 
 
 def test_trainer_stopped_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path: Path) -> None:

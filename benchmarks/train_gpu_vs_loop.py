@@ -10,9 +10,9 @@ reference configuration is issue 10's: an MLP of 256 input features and 3 hidden
 the other in one process, on one device:
 
 - ``peak``: a bf16 (CUDA) or float32 (CPU) ``--matmul``³ matrix product, TFLOP/s;
-- ``bare_eager``: the loop a user writes: ``nn.Sequential`` of the same layers, autocast,
-  ``AdamW(fused=True)``, a ``randperm`` on the device each epoch, full batches only, no host
-  synchronisation inside the epoch;
+- ``bare_eager``: the loop a user writes (``train_vs_loop.BareLoop``): ``nn.Sequential`` of
+  the same layers, autocast, ``AdamW(fused=True)``, a ``randperm`` on the device each epoch,
+  no host synchronisation inside the epoch;
 - ``bare_compiled``: the same model under ``torch.compile`` (unless ``--no-compile``);
 - ``trainer``: ``mlkube.model.Trainer.run_epoch``, what the train step runs each epoch; and
   what the step adds each epoch: ``Trainer.evaluate`` on the validation split and
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -41,17 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
+from train_vs_loop import BareLoop, median_ms, sync, synthetic
 
 RESULTS = Path(__file__).parent / "results"
 NOT_ON_THE_GPU_MACHINE = ("mlflow", "optuna", "pyarrow", "pandas", "sklearn")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def memory_peak_mb(device: torch.device) -> float | None:
@@ -99,48 +92,6 @@ def timed_epochs(epoch: Callable[[], Any], device: torch.device, epochs: int) ->
             "memory_peak_mb": memory_peak_mb(device)}
 
 
-class BareLoop:
-    """The anchor: the same network and optimizer, written by hand."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, hidden: list[int], batch_size: int,
-                 compiled: bool) -> None:
-        layers: list[nn.Module] = []
-        width = x.shape[1]
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        layers.append(nn.Linear(width, 2))
-        self.model = nn.Sequential(*layers).to(x.device)
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(self.model) if compiled else self.model)  # type: ignore[assignment]
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, fused=True)
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.autocast = x.device.type == "cuda"  # as the Trainer: bf16 on CUDA only
-
-    def epoch(self) -> None:
-        order = torch.randperm(len(self.x), device=self.x.device)
-        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            with torch.autocast(device_type=self.x.device.type, dtype=torch.bfloat16,
-                                enabled=self.autocast):
-                logits = self.forward(self.x[idx]).float()
-            loss = nn.functional.cross_entropy(logits, self.y[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-
-
-def median_ms(fn: Callable[[], Any], device: torch.device, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        sync(device)
-        started = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return round(statistics.median(times) * 1000, 2)
-
-
 def main() -> None:
     from mlkube.config import ModelConfig, hidden_sizes
     from mlkube.model import Splits, Trainer, build
@@ -163,10 +114,8 @@ def main() -> None:
     rows = args.rows // args.batch_size * args.batch_size  # full batches: same steps for all
     if rows == 0:
         raise SystemExit(f"--rows {args.rows} is less than one batch of {args.batch_size}")
-    rng = np.random.default_rng(0)
     val_rows = max(args.batch_size, rows // 10)
-    x = rng.normal(size=(rows + val_rows, args.features)).astype(np.float32)
-    y = (x @ rng.normal(size=args.features).astype(np.float32) > 0).astype(np.int64)
+    x, y = synthetic(rows + val_rows, args.features)
     splits = Splits(x_train=x[:rows], y_train=y[:rows], x_val=x[rows:], y_val=y[rows:],
                     task="classification", n_classes=2)
     x_dev, y_dev = torch.from_numpy(x[:rows]).to(device), torch.from_numpy(y[:rows]).to(device)
@@ -188,8 +137,8 @@ def main() -> None:
     if not args.no_compile:
         runs.append(("bare_compiled", True))
     for name, compiled in runs:
-        bare = BareLoop(x_dev, y_dev, hidden, args.batch_size, compiled)
-        measured = timed_epochs(bare.epoch, device, args.epochs)
+        bare = BareLoop(x_dev, y_dev, hidden, args.batch_size, 1e-3, compiled=compiled)
+        measured = timed_epochs(bare.run_epoch, device, args.epochs)
         report[name] = figures(measured["epoch_s"]) | {"memory_peak_mb": measured["memory_peak_mb"]}
         del bare
     params = ModelConfig(hidden_sizes=hidden, batch_size=args.batch_size, learning_rate=1e-3,
@@ -197,9 +146,9 @@ def main() -> None:
     trainer = Trainer(build(splits, params), splits, params, on=device)
     measured = timed_epochs(trainer.run_epoch, device, args.epochs)
     report["trainer"] = figures(measured["epoch_s"]) | {"memory_peak_mb": measured["memory_peak_mb"]}
-    evaluate_ms = median_ms(trainer.evaluate, device)
+    evaluate_ms = median_ms(trainer.evaluate, 3, device)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint_ms = median_ms(lambda: save_checkpoint(Path(tmp), trainer.state()), device)
+        checkpoint_ms = median_ms(lambda: save_checkpoint(Path(tmp), trainer.state()), 3, device)
         checkpoint_bytes = max(p.stat().st_size for p in Path(tmp).glob("*.pt"))
     report["step_extras_ms"] = {"evaluate": evaluate_ms, "save_checkpoint": checkpoint_ms,
                                 "checkpoint_bytes": checkpoint_bytes}

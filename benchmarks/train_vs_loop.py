@@ -4,7 +4,7 @@
         [--hidden 256,256] [--batch-size 1024] [--epochs 5] [--threads N] [--no-step]
 
 The anchor is a hand-written loop: the same MLP (Linear/ReLU layers of ``--hidden``, cross
-entropy), ``torch.optim.AdamW`` (fused where this torch has it on CPU, else foreach), the same
+entropy), ``torch.optim.AdamW(fused=True)``, the same
 batch size and learning rate, the inputs standardised once and held as tensors in memory, a
 ``randperm`` shuffle each epoch, no evaluation, no logging, no checkpoint. Measured against it
 in the same process, on the same synthetic rows (70% train, 15% validation: prepare-data's
@@ -14,9 +14,6 @@ default split), with torch's default thread count:
 - ``train step epoch``: the train step's own per-epoch loop, ``mlkube.steps.train._fit``, for
   one epoch: ``run_epoch``, ``evaluate``, ``mlflow.log_metrics`` to a real MLflow SQLite store
   in a temporary directory, and ``save_checkpoint``;
-- ``trainer fused AdamW``: the same trainer with ``AdamW(fused=True)`` put in place of its
-  optimizer (only while ``Trainer`` does not already use fused AdamW), to show what the
-  optimizer alone accounts for.
 
 Each runs one warm-up epoch, then ``--epochs`` timed epochs, interleaved round robin (the
 order rotates each round) so that load on a shared machine hits all alike; the figures are the
@@ -76,54 +73,64 @@ def split(x: np.ndarray, y: np.ndarray) -> Any:
 
 
 class BareLoop:
-    """The anchor: what a user writes by hand for the same network."""
+    """The anchor: what a user writes by hand for the same network, on ``x``'s device.
 
-    def __init__(self, splits: Any, hidden: list[int], batch_size: int, lr: float, seed: int):
+    ``nn.Sequential`` of Linear/ReLU layers, ``AdamW(fused=True)``, a ``randperm`` on the
+    device each epoch, bf16 autocast on CUDA (as the Trainer), no host synchronisation inside
+    an epoch; ``compiled``: the network under ``torch.compile``. The inputs are used as given
+    (standardise them first).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, hidden: list[int], batch_size: int,
+                 lr: float, *, outputs: int = 2, compiled: bool = False, seed: int = 0) -> None:
         torch.manual_seed(seed)
-        mean = splits.x_train.mean(axis=0)
-        std = splits.x_train.std(axis=0)
-        std[std == 0] = 1.0
-        self.x = torch.from_numpy((splits.x_train - mean) / std)
-        self.y = torch.from_numpy(splits.y_train)
-        self.x_val = torch.from_numpy((splits.x_val - mean) / std)
-        self.y_val = torch.from_numpy(splits.y_val)
         layers: list[nn.Module] = []
-        width = self.x.shape[1]
+        width = x.shape[1]
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
             width = size
-        layers.append(nn.Linear(width, splits.n_classes))
-        self.model = nn.Sequential(*layers)
-        try:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, fused=True)
-            self.optimizer_kind = "fused"
-        except (RuntimeError, ValueError):
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, foreach=True)
-            self.optimizer_kind = "foreach"
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.batch_size = batch_size
+        layers.append(nn.Linear(width, outputs))
+        self.model = nn.Sequential(*layers).to(x.device)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.model) if compiled else self.model)  # type: ignore[assignment]
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, fused=True)
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.autocast = x.device.type == "cuda"
 
     def run_epoch(self) -> None:
         self.model.train()
-        order = torch.randperm(len(self.x))
+        order = torch.randperm(len(self.x), device=self.x.device)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
+            with torch.autocast(device_type=self.x.device.type, dtype=torch.bfloat16,
+                                enabled=self.autocast):
+                logits = self.forward(self.x[idx]).float()
+            loss = nn.functional.cross_entropy(logits, self.y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
 
-    def evaluate(self) -> float:
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accuracy on ``x``/``y``."""
         self.model.eval()
         with torch.no_grad():
-            return float((self.model(self.x_val).argmax(-1) == self.y_val).float().mean())
+            return float((self.model(x).argmax(-1) == y).float().mean())
 
 
-def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
+def sync(device: torch.device | None) -> None:
+    """Wait for the device's queued work (nothing to wait for on the CPU)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], Any], repeat: int, device: torch.device | None = None) -> float:
+    """The median of ``repeat`` calls of ``fn``, in ms, the device's work included."""
     times = []
     for _ in range(repeat):
+        sync(device)
         started = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - started)
     return round(statistics.median(times) * 1000, 2)
 
@@ -150,8 +157,15 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
     checkpoints.mkdir()
     metric, _ = metric_for(splits.task)
 
-    bare = BareLoop(splits, params.hidden_sizes, params.batch_size, params.learning_rate,
-                    params.seed)
+    mean, std = splits.x_train.mean(axis=0), splits.x_train.std(axis=0)
+    std[std == 0] = 1.0
+
+    def standardised(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((x - mean) / std)
+
+    bare = BareLoop(standardised(splits.x_train), torch.from_numpy(splits.y_train),
+                    params.hidden_sizes, params.batch_size, params.learning_rate,
+                    outputs=splits.n_classes, seed=params.seed)
     trainer = Trainer(build(splits, params), splits, params, on=torch.device("cpu"))
     step_trainer = Trainer(build(splits, params), splits, params, on=torch.device("cpu"))
     last: dict[str, float] = {}
@@ -165,12 +179,6 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
     runs: dict[str, Callable[[], Any]] = {"bare_loop": bare.run_epoch,
                                           "trainer": trainer.run_epoch,
                                           "train_step_epoch": step_epoch}
-    if not trainer.optimizer.defaults.get("fused"):  # what the trainer would do with fused AdamW
-        fused = Trainer(build(splits, params), splits, params, on=torch.device("cpu"))
-        fused.optimizer = torch.optim.AdamW(fused.model.parameters(), fused=True,
-                                            **{k: trainer.optimizer.defaults[k]
-                                               for k in ("lr", "weight_decay")})
-        runs["trainer_fused_adamw"] = fused.run_epoch
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     with mlflow.start_run(experiment_id=experiment_id, run_name="train-vs-loop"):
@@ -183,10 +191,10 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
                     seconds[name].append(time.perf_counter() - started)
         # The per-epoch extras of the step, alone.
         counter = iter(range(10_000, 20_000))
-        evaluate_ms = _median_ms(step_trainer.evaluate, 5)
-        log_ms = _median_ms(lambda: mlflow.log_metrics(
+        evaluate_ms = median_ms(step_trainer.evaluate, 5)
+        log_ms = median_ms(lambda: mlflow.log_metrics(
             {"train_loss": 0.1, f"val_{metric}": 0.9}, step=next(counter)), 10)
-        checkpoint_ms = _median_ms(lambda: save_checkpoint(
+        checkpoint_ms = median_ms(lambda: save_checkpoint(
             checkpoints, {**step_trainer.state(), "epoch": next(counter)}), 10)
     checkpoint_bytes = max(p.stat().st_size for p in checkpoints.glob("epoch-*.pt"))
     rows = len(splits.x_train)
@@ -196,14 +204,12 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
         report[name] = {"epoch_s": [round(v, 3) for v in values],
                         "median_epoch_s": round(median, 3), "rows_per_s": round(rows / median),
                         "rows_per_s_best_epoch": round(rows / min(values))}
-    report["bare_loop"]["optimizer"] = f"AdamW ({bare.optimizer_kind})"
-    report["bare_loop"][f"val_{metric}"] = round(bare.evaluate(), 4)
-    kind = "fused" if trainer.optimizer.defaults.get("fused") else "torch's default on CPU"
+    report["bare_loop"]["optimizer"] = "AdamW (fused)"
+    report["bare_loop"][f"val_{metric}"] = round(bare.evaluate(
+        standardised(splits.x_val), torch.from_numpy(splits.y_val)), 4)
+    kind = "fused" if trainer.optimizer.defaults.get("fused") else "torch's default"
     report["trainer"]["optimizer"] = f"AdamW ({kind})"
     report["trainer"][f"val_{metric}"] = round(trainer.evaluate(), 4)
-    if "trainer_fused_adamw" in runs:
-        report["trainer_fused_adamw"]["optimizer"] = "AdamW (fused)"
-        report["trainer_fused_adamw"][f"val_{metric}"] = round(fused.evaluate(), 4)
     report["train_step_epoch"][f"val_{metric}"] = round(last["step"], 4)
     report["per_epoch_ms"] = {
         "evaluate": evaluate_ms, "mlflow_log_metrics": log_ms, "save_checkpoint": checkpoint_ms,
@@ -314,8 +320,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as name:
             report["train_step_program"] = step_program(x, y, params, args.epochs, Path(name))
     report["load_average_at_end"] = os.getloadavg()[0]
-    measured = [n for n in ("trainer", "train_step_epoch", "train_step_program",
-                            "trainer_fused_adamw") if n in report]
+    measured = [n for n in ("trainer", "train_step_epoch", "train_step_program") if n in report]
     for key, figure in (("ratio_to_bare_loop", "rows_per_s"),
                         ("ratio_to_bare_loop_best_epochs", "rows_per_s_best_epoch")):
         report[key] = {name: round(report[name][figure] / report["bare_loop"][figure], 3)
@@ -331,6 +336,11 @@ def main() -> None:
         cells.append(f"{report['train_step_program']['rows_per_s']:,} "
                      f"({ratios['train_step_program']:.2f}×)")
     ms = report["per_epoch_ms"]
+    step_rss = report.get("train_step_program", {}).get("train_peak_rss_mb", "-")
+    print("| bare loop rows/s | trainer | train step epoch | train step program | "
+          "log_metrics ms | checkpoint ms | peak RSS MB (in-process / train step) |")
+    print(f"| {' | '.join(cells + ['-'] * (4 - len(cells)))} | {ms['mlflow_log_metrics']} "
+          f"| {ms['save_checkpoint']} | {report['peak_rss_mb']} / {step_rss} |")
     from ratios import record  # benchmarks/ratios.py
     record("train_cpu", "CPU training: the train step's epoch (evaluate, log, checkpoint) / a "
            "bare loop", ratios["train_step_epoch"], "≥ 0.95× (the GPU target, held to on CPU)",
@@ -338,11 +348,7 @@ def main() -> None:
            f"Trainer alone {ratios['trainer']:.2f}×; whole step program "
            f"{ratios.get('train_step_program', float('nan')):.2f}×; "
            f"{report['bare_loop']['rows_per_s']:,} bare rows/s", "benchmarks/train_vs_loop.py")
-    step_rss = report.get("train_step_program", {}).get("train_peak_rss_mb", "-")
-    print("| bare loop rows/s | trainer | train step epoch | train step program | "
-          "log_metrics ms | checkpoint ms | peak RSS MB (in-process / train step) |")
-    print(f"| {' | '.join(cells + ['-'] * (4 - len(cells)))} | {ms['mlflow_log_metrics']} "
-          f"| {ms['save_checkpoint']} | {report['peak_rss_mb']} / {step_rss} |")
+
 
 if __name__ == "__main__":
     main()

@@ -170,10 +170,11 @@ def main() -> None:
           "| worse than grid | share of grid's epochs | plot (last run) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    from ratios import record  # benchmarks/ratios.py
+
     for (task, n_trials), runs in outcomes.items():
         met = [gap <= 0.01 and share <= 0.40 for gap, share in runs]
         shares = sorted(share for _, share in runs)
-        from ratios import record  # benchmarks/ratios.py
         record(f"tune_vs_grid_{task}_{n_trials}", f"tune ({n_trials} trials) on {task}: "
                "trial-epochs / the exhaustive grid's", shares[len(shares) // 2],
                "within 1% of the grid's best with ≤ 0.40× its trial-epochs", all(met),

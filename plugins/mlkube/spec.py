@@ -29,6 +29,10 @@ SECRET_ENV_VAR = "MLKUBE_SECRET_ENV"
 # The cluster's PostgreSQL (mlkube platform render): Optuna's study storage in step pods, and
 # MLflow's backend store. Pods get the password as PGPASSWORD from the Secret the user creates.
 CLUSTER_DATABASE = "postgresql://mlkube@mlkube-postgres:5432"
+# The cluster's MLflow tracking server (mlkube platform render): its Service, and the tracking
+# URI every step pod gets where the user names none (an Airflow connection, --mlflow-tracking-uri).
+MLFLOW_SERVICE, MLFLOW_PORT = "mlflow", 5000
+CLUSTER_MLFLOW_URI = f"http://{MLFLOW_SERVICE}:{MLFLOW_PORT}"
 DB_SECRET, DB_SECRET_KEY = "mlkube-db", "password"
 # The tune step's storage where neither --storage nor tune.storage names one (pods set it).
 TUNE_STORAGE_ENV = "MLKUBE_TUNE_STORAGE"

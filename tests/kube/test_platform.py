@@ -3,11 +3,15 @@ and the MLflow server command they run, run here against a real PostgreSQL."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,21 +123,30 @@ def test_check_fails_on_a_stale_folder(tmp_path: Path) -> None:
     assert stale.returncode != 0 and "30-mlflow.yaml" in stale.stderr
 
 
-def test_the_mlflow_server_it_runs_stores_on_postgresql_and_serves_models(
-        postgres: Postgres, tmp_path: Path) -> None:
-    """The Deployment's command, pointed at this machine's PostgreSQL and a temp dir for the
-    claim: a model logged through it downloads with nothing but MLFLOW_TRACKING_URI."""
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    claim: Path
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[MlflowServer]:
+    """The Deployment's command, as rendered, pointed at this machine's PostgreSQL, a loopback
+    port and a temp dir for the claim; every other argument (allowed hosts included) unchanged."""
     container = _kind(_all(), "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
     database = postgres.database("mlflow")
+    claim = tmp_path_factory.mktemp("claim")
     port = free_port()
     command = [str(Path(sys.executable).parent / a) if a == "mlflow" else a
                for a in container["command"]]
     swap = {platform.PlatformOptions().database_url("mlflow"): postgres.url(database, None),
-            "5000": str(port), "0.0.0.0": "127.0.0.1",
-            f"{platform.ARTIFACTS_MOUNT}/mlflow-artifacts": str(tmp_path / "claim")}
+            str(spec.MLFLOW_PORT): str(port), "0.0.0.0": "127.0.0.1",
+            f"{platform.ARTIFACTS_MOUNT}/mlflow-artifacts": str(claim)}
     command = [swap.get(a, a) for a in command]
     env = {**os.environ, "PGPASSWORD": PASSWORD}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_SERVER_ALLOWED_HOSTS", None)
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -145,25 +158,61 @@ def test_the_mlflow_server_it_runs_stores_on_postgresql_and_serves_models(
                 time.sleep(0.5)
         else:
             pytest.fail(f"mlflow server did not start: {server.stderr.read(2000) if server.stderr else ''}")
-        script = (
-            "import mlflow, sys\n"
-            "class M(mlflow.pyfunc.PythonModel):\n"
-            "    def predict(self, context, model_input): return model_input\n"
-            "with mlflow.start_run():\n"
-            "    info = mlflow.pyfunc.log_model(name='model', python_model=M(), "
-            "pip_requirements=['mlflow'], registered_model_name='platform-check')\n"
-            "print(info.model_uri)\n")
-        client_env = {**os.environ, "MLFLOW_TRACKING_URI": url}
-        subprocess.run([sys.executable, "-c", script], env=client_env, check=True,
-                       capture_output=True)
-        # the claim holds the artifacts; the database holds the registry
-        assert list((tmp_path / "claim").rglob("MLmodel"))
-        assert postgres.query("SELECT 1") and database
-        fetch = ("import mlflow; m = mlflow.pyfunc.load_model('models:/platform-check/1');"
-                 "print(type(m).__name__)")
-        done = subprocess.run([sys.executable, "-c", fetch], env=client_env, check=True,
-                              capture_output=True, text=True, cwd=tmp_path)
-        assert done.stdout.strip() == "PyFuncModel"
+        yield MlflowServer(url=url, claim=claim)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _api_status(url: str, host: str) -> int:
+    """The status of one REST API call to the server at ``url``, sent with Host: ``host``."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default",
+                           headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_the_mlflow_server_answers_its_service_by_every_name(mlflow_server: MlflowServer) -> None:
+    """A pod calls MLflow by the Service's short, namespaced or full name, with or without the
+    port (MLflow 3's default host check refused them all with a 403 on a real cluster)."""
+    options = platform.PlatformOptions()
+    names = [f"mlflow{suffix}" for suffix in ("", ".ml", ".ml.svc", ".ml.svc.cluster.local")]
+    for name in names:
+        for host in (name, f"{name}:5000"):
+            assert _api_status(mlflow_server.url, host) == 200, host
+    assert spec.CLUSTER_MLFLOW_URI == "http://mlflow:5000"
+    assert {*names, *(f"{n}:5000" for n in names)} <= set(platform.mlflow_hosts(options))
+    # the host check is on: a name that is not the Service's is still refused
+    assert _api_status(mlflow_server.url, "mlflow.attacker.example:5000") == 403
+    assert _api_status(mlflow_server.url, "mlflow.other-ns:5000") == 403
+
+
+def test_the_mlflow_server_it_runs_stores_on_postgresql_and_serves_models(
+        mlflow_server: MlflowServer, postgres: Postgres, tmp_path: Path) -> None:
+    """A model logged through it downloads with nothing but MLFLOW_TRACKING_URI."""
+    url = mlflow_server.url
+    script = (
+        "import mlflow, sys\n"
+        "class M(mlflow.pyfunc.PythonModel):\n"
+        "    def predict(self, context, model_input): return model_input\n"
+        "with mlflow.start_run():\n"
+        "    info = mlflow.pyfunc.log_model(name='model', python_model=M(), "
+        "pip_requirements=['mlflow'], registered_model_name='platform-check')\n"
+        "print(info.model_uri)\n")
+    client_env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+    subprocess.run([sys.executable, "-c", script], env=client_env, check=True,
+                   capture_output=True)
+    # the claim holds the artifacts; the database holds the registry
+    assert list(mlflow_server.claim.rglob("MLmodel"))
+    assert postgres.query("SELECT 1")
+    fetch = ("import mlflow; m = mlflow.pyfunc.load_model('models:/platform-check/1');"
+             "print(type(m).__name__)")
+    done = subprocess.run([sys.executable, "-c", fetch], env=client_env, check=True,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.strip() == "PyFuncModel"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlkube import spec
 from mlkube.errors import MlkubeError
 
 
@@ -55,7 +56,7 @@ def _render_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-product", help="pin training to this nvidia.com/gpu.product")
     parser.add_argument("--artifact-pvc", help="shared ReadWriteMany claim (default "
                                                "mlkube-artifacts)")
-    parser.add_argument("--mlflow-tracking-uri", help="MLflow server (default http://mlflow:5000)")
+    parser.add_argument("--mlflow-tracking-uri", help=f"MLflow server (default {spec.CLUSTER_MLFLOW_URI})")
     parser.add_argument("--service-name", help="the serving objects' name (default mlkube-demo)")
     parser.add_argument("--cpu-limit", help="CPU limit of every step container, for a namespace "
                                             "whose ResourceQuota tracks limits.cpu (default none)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mlkube import spec
 from mlkube.errors import MlkubeError
 from mlkube.kube import validation
 from mlkube.kube.pod import SecretEnv
@@ -64,7 +65,7 @@ class RenderOptions:
     queue_name: str | None = None
     priority_class_name: str | None = None
     train_nodes: int = 1
-    mlflow_tracking_uri: str = "http://mlflow:5000"
+    mlflow_tracking_uri: str = spec.CLUSTER_MLFLOW_URI
     secret_env: Sequence[SecretEnv] = ()
     service_name: str = "mlkube-demo"
     workflow_service_account: str = "mlkube-workflow"

@@ -15,7 +15,8 @@ namespace with everything docs/argo.md lists under "What the cluster needs":
   the mlkube image (which has MLflow and the PostgreSQL driver). It serves the artifacts itself
   (``--serve-artifacts``, stored on the shared claim), so pods and the serving runtime download
   models through it: a model's ``models:/`` or ``mlflow-artifacts:/`` URI resolves with
-  nothing but ``MLFLOW_TRACKING_URI``;
+  nothing but ``MLFLOW_TRACKING_URI``. It answers its Service's names (:func:`mlflow_hosts`),
+  which MLflow 3's host check would otherwise refuse;
 - the workflow and deploy ServiceAccounts with their least-privilege Roles
   (:func:`mlkube.argo.rbac.rbac_objects`, the same objects ``mlkube argo render`` writes).
 """
@@ -94,6 +95,7 @@ class PlatformOptions:
         quota_cpu, quota_memory, quota_gpus: the namespace's total requests.
         postgres_image: PostgreSQL 15 or later (the official image's layout).
         mlflow_image: an image with MLflow and the PostgreSQL driver (default: mlkube's).
+        cluster_domain: the cluster's DNS domain, for the MLflow server's allowed host names.
     """
 
     namespace: str = "ml"
@@ -106,6 +108,7 @@ class PlatformOptions:
     quota_gpus: str = "8"
     postgres_image: str = "postgres:15"
     mlflow_image: str = spec.CPU_IMAGE
+    cluster_domain: str = "cluster.local"
 
     def validated(self) -> PlatformOptions:
         """Check every field; an error names the option and what to write."""
@@ -116,6 +119,7 @@ class PlatformOptions:
             validation.quantity(getattr(self, what), f"--{what.replace('_', '-')}")
         validation.image(self.postgres_image, "--postgres-image")
         validation.image(self.mlflow_image, "--mlflow-image")
+        validation.dns1123_subdomain(self.cluster_domain, "--cluster-domain")
         return self
 
     def database_url(self, database: str) -> str:
@@ -219,10 +223,25 @@ def postgres(options: PlatformOptions) -> list[Any]:
     return [init, service, stateful]
 
 
+def mlflow_hosts(options: PlatformOptions) -> list[str]:
+    """The Host headers the tracking server answers: its Service by every name cluster DNS
+    gives it, with and without the port, and loopback (``kubectl port-forward``).
+
+    MLflow 3 refuses any other host (a 403 "Invalid Host header", its DNS-rebinding guard);
+    its default admits only localhost and private IPs, so not ``http://mlflow:5000``.
+    """
+    service, port = spec.MLFLOW_SERVICE, spec.MLFLOW_PORT
+    names = [service, f"{service}.{options.namespace}", f"{service}.{options.namespace}.svc",
+             f"{service}.{options.namespace}.svc.{options.cluster_domain}"]
+    return [h for name in names for h in (name, f"{name}:{port}")] + [
+        "localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"]
+
+
 def mlflow(options: PlatformOptions) -> list[Any]:
     """The tracking server: backend store on PostgreSQL, artifacts served from the claim."""
-    labels = {"app.kubernetes.io/name": "mlflow"}
-    command = ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000",
+    labels = {"app.kubernetes.io/name": spec.MLFLOW_SERVICE}
+    command = ["mlflow", "server", "--host", "0.0.0.0", "--port", str(spec.MLFLOW_PORT),
+               "--allowed-hosts", ",".join(mlflow_hosts(options)),
                "--backend-store-uri", options.database_url("mlflow"),
                "--serve-artifacts", "--artifacts-destination",
                f"{ARTIFACTS_MOUNT}/mlflow-artifacts", "--default-artifact-root",
@@ -230,7 +249,7 @@ def mlflow(options: PlatformOptions) -> list[Any]:
     container = V1Container(
         name="mlflow", image=options.mlflow_image, command=command,
         env=[db_password_env(), V1EnvVar(name="GIT_PYTHON_REFRESH", value="quiet")],
-        ports=[V1ContainerPort(name="http", container_port=5000)],
+        ports=[V1ContainerPort(name="http", container_port=spec.MLFLOW_PORT)],
         readiness_probe=V1Probe(http_get=V1HTTPGetAction(path="/health", port="http"),
                                 period_seconds=5),
         resources=V1ResourceRequirements(requests={"cpu": "500m", "memory": "1Gi"},
@@ -246,12 +265,13 @@ def mlflow(options: PlatformOptions) -> list[Any]:
                            V1PersistentVolumeClaimVolumeSource(claim_name=artifacts(options)[0]
                                                                .metadata.name)))]))
     deployment = V1Deployment(
-        api_version="apps/v1", kind="Deployment", metadata=_meta("mlflow", options),
+        api_version="apps/v1", kind="Deployment", metadata=_meta(spec.MLFLOW_SERVICE, options),
         spec=V1DeploymentSpec(replicas=1, selector=V1LabelSelector(match_labels=labels),
                               template=template))
-    service = V1Service(api_version="v1", kind="Service", metadata=_meta("mlflow", options),
+    service = V1Service(api_version="v1", kind="Service",
+                        metadata=_meta(spec.MLFLOW_SERVICE, options),
                         spec=V1ServiceSpec(selector=labels, ports=[V1ServicePort(
-                            name="http", port=5000, target_port="http")]))
+                            name="http", port=spec.MLFLOW_PORT, target_port="http")]))
     return [deployment, service]
 
 
@@ -284,7 +304,8 @@ def add_parser(subparsers: Any) -> None:
     render_cmd = sub.add_parser("render", help=f"write the manifests (regenerates {DEFAULT_OUT}/)")
     defaults = PlatformOptions()
     for name in ("namespace", "storage_class", "gpu_product", "artifact_size", "database_size",
-                 "quota_cpu", "quota_memory", "quota_gpus", "postgres_image", "mlflow_image"):
+                 "quota_cpu", "quota_memory", "quota_gpus", "postgres_image", "mlflow_image",
+                 "cluster_domain"):
         default = getattr(defaults, name)
         render_cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default,
                                 help=f"default: {default if default is not None else 'none'}")

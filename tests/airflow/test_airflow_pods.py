@@ -131,6 +131,13 @@ def test_mlflow_connection_reaches_the_pod_with_credentials_by_reference(monkeyp
     assert args[args.index("--experiment") + 1] == "churn"
 
 
+@pytest.mark.parametrize("op", ALL_OPERATORS, ids=lambda op: op.task_id)
+def test_without_a_connection_every_pod_logs_to_the_platforms_mlflow(op: StepOperator) -> None:
+    """Not the embedded SQLite store on the shared claim (which serving pods do not mount, and
+    which parallel tune pods would write over a network volume): the platform's Service."""
+    assert env_of(base(submitted(op)))["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
 def test_password_without_a_secret_is_refused_for_pods(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_INLINE", json.dumps({
         "conn_type": "mlflow", "host": "mlflow.mlops", "port": 5000, "password": "pw"}))

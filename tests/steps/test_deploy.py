@@ -153,6 +153,10 @@ def test_a_first_deploy_that_fails_leaves_nothing_running(
     ([], "has no version with alias 'champion'"),
     (["--version", "9"], "has no version 9"),
     (["--canary-percent", "150"], "--canary-percent is 150; give 0-100"),
+    # a cluster target with the embedded store: its serving pods could never load the model
+    (["--target", "deployment"], "a store on this pod's disk, which the serving pods"),
+    (["--target", "kserve"], "set it to the tracking server (the platform's is "
+                             "http://mlflow:5000)"),
 ])
 def test_bad_input_is_one_line_and_serves_nothing(
         dataset: str, state: Path, tmp_path: Path, config: str,

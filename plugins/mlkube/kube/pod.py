@@ -1,7 +1,8 @@
 """One step's pod pieces, built from its :class:`~mlkube.spec.StepSpec`.
 
 :func:`step_pod` is the single place where a step becomes a container: command and
-arguments, image, resources, GPU scheduling, environment (secrets by reference only), the
+arguments, image, resources, GPU scheduling, environment (secrets by reference only; the GPUs
+the pod was given as ``MLKUBE_GPUS``, which the train step checks against what torch sees), the
 artifact volume, the restricted security context, the Kueue queue label, the PriorityClass and
 the termination grace period. The Airflow operators and the Argo templates both render what
 it returns.
@@ -36,8 +37,10 @@ from mlkube.kube import gpu, security, validation
 from mlkube.spec import (
     ARTIFACT_MOUNT,
     CLUSTER_DATABASE,
+    CLUSTER_MLFLOW_URI,
     DB_SECRET,
     DB_SECRET_KEY,
+    GPUS_ENV,
     RESULT_PATH,
     SECRET_ENV_VAR,
     TUNE_STORAGE_ENV,
@@ -140,13 +143,18 @@ class StepPod:
                                     restart_policy="Never"))
 
 
+def gpus(spec: StepSpec, placement: Placement) -> int:
+    """The whole GPUs the step's pod gets: the placement's, else the step's."""
+    return spec.resources.gpus if placement.gpus is None else placement.gpus
+
+
 def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> V1ResourceRequirements:
     """Requests and limits: memory limited to its request, CPU when asked, GPUs whole."""
     from kubernetes.utils import parse_quantity
 
     cpu = placement.cpu or spec.resources.cpu
     memory = placement.memory or spec.resources.memory
-    gpus = spec.resources.gpus if placement.gpus is None else placement.gpus
+    given = gpus(spec, placement)
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
     limits: dict[str, str] = {"memory": memory}
     if placement.cpu_limit is not None:
@@ -155,8 +163,8 @@ def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> 
                               f"cpu request {cpu}; Kubernetes rejects that: raise cpu_limit or "
                               "lower cpu")
         limits["cpu"] = placement.cpu_limit
-    if gpus:
-        requests[gpu.GPU_RESOURCE] = limits[gpu.GPU_RESOURCE] = str(gpus)
+    if given:
+        requests[gpu.GPU_RESOURCE] = limits[gpu.GPU_RESOURCE] = str(given)
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 
@@ -180,6 +188,10 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
     placement = placement.validated(what or spec.name)
     reqs = resources(spec, placement, what)
     plain = dict(placement.env)
+    # what the step was given, so that it can tell a GPU it cannot see from none asked for
+    # (the resources win over an env entry of the same name)
+    plain[GPUS_ENV] = str(gpus(spec, placement))
+    plain.setdefault("MLFLOW_TRACKING_URI", CLUSTER_MLFLOW_URI)  # the platform's server
     if spec.database:  # on a cluster, the study storage is the platform's PostgreSQL
         plain.setdefault(TUNE_STORAGE_ENV, f"{CLUSTER_DATABASE}/optuna")
     env = [V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]

@@ -86,13 +86,26 @@ def _in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
+LOCAL_STORES = ("sqlite:", "file:")
+
+
 def _serving_env() -> list[Any]:
-    """What the serving containers need to load models: the tracking URI and Secret refs."""
+    """What the serving containers need to load models: the tracking URI and Secret refs.
+
+    The serving pods load the model through MLflow, so the tracking URI must name a server
+    they reach: a store on this pod's disk (SQLite, a ``file:`` or plain path) is refused.
+    """
     from kubernetes.client import V1EnvVar
 
     from mlkube.kube.pod import SecretEnv
 
-    env = [V1EnvVar(name="MLFLOW_TRACKING_URI", value=os.environ["MLFLOW_TRACKING_URI"])]
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if uri.startswith(LOCAL_STORES) or "://" not in uri:
+        raise MlkubeError(
+            f"MLFLOW_TRACKING_URI is {uri}, a store on this pod's disk, which the serving pods "
+            "of a cluster target cannot read: set it to the tracking server (the platform's is "
+            f"{spec.CLUSTER_MLFLOW_URI}), or deploy with --target local")
+    env = [V1EnvVar(name="MLFLOW_TRACKING_URI", value=uri)]
     refs = json.loads(os.environ.get(spec.SECRET_ENV_VAR) or "[]")
     return env + [SecretEnv(**ref).to_k8s() for ref in refs]
 
@@ -115,10 +128,10 @@ def _cluster_target(ctx: Context, name: str, kind: str) -> ServingTarget:
     from mlkube.kube import rollout
     from mlkube.kube.serving import ModelServing
 
+    env = tuple(_serving_env())  # before any cluster call: a local store is refused at once
     namespace = ctx.args.namespace or rollout.own_namespace()
     service = ctx.args.service_name or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63]
-    serving = ModelServing(name=service, model_name=name, namespace=namespace,
-                           env=tuple(_serving_env()),
+    serving = ModelServing(name=service, model_name=name, namespace=namespace, env=env,
                            **({"image": ctx.args.server_image} if ctx.args.server_image else {}))
     return rollout.cluster_target(kind, api_client=rollout.api_client(), serving=serving,  # type: ignore[arg-type]
                                   namespace=namespace, canary_percent=ctx.args.canary_percent or None,
@@ -145,10 +158,10 @@ def run(ctx: Context) -> dict[str, Any]:
                           "of traffic the new version gets until its smoke test passes; 0 = none)")
     tracking.configure(ctx.state_dir, ctx.config.experiment)
     name = ctx.config.registry.model_name
+    target = choose_target(ctx, name)
     version = resolve(name, ctx.args.alias, ctx.args.version)
     x_test, _ = data.load_arrays(ctx.args.dataset, "test")
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
-    target = choose_target(ctx, name)
     previous = target.live_version()
     if previous == version:
         endpoint = infer_url(target)

@@ -36,6 +36,10 @@ CLUSTER_MLFLOW_URI = f"http://{MLFLOW_SERVICE}:{MLFLOW_PORT}"
 DB_SECRET, DB_SECRET_KEY = "mlkube-db", "password"
 # The tune step's storage where neither --storage nor tune.storage names one (pods set it).
 TUNE_STORAGE_ENV = "MLKUBE_TUNE_STORAGE"
+# The GPUs (nvidia.com/gpu) a step was given, a whole number: kube.pod sets it on every step
+# pod from the resolved resources, the local backend from its `gpus`; the train step fails at
+# once when torch sees fewer (unset: none asked for, train wherever torch can).
+GPUS_ENV = "MLKUBE_GPUS"
 # Where a container finds the shared artifact volume, and where it writes its result.
 ARTIFACT_MOUNT = "/mnt/mlkube"
 RESULT_PATH = "/tmp/mlkube/result.json"

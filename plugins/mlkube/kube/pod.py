@@ -143,7 +143,7 @@ class StepPod:
                                     restart_policy="Never"))
 
 
-def gpus(spec: StepSpec, placement: Placement) -> int:
+def given_gpus(spec: StepSpec, placement: Placement) -> int:
     """The whole GPUs the step's pod gets: the placement's, else the step's."""
     return spec.resources.gpus if placement.gpus is None else placement.gpus
 
@@ -154,7 +154,7 @@ def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> 
 
     cpu = placement.cpu or spec.resources.cpu
     memory = placement.memory or spec.resources.memory
-    given = gpus(spec, placement)
+    given = given_gpus(spec, placement)
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
     limits: dict[str, str] = {"memory": memory}
     if placement.cpu_limit is not None:
@@ -190,7 +190,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
     plain = dict(placement.env)
     # what the step was given, so that it can tell a GPU it cannot see from none asked for
     # (the resources win over an env entry of the same name)
-    plain[GPUS_ENV] = str(gpus(spec, placement))
+    plain[GPUS_ENV] = str(given_gpus(spec, placement))
     plain.setdefault("MLFLOW_TRACKING_URI", CLUSTER_MLFLOW_URI)  # the platform's server
     if spec.database:  # on a cluster, the study storage is the platform's PostgreSQL
         plain.setdefault(TUNE_STORAGE_ENV, f"{CLUSTER_DATABASE}/optuna")

@@ -375,3 +375,107 @@ def test_under_torchrun_sigterm_stops_every_process_at_one_batch_and_the_retry_m
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(result["run_id"],
                                                                        "train_loss")]
     assert sorted(steps) == [1, 2]
+
+
+def _train_runs() -> list[Any]:
+    """Every MLflow run the train step created in the test's store (any experiment)."""
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(experiments, "tags.`mlkube.step` = 'train'"))
+
+
+def test_given_a_gpu_torch_cannot_see_it_fails_in_one_line_before_any_mlflow_run(
+        dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert torch.version.cuda is None  # this machine's torch is the CPU build
+    before = {r.info.run_id for r in mlflow.MlflowClient().search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient().search_experiments()])}
+    monkeypatch.setenv(spec.GPUS_ENV, "1")  # what a pod with nvidia.com/gpu: 1 carries
+    code, result, err = run("train", "--dataset", dataset, "--epochs", "1", tmp=tmp_path,
+                            capsys=capsys)
+    assert code == 1 and result is None
+    assert error_lines(err) == [
+        f"mlkube train: error: asked for 1 GPU (MLKUBE_GPUS=1) but torch sees 0: likely cause: "
+        f"CPU-only torch build (torch {torch.__version__}); use a CUDA build of torch, as in "
+        f"the GPU image {spec.GPU_IMAGE}; or set gpus to 0 to train on the CPU"]
+    after = {r.info.run_id for r in mlflow.MlflowClient().search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient().search_experiments()])}
+    assert after == before and _train_runs() == []  # prepare-data's run only
+    assert not (Path(dataset).parents[1] / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("given", ["0", None])
+def test_no_gpu_asked_for_trains_on_the_cpu(dataset: str, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            given: str | None) -> None:
+    if given is None:
+        monkeypatch.delenv(spec.GPUS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(spec.GPUS_ENV, given)
+    code, result, _ = run("train", "--dataset", dataset, "--epochs", "1",
+                          "--params", '{"hidden_sizes": "16"}', tmp=tmp_path)
+    assert code == 0 and result is not None and result["device"] == "cpu"
+    assert [r.info.run_id for r in _train_runs()] == [result["run_id"]]
+
+
+def test_a_gpus_value_that_is_not_a_count_is_one_line(dataset: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(spec.GPUS_ENV, "two")
+    code, _, err = run("train", "--dataset", dataset, tmp=tmp_path, capsys=capsys)
+    assert code == 1 and error_lines(err) == [
+        "mlkube train: error: MLKUBE_GPUS is 'two', not a whole number of GPUs; it says how "
+        "many GPUs the step was given (0 or unset for none) and is set from the step's gpus"]
+    assert _train_runs() == []
+
+
+def test_under_torchrun_the_pods_gpus_are_checked_and_said_once(dataset: str,
+                                                                 tmp_path: Path) -> None:
+    # a 3-GPU pod's command and environment (kube.pod), on this CPU-only machine
+    command = [*spec.TRAIN.command(sys.executable, processes=3), "--dataset", dataset,
+               "--result-file", str(tmp_path / "train.json")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **{spec.GPUS_ENV: "3"})
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [x for x in (done.stdout + done.stderr).splitlines() if x.startswith("mlkube train:")]
+    # one line though every process checked: the pod's 3 GPUs, not one a process
+    assert len(lines) == 1 and "asked for 3 GPUs (MLKUBE_GPUS=3) but torch sees 0" in lines[0]
+    assert "CPU-only torch build" in lines[0]
+    assert "interrupted" not in done.stdout + done.stderr
+    assert _train_runs() == [] and not (tmp_path / "train.json").exists()
+
+
+@pytest.mark.parametrize(("asked", "seen", "cuda", "environ", "warning", "cause"), [
+    (1, 1, "12.8", {"NVIDIA_VISIBLE_DEVICES": "GPU-1"}, None, None),
+    (2, 4, "12.8", {"NVIDIA_VISIBLE_DEVICES": "all"}, None, None),
+    (1, 0, None, {"NVIDIA_VISIBLE_DEVICES": "all"}, None, "CPU-only torch build (torch 2.0)"),
+    (1, 0, "12.8", {}, None, "no GPU exposed to the container (NVIDIA_VISIBLE_DEVICES is unset)"),
+    (1, 0, "12.8", {"NVIDIA_VISIBLE_DEVICES": "void"}, None,
+     "no GPU exposed to the container (NVIDIA_VISIBLE_DEVICES is 'void')"),
+    (1, 0, "12.8", {"NVIDIA_VISIBLE_DEVICES": "none"}, None, "NVIDIA_VISIBLE_DEVICES is 'none'"),
+    (1, 0, "12.8", {"NVIDIA_VISIBLE_DEVICES": "GPU-1"},
+     "CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).",
+     "the node's NVIDIA driver is missing or too old for torch's CUDA 12.8 (CUDA says: CUDA "
+     "initialization: The NVIDIA driver on your system is too old (found version 11040).); "
+     "NVIDIA_VISIBLE_DEVICES=GPU-1: check nvidia-smi on the node"),
+    (1, 0, "12.8", {"NVIDIA_VISIBLE_DEVICES": "GPU-1"}, None,
+     "the node's NVIDIA driver is missing or too old for torch's CUDA 12.8; "),
+    (4, 2, "12.8", {"NVIDIA_VISIBLE_DEVICES": "all", "CUDA_VISIBLE_DEVICES": "0,1"}, None,
+     "CUDA_VISIBLE_DEVICES='0,1' hides the others"),
+    (4, 2, "12.8", {"NVIDIA_VISIBLE_DEVICES": "GPU-1,GPU-2"}, None,
+     "only 2 of the pod's GPUs are exposed to the container (NVIDIA_VISIBLE_DEVICES=GPU-1,GPU-2)"),
+])
+def test_the_likely_cause_of_missing_gpus(asked: int, seen: int, cuda: str | None,
+                                          environ: dict[str, str], warning: str | None,
+                                          cause: str | None) -> None:
+    from mlkube.steps.train import gpu_shortfall
+
+    line = gpu_shortfall(asked, seen, torch_version="2.0", cuda=cuda, environ=environ,
+                         cuda_warning=warning)
+    if cause is None:
+        assert line is None
+        return
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"asked for {asked} GPU{'s' if asked > 1 else ''} "
+                           f"(MLKUBE_GPUS={asked}) but torch sees {seen}: likely cause: ")
+    assert cause in line and line.endswith("; or set gpus to 0 to train on the CPU")

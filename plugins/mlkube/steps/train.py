@@ -22,6 +22,13 @@ every worker exits 143; torchrun itself then exits 1. A SIGTERM between epochs s
 that epoch's checkpoint (after the last epoch, the run goes on to log its model); one before
 training starts or while the model is logged stops at once (status 130), and a retry
 resumes from the newest checkpoint, as it does after a SIGKILL.
+
+Given GPUs (``MLKUBE_GPUS``, which the pod adapters set from the step's resources and the
+local backend from its ``gpus``), the step fails before it reads the data or creates an MLflow
+run when torch sees fewer, in one line: how many were asked for, how many torch sees, and the
+likely cause (a CPU-only torch build, no device exposed to the container, the node's driver).
+Under torchrun every process of a pod sees all of the pod's GPUs, so each compares the pod's
+count. With none asked for, the step trains on CUDA where torch finds it, else on the CPU.
 """
 
 from __future__ import annotations
@@ -32,14 +39,16 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mlkube import config as configmod
 from mlkube import spec
@@ -54,6 +63,9 @@ KEEP_CHECKPOINTS = 2
 # SIGTERM ended, distinct from a step's own error (1, which a workflow does not retry) and
 # from Ctrl-C (130); a pod that overran its grace period shows 137 (SIGKILL) instead.
 PREEMPTED_EXIT = 128 + signal.SIGTERM
+# Under torchrun, how long the first process of a pod without its GPUs waits for the others
+# to find the same (they start together: a second is plenty) before it reports it.
+GPU_CHECK_WAIT_S = 30.0
 _CHECKPOINT = re.compile(r"epoch-(\d+)(?:-batch-(\d+))?\.pt")
 
 
@@ -276,6 +288,115 @@ def _finished(ctx: Context, finished: Path, key: str) -> dict[str, Any] | None:
     return None
 
 
+class Reported(BaseException):
+    """Another process of this pod reports the error in its one line; this one exits 1.
+
+    A BaseException, as :class:`Preempted` is, so that the step runner prints nothing for it.
+    """
+
+
+def gpus_given(environ: Mapping[str, str]) -> int:
+    """The GPUs this step's pod (or local process) was given: ``MLKUBE_GPUS``, unset = 0."""
+    raw = environ.get(spec.GPUS_ENV, "").strip()
+    try:
+        given = int(raw or "0")
+    except ValueError:
+        given = -1
+    if given < 0:
+        raise MlkubeError(f"{spec.GPUS_ENV} is {raw!r}, not a whole number of GPUs; it says how "
+                          "many GPUs the step was given (0 or unset for none) and is set from "
+                          "the step's gpus")
+    return given
+
+
+def gpu_shortfall(asked: int, seen: int, *, torch_version: str, cuda: str | None,
+                  environ: Mapping[str, str], cuda_warning: str | None = None) -> str | None:
+    """Why the GPUs asked for are not there, in one line (None: torch sees them all).
+
+    ``seen`` is what torch can use in this pod (every process of a torchrun pod sees all of
+    its GPUs), ``cuda`` torch's CUDA version (None: a CPU-only build), ``cuda_warning`` what
+    CUDA's initialization said, if it failed.
+    """
+    if seen >= asked:
+        return None
+    visible = environ.get("NVIDIA_VISIBLE_DEVICES")
+    hidden = environ.get("CUDA_VISIBLE_DEVICES")
+    if cuda is None:
+        cause = (f"CPU-only torch build (torch {torch_version}); use a CUDA build of torch, "
+                 f"as in the GPU image {spec.GPU_IMAGE}")
+    elif visible is None or visible.strip().lower() in ("", "void", "none"):
+        said = "unset" if visible is None else f"{visible!r}"
+        cause = (f"no GPU exposed to the container (NVIDIA_VISIBLE_DEVICES is {said}); the "
+                 "pod did not get the NVIDIA container runtime or a device from the device "
+                 "plugin: check the node's runtimeClass and the nvidia.com/gpu request")
+    elif hidden is not None and not cuda_warning:
+        cause = (f"CUDA_VISIBLE_DEVICES={hidden!r} hides the others; unset it in the step's "
+                 "environment")
+    elif seen and not cuda_warning:
+        cause = (f"only {seen} of the pod's GPUs are exposed to the container "
+                 f"(NVIDIA_VISIBLE_DEVICES={visible})")
+    else:
+        said = f" (CUDA says: {cuda_warning})" if cuda_warning else ""
+        cause = (f"the node's NVIDIA driver is missing or too old for torch's CUDA {cuda}"
+                 f"{said}; NVIDIA_VISIBLE_DEVICES={visible}: check nvidia-smi on the node")
+    return (f"asked for {asked} GPU{'s' if asked != 1 else ''} ({spec.GPUS_ENV}={asked}) but "
+            f"torch sees {seen}: likely cause: {cause}; or set gpus to 0 to train on the CPU")
+
+
+def check_gpus(environ: Mapping[str, str] | None = None) -> None:
+    """Fail before any MLflow run when the step was given GPUs that torch cannot use.
+
+    No GPU asked for: nothing to check (a CPU run, or CUDA where torch finds it). Under
+    torchrun every process checks; the first process of each pod says why, the others exit.
+    """
+    import warnings
+
+    import torch
+
+    environ = os.environ if environ is None else environ
+    asked = gpus_given(environ)
+    if not asked:
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    said = next((str(w.message).splitlines()[0] for w in caught
+                 if "CUDA initialization" in str(w.message)), None)
+    problem = gpu_shortfall(asked, seen, torch_version=torch.__version__, cuda=torch.version.cuda,
+                            environ=environ, cuda_warning=said)
+    if problem is None:
+        return
+    _fail_once_per_pod(problem, environ)
+
+
+def _fail_once_per_pod(problem: str, environ: Mapping[str, str]) -> NoReturn:
+    """Raise ``problem`` as the step's one-line error, in one process of the pod.
+
+    Under torchrun each process of the pod finds the same problem. Once one exits, torchrun
+    stops the others with SIGTERM, and one stopped before it got here would say "interrupted"
+    in its line and over the pod's termination message. So every process waits here (where
+    SIGTERM ends it without a word) until all of the pod's have arrived; then the first one
+    raises the error and exits, and torchrun stops the rest.
+    """
+    local_world = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world < 2 or threading.current_thread() is not threading.main_thread():
+        raise MlkubeError(problem)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    arrived = Path(tempfile.gettempdir()) / (
+        f"mlkube-gpus-{os.getppid()}-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+    arrived.mkdir(exist_ok=True)
+    local_rank = environ.get("LOCAL_RANK", "0")
+    (arrived / local_rank).touch()
+    if local_rank != "0":
+        time.sleep(2 * GPU_CHECK_WAIT_S)  # torchrun stops it once the first process exits
+        raise Reported(problem)
+    deadline = time.monotonic() + GPU_CHECK_WAIT_S
+    while len(list(arrived.iterdir())) < local_world and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(arrived, ignore_errors=True)
+    raise MlkubeError(problem)
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Train (or resume, or return the finished run's result)."""
     import torch
@@ -283,6 +404,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from mlkube import data
     from mlkube import model as modelmod
 
+    check_gpus()  # before the data, the tracking store and any MLflow run
     info = data.load_info(ctx.args.dataset)
     overrides = parse_json_option(ctx.args.params, "--params") if ctx.args.params else {}
     if not isinstance(overrides, dict):
@@ -368,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the step; after a SIGTERM that left a checkpoint, say where and exit 143."""
     try:
         return run_step(SPEC, run, argv)
+    except Reported:  # the pod's first process printed the error
+        return 1
     except Preempted as stopped:
         if os.environ.get("RANK", "0") != "0":  # a torchrun follower: rank 0 reports
             return PREEMPTED_EXIT

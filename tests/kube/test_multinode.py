@@ -197,3 +197,49 @@ def test_a_failed_job_is_one_line_and_a_retry_creates_it_again() -> None:
         multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.01, log=print)
         assert [r.method for r in api.requests if r.method == "DELETE"] == ["DELETE"]
         assert api.get("Job", "mlkube-train-2")["status"]["succeeded"] == 2
+
+
+def _gpus(container: dict[str, Any]) -> tuple[str | None, str]:
+    """(MLKUBE_GPUS, nvidia.com/gpu limit) of a rendered container."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    limits = (container.get("resources") or {}).get("limits") or {}
+    return env.get(spec.GPUS_ENV), limits.get("nvidia.com/gpu", "0")
+
+
+def test_each_training_pod_is_told_its_own_gpus_not_the_jobs() -> None:
+    _, job = _objects(nodes=3)  # 3 pods of 4 GPUs: each pod's processes check for 4
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert _gpus(job["spec"]["template"]["spec"]["containers"][0]) == ("4", "4")
+    parts = step_pod(spec.TRAIN, {"dataset": "/d"}, Placement(gpus=2))
+    trainer = multinode.train_job(parts, name="train-abc", namespace="ml", nodes=2)["spec"]["trainer"]
+    assert _gpus({"env": trainer["env"], "resources": trainer["resourcesPerNode"]}) == ("2", "2")
+
+
+def test_argo_and_airflow_multinode_pods_carry_their_gpus() -> None:
+    import json
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from mlkube.argo.options import RenderOptions
+    from mlkube.argo.render import render
+
+    steps = yaml.safe_load(render(RenderOptions(train_nodes=2))["mlkube-steps.yaml"])
+    templates = {t["name"]: t for t in steps["spec"]["templates"]}
+    job = json.loads(templates["train-nodes"]["resource"]["manifest"])
+    assert _gpus(job["spec"]["template"]["spec"]["containers"][0]) == ("1", "1")
+    assert _gpus(templates["train-result"]["container"]) == ("0", "0")  # reads the result only
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "airflow"))
+    import airflow_env
+
+    airflow_env.configure()  # a throwaway AIRFLOW_HOME, as tests/airflow has
+    from mlkube.airflow import TrainOperator
+
+    op = TrainOperator(task_id="train", dataset="/d", nodes=3, gpus=2)
+    (job_obj,) = [o for o in op.job_objects("run-1") if o.kind == "Job"]
+    assert _gpus(to_dict(job_obj)["spec"]["template"]["spec"]["containers"][0]) == ("2", "2")
+    pod = to_dict(op.build_pod_request_obj(dry_run=True))
+    (base,) = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
+    assert _gpus(base) == ("0", "0")

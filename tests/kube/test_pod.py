@@ -115,3 +115,67 @@ def test_tune_pods_use_the_platform_postgresql_unless_told_otherwise() -> None:
     env = own["spec"]["containers"][0]["env"]
     assert [e for e in env if e["name"] == spec.TUNE_STORAGE_ENV][0]["value"] == "postgresql://db/x"
     assert [e["valueFrom"]["secretKeyRef"]["name"] for e in env if e["name"] == "PGPASSWORD"] == ["s"]
+
+
+def _gpus_env(container: dict) -> tuple[str | None, str]:  # type: ignore[type-arg]
+    """(MLKUBE_GPUS, nvidia.com/gpu limit or "0") of a rendered container."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    limits = (container.get("resources") or {}).get("limits") or {}
+    return env.get(spec.GPUS_ENV), limits.get("nvidia.com/gpu", "0")
+
+
+@pytest.mark.parametrize(("step", "placement", "gpus"), [
+    (spec.TRAIN, Placement(), "1"),  # the step's own
+    (spec.TRAIN, Placement(gpus=4), "4"),
+    (spec.TRAIN, Placement(gpus=0), "0"),
+    (spec.TUNE, Placement(), "0"),
+    (spec.REGISTER, Placement(), "0"),
+    # the resources decide, not an env entry of the same name
+    (spec.TRAIN, Placement(gpus=2, env={spec.GPUS_ENV: "8"}), "2"),
+])
+def test_the_pod_tells_the_step_how_many_gpus_it_was_given(step: spec.StepSpec,
+                                                           placement: Placement,
+                                                           gpus: str) -> None:
+    container = _pod(step, placement)["spec"]["containers"][0]
+    assert _gpus_env(container) == (gpus, gpus)
+    assert [e["name"] for e in container["env"]].count(spec.GPUS_ENV) == 1
+
+
+def test_argo_step_templates_carry_their_gpus() -> None:
+    import yaml
+
+    from mlkube.argo.options import RenderOptions
+    from mlkube.argo.render import render
+    from mlkube.argo.schema import default_validator
+
+    steps = yaml.safe_load(render(RenderOptions())["mlkube-steps.yaml"])
+    assert default_validator().errors(steps) == []
+    templates = {t["name"]: t for t in steps["spec"]["templates"] if "container" in t}
+    assert _gpus_env(templates["train"]["container"]) == ("1", "1")
+    for name in ("prepare-data", "tune-worker", "select-best", "register", "deploy"):
+        assert _gpus_env(templates[name]["container"]) == ("0", "0"), name
+    # the pods preflight judges are the same pods
+    (artifact,) = templates["preflight"]["inputs"]["artifacts"]
+    pods = {p["metadata"]["name"]: p for p in yaml.safe_load_all(artifact["raw"]["data"])}
+    assert _gpus_env(pods["mlkube-steps-train"]["spec"]["containers"][0]) == ("1", "1")
+
+
+def test_airflow_pods_carry_their_gpus() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "airflow"))
+    import airflow_env
+
+    airflow_env.configure()  # a throwaway AIRFLOW_HOME, as tests/airflow has
+    from mlkube.airflow import PrepareDataOperator, TrainOperator
+
+    for op, gpus in ((TrainOperator(task_id="train", dataset="/d"), "1"),
+                     (TrainOperator(task_id="train", dataset="/d", gpus=4), "4"),
+                     (TrainOperator(task_id="train", dataset="/d", gpus=0), "0"),
+                     (PrepareDataOperator(task_id="prepare"), "0")):
+        pod: dict = ApiClient().sanitize_for_serialization(  # type: ignore[type-arg]
+            op.build_pod_request_obj(dry_run=True))
+        kubernetes_validate.validate(pod, "1.33", strict=True)
+        (base,) = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
+        assert _gpus_env(base) == (gpus, gpus), op.task_id

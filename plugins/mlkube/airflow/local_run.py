@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from mlkube.errors import MlkubeError
 from mlkube.result import read_result
-from mlkube.spec import StepSpec
+from mlkube.spec import GPUS_ENV, StepSpec
 
 # Also called with (step name, line) for every output line of a step, when set (the demo's live
 # status line). None, the default: the lines go to the log only.
@@ -47,7 +47,8 @@ class LocalStep:
     """One run of a step program as a local process."""
 
     def __init__(self, spec: StepSpec, values: Mapping[str, Any], *,
-                 env: Mapping[str, str], command: Sequence[str] | None = None) -> None:
+                 env: Mapping[str, str], command: Sequence[str] | None = None,
+                 gpus: int | None = None) -> None:
         """Describe the run.
 
         Args:
@@ -55,10 +56,18 @@ class LocalStep:
             values: option values keyed by Python name (``None`` = omit).
             env: environment added to the worker's own.
             command: replaces ``python -m <module>`` (the step's arguments still follow).
+            gpus: the GPUs the step is given (``MLKUBE_GPUS``, as in a pod: train fails in one
+                line when torch sees fewer); ``None``: none asked for, the worker's own
+                environment decides.
         """
         self.spec = spec
         self.values = dict(values)
         self.env = dict(env)
+        if gpus is not None:
+            from mlkube.kube import validation
+
+            validation.gpus(gpus, f"step {spec.name}: gpus")
+            self.env[GPUS_ENV] = str(gpus)
         self.command = list(command) if command else spec.command(sys.executable)
         self.process: subprocess.Popen[str] | None = None
 

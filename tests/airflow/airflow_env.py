@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
+# DAGs only the tests run (dag.test() needs a DAG its bundles hold): tests/airflow/dags
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 
 
 def configure() -> Path:
@@ -25,6 +29,10 @@ def configure() -> Path:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
+            {"name": "dags-folder", "classpath": LOCAL_BUNDLE, "kwargs": {}},
+            {"name": "mlkube-tests", "classpath": LOCAL_BUNDLE,
+             "kwargs": {"path": str(TEST_DAGS)}}]),
     })
     return home
 

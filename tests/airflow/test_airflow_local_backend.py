@@ -42,6 +42,18 @@ def test_a_failing_step_fails_the_task_with_its_one_line_error(state: Path) -> N
     assert "Traceback" not in message
 
 
+def test_a_train_task_given_gpus_torch_cannot_see_fails_in_one_line(state: Path) -> None:
+    """This machine's torch is a CPU build: gpus=1 must not quietly train on the CPU."""
+    from mlkube.airflow import TrainOperator
+
+    op = TrainOperator(task_id="train", backend="local", dataset=str(state / "none"), gpus=1)
+    with pytest.raises(MlkubeError) as failure:
+        op.execute({})  # type: ignore[arg-type]
+    message = str(failure.value)
+    assert "asked for 1 GPU (MLKUBE_GPUS=1) but torch sees 0" in message
+    assert "CPU-only torch build" in message and "\n" not in message
+
+
 def test_local_command_line_comes_from_the_spec(tmp_path: Path) -> None:
     step = LocalStep(PREPARE_DATA, {"target": "y", "features": ["a"]}, env={})
     argv = step.argv(tmp_path / "r.json")

@@ -149,13 +149,9 @@ def _event(reason: str, message: str, when: str) -> object:
                        last_timestamp=datetime.fromisoformat(f"2026-12-01T{when}+00:00"))
 
 
-def test_a_pod_left_pending_fails_with_the_schedulers_reason(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """KubernetesPodOperator's own error would be 'Pod took too long to be scheduled'."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
-    from kubernetes.client import CoreV1EventList
-
+def test_the_schedulers_reason_is_its_latest_failedscheduling_event() -> None:
+    """The one line a never-scheduled pod fails with (the whole path, against the fake API
+    server: tests/airflow/test_airflow_pod_lifecycle.py)."""
     from mlkube.airflow.base import pending_reason
 
     events = [_event("Scheduled", "", "10:00:00"),
@@ -166,46 +162,3 @@ def test_a_pod_left_pending_fails_with_the_schedulers_reason(
     assert pending_reason(events) == ("0/3 nodes are available: 3 Insufficient nvidia.com/gpu. "
                                       "preemption: 0/3 nodes are available.")
     assert pending_reason(events[:1]) is None
-
-    op = TrainOperator(task_id="train", dataset="/d", preflight=False)
-    op.pod = train_pod()
-
-    def never_scheduled(self: object, context: object) -> None:
-        raise PodLaunchTimeoutException("Pod took too long to be scheduled on the cluster")
-
-    monkeypatch.setattr(KubernetesPodOperator, "execute", never_scheduled)
-    reader = type("PodManager", (), {"read_pod_events":
-                                     lambda self, pod: CoreV1EventList(items=events)})()
-    monkeypatch.setattr(type(op), "pod_manager", reader)
-    with pytest.raises(MlkubeError, match=r"task 'train': pod .* was not scheduled: 0/3 nodes "
-                                          r"are available: 3 Insufficient nvidia\.com/gpu"):
-        op.execute({})
-
-
-def test_a_pod_still_queued_in_kueue_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A gated pod has no FailedScheduling event: the error names the queue and what to do."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
-    from kubernetes.client import CoreV1EventList, V1PodSchedulingGate
-
-    op = TrainOperator(task_id="train", dataset="/d", preflight=False, queue_name="team-a",
-                       namespace="ml")
-    op.pod = train_pod(queue_name="team-a", namespace="ml")
-    gated = train_pod(queue_name="team-a", namespace="ml")
-    gated.spec.scheduling_gates = [V1PodSchedulingGate(name="kueue.x-k8s.io/admission")]
-
-    def never_admitted(self: object, context: object) -> None:
-        raise PodLaunchTimeoutException("Pod took too long to be scheduled on the cluster")
-
-    monkeypatch.setattr(KubernetesPodOperator, "execute", never_admitted)
-    reader = type("PodManager", (), {
-        "read_pod_events": lambda self, pod: CoreV1EventList(items=[]),
-        "read_pod": lambda self, pod: gated})()
-    monkeypatch.setattr(type(op), "pod_manager", reader)
-    with pytest.raises(MlkubeError, match=r"^task 'train': pod .* was not admitted by Kueue queue "
-                                          r"'team-a' within 86400 s: see `kubectl get workloads "
-                                          r"-n ml`, or raise schedule_timeout_seconds$"):
-        op.execute({})
-    gated.spec.scheduling_gates = None  # admitted, yet not scheduled: KubernetesPodOperator's
-    with pytest.raises(PodLaunchTimeoutException):
-        op.execute({})

@@ -15,6 +15,21 @@ It answers what :mod:`mlkube.kube.rollout` uses, the way a v1.36 API server does
   write; what the pods do is ``outcome(pod_spec)``: ready, crash-looping with a termination
   message, unschedulable (FailedScheduling), failing to pull its image, or still starting.
 
+- pods created through the API (``POST``, as KubernetesPodOperator creates a step's pod): the
+  API server's defaults and QoS class, then the scheduler and the kubelet on their own clock
+  (a thread, every ``tick`` seconds, whether or not anybody reads): bound to a node (or left
+  Pending with the scheduler's FailedScheduling event, or gated by Kueue's webhook with
+  ``kueue=True`` until :meth:`FakeApiServer.admit`), running, then exited 0 or 1 with the
+  outcome's termination message; ``pods/<name>/log`` (``timestamps``, ``sinceSeconds``);
+  strategic-merge and JSON merge ``PATCH``; watches (``?watch=true``) of any list, streamed
+  one JSON line an event until ``timeoutSeconds``.
+
+Where it still differs from a real API server: strategic-merge patches merge as JSON merge
+patches (lists are replaced, not merged by key); deleting a pod removes it at once (no grace
+period, no ``deletionTimestamp``); a pod's log is all there when its container starts; watches
+resend an object when its resourceVersion changes but do not send BOOKMARKs or 410 Gone; the
+Deployment, Job and KServe controllers still act when an object is read, not on the clock.
+
 Every object it stores (status included) can be checked against the real schemas:
 :meth:`FakeApiServer.schema_errors` (``kubernetes_validate`` for built-in kinds, KServe's CRD
 for InferenceServices). Run it as a context manager; it serves from one daemon thread and
@@ -28,12 +43,13 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,6 +58,8 @@ import yaml
 K8S_VERSION = "1.36.0"
 REVISION = "deployment.kubernetes.io/revision"
 MAX_REQUESTS = 20_000  # a runaway poll loop gets 503s, not an endless test
+STUCK = 1_000  # the kubelet stage of a pod that goes no further (its image does not pull)
+WATCH_SECONDS = 30  # a watch ends after timeoutSeconds, at most this long
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,8 @@ class Outcome:
     state: Literal["ready", "crash", "unschedulable", "image-pull", "starting",
                    "forbidden"] = "ready"
     message: str = ""
+    #: what the container prints (a step pod's log, read through ``pods/<name>/log``)
+    logs: str = ""
 
 
 READY = Outcome()
@@ -271,33 +291,54 @@ class FakeApiServer:
     requests: list[Request] = field(default_factory=list)
     store: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: the clock of the scheduler and kubelet for pods created through the API (seconds a step)
+    tick: float = 0.05
+    #: Kueue's pod webhook: a created pod naming a queue gets its scheduling gate (see admit)
+    kueue: bool = False
 
     def __post_init__(self) -> None:
         self._rv = itertools.count(1000)
         self._ips = itertools.count(10)
         self._reads: Counter[tuple[str, str, str, int]] = Counter()
         self._revisions: dict[tuple[str, str], tuple[int, str]] = {}
-        self._http: HTTPServer | None = None
+        self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._clock: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._created_pods: dict[tuple[str, str, str], int] = {}  # key → kubelet stage
 
     # -- lifecycle --
 
     def __enter__(self) -> FakeApiServer:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._http = HTTPServer(("127.0.0.1", 0), handler)
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._http.daemon_threads = True
         self._http.timeout = 5
         self._thread = threading.Thread(target=self._http.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True,
                                         name="fake-apiserver")
         self._thread.start()
+        self._clock = threading.Thread(target=self._run_clock, daemon=True,
+                                       name="fake-controllers")
+        self._clock.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._clock):
+            if thread is not None:
+                thread.join(timeout=5)
+
+    def _run_clock(self) -> None:
+        """The scheduler and the kubelet: one step of every created pod a tick, on their own
+        thread, whether or not anybody reads the pod."""
+        while not self._stopping.wait(self.tick):
+            with self.lock:
+                for key in list(self._created_pods):
+                    self._step_pod(key)
 
     @property
     def url(self) -> str:
@@ -390,6 +431,92 @@ class FakeApiServer:
             obj["metadata"]["resourceVersion"] = str(next(self._rv))
             self.store[key] = obj
             return code, copy.deepcopy(obj)
+
+    def create(self, kind: Kind, namespace: str, body: dict[str, Any],
+               manager: str) -> tuple[int, dict[str, Any]]:
+        """``POST``: a new object (409 when the name is taken); a Pod starts Pending, and the
+        scheduler and kubelet take it from there on their own clock (:meth:`_step_pod`)."""
+        if body.get("kind") != kind.kind or body.get("apiVersion") != kind.group_version:
+            return 400, _status(400, "BadRequest", f"the body is {body.get('apiVersion')}/"
+                                f"{body.get('kind')}, the URL {kind.group_version}/{kind.kind}")
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = meta.get("name")
+        if not name or meta.setdefault("namespace", namespace) != namespace:
+            return 400, _status(400, "BadRequest", "the name of the body is missing, or its "
+                                                   "namespace does not match the URL")
+        with self.lock:
+            key = (kind.kind, namespace, name)
+            if key in self.store:
+                return 409, _status(409, "AlreadyExists",
+                                    f'{kind.plural} "{name}" already exists')
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), managedFields=[{
+                "manager": manager, "operation": "Update", "apiVersion": kind.group_version,
+                "time": now(), "fieldsType": "FieldsV1", "fieldsV1": fields_v1(body)}])
+            if kind.kind == "Pod":
+                spec = obj["spec"]
+                _pod_defaults(spec)
+                spec.setdefault("serviceAccountName", "default")
+                spec.setdefault("enableServiceLinks", True)
+                spec.setdefault("priority", 0)
+                spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+                obj["status"] = {"phase": "Pending", "qosClass": _qos(spec)}
+                if self.kueue and "kueue.x-k8s.io/queue-name" in (meta.get("labels") or {}):
+                    spec["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+            error = _invalid(kind, name, obj)
+            if error:
+                return 422, _status(422, "Invalid", error)
+            meta["resourceVersion"] = str(next(self._rv))
+            self.store[key] = obj
+            if kind.kind == "Pod":
+                self._created_pods[key] = 0
+            return 201, copy.deepcopy(obj)
+
+    def merge_patch(self, kind: Kind, namespace: str, name: str,
+                    patch: Any) -> tuple[int, dict[str, Any]]:
+        """``PATCH`` as a strategic-merge or JSON merge patch (RFC 7386)."""
+        if not isinstance(patch, dict):
+            return 400, _status(400, "BadRequest", "json: cannot unmarshal array into Go value "
+                                                   "of type map[string]interface {}")
+        with self.lock:
+            key = (kind.kind, namespace, name)
+            existing = self.store.get(key)
+            if existing is None:
+                return 404, _status(404, "NotFound", f'{kind.plural} "{name}" not found')
+            obj = _merged(existing, patch)
+            error = _invalid(kind, name, obj)
+            if error:
+                return 422, _status(422, "Invalid", error)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.store[key] = obj
+            return 200, copy.deepcopy(obj)
+
+    def logs(self, namespace: str, name: str, timestamps: bool,
+             since_seconds: int | None = None) -> tuple[int, str | dict[str, Any]]:
+        """``pods/<name>/log``: what the container printed, once it has started (all of it
+        at its start), or nothing when that was more than ``since_seconds`` ago."""
+        with self.lock:
+            pod = self.store.get(("Pod", namespace, name))
+            if pod is None:
+                return 404, _status(404, "NotFound", f'pods "{name}" not found')
+            container = pod["spec"]["containers"][0]["name"]
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            if not statuses or "waiting" in statuses[0]["state"]:
+                why = (statuses[0]["state"]["waiting"].get("reason") if statuses
+                       else "ContainerCreating")
+                return 400, _status(400, "BadRequest", f'container "{container}" in pod '
+                                                       f'"{name}" is waiting to start: {why}')
+            text = self.outcome(pod["spec"]).logs
+            state = statuses[0]["state"]
+            started = (state.get("running") or state.get("terminated") or {})["startedAt"]
+        stamp = datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if since_seconds is not None and (datetime.now(UTC) - stamp).total_seconds() > since_seconds:
+            return 200, ""
+        if timestamps:
+            text = "".join(f"{started} {line}\n" for line in text.splitlines())
+        return 200, text
 
     def _created(self, kind: Kind, namespace: str, body: dict[str, Any],
                  entry: dict[str, Any]) -> dict[str, Any]:
@@ -729,6 +856,105 @@ class FakeApiServer:
             self.event(namespace, "Pod", name, reason, message, component=component)
         return pod
 
+    def _step_pod(self, key: tuple[str, str, str]) -> None:
+        """One tick of the scheduler and the kubelet for a pod created through the API.
+
+        A gated pod (Kueue) waits with ``SchedulingGated`` until its gates are removed; an
+        ``unschedulable`` outcome stays Pending with the scheduler's FailedScheduling event;
+        otherwise the pod is bound to a node, pulls (``image-pull`` stops there), runs, and its
+        container exits 0 (``ready``) or 1 (``crash``) with ``message`` as its termination
+        message, one stage a tick.
+        """
+        pod = self.store.get(key)
+        if pod is None:
+            self._created_pods.pop(key, None)
+            return
+        stage = self._created_pods[key]
+        spec, status, ns, name = pod["spec"], pod["status"], key[1], key[2]
+        container = spec["containers"][0]
+        stamp = now()
+        outcome = self.outcome(spec)
+        if stage == 0 and spec.get("schedulingGates"):
+            condition = {"type": "PodScheduled", "status": "False", "reason": "SchedulingGated",
+                         "message": "Scheduling is blocked due to non-empty scheduling gates",
+                         "lastTransitionTime": stamp}
+            if status.get("conditions") != [condition]:
+                status["conditions"] = [condition]
+                self._touch(pod)
+            return
+        if stage == 0 and outcome.state == "unschedulable":
+            message = outcome.message or ("0/1 nodes are available: 1 Insufficient cpu. "
+                                          "preemption: 0/1 nodes are available: 1 No preemption "
+                                          "victims found for incoming pod.")
+            if not status.get("conditions"):
+                status["conditions"] = [{"type": "PodScheduled", "status": "False",
+                                         "reason": "Unschedulable", "message": message,
+                                         "lastTransitionTime": stamp}]
+                self._touch(pod)
+                self.event(ns, "Pod", name, "FailedScheduling", message,
+                           component="default-scheduler")
+            return
+        self._created_pods[key] = stage + 1
+        image_id = f"{container['image'].split(':')[0]}@sha256:{'ab' * 32}"
+        base = {"name": container["name"], "image": container["image"], "imageID": image_id,
+                "containerID": f"containerd://{uuid.uuid5(uuid.NAMESPACE_OID, name).hex}"}
+        if stage == 0:  # bound to a node
+            spec["nodeName"] = "worker-1"
+            status.update(hostIP="172.18.0.3", hostIPs=[{"ip": "172.18.0.3"}],
+                          podIP="10.244.1.23", podIPs=[{"ip": "10.244.1.23"}], startTime=stamp,
+                          conditions=_pod_conditions(False, "containers with unready status: "
+                                                            f"[{container['name']}]"))
+            waiting = {k: v for k, v in base.items() if k != "containerID"}
+            status["containerStatuses"] = [{
+                **waiting, "imageID": "", "ready": False, "started": False, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}, "lastState": {}}]
+            self.event(ns, "Pod", name, "Scheduled", f"Successfully assigned {ns}/{name} to "
+                       "worker-1", component="default-scheduler", type_="Normal")
+        elif stage == 1 and outcome.state == "image-pull":
+            pull = outcome.message or (f'failed to pull and unpack image "{container["image"]}"'
+                                       ": not found")
+            status["containerStatuses"][0]["state"] = {"waiting": {
+                "reason": "ErrImagePull", "message": pull}}
+            self._created_pods[key] = STUCK
+            self.event(ns, "Pod", name, "Failed", f'Failed to pull image '
+                       f'"{container["image"]}": {pull}')
+        elif stage == 1:  # running
+            status.update(phase="Running", conditions=_pod_conditions(True))
+            status["containerStatuses"] = [{**base, "ready": True, "started": True,
+                                            "restartCount": 0,
+                                            "state": {"running": {"startedAt": stamp}},
+                                            "lastState": {}}]
+            self.event(ns, "Pod", name, "Started", f"Started container {container['name']}",
+                       type_="Normal")
+        elif stage == 2:  # the container exits
+            code = 0 if outcome.state == "ready" else 1
+            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                          "startedAt": status["containerStatuses"][0]["state"]["running"][
+                              "startedAt"], "finishedAt": stamp,
+                          "containerID": base["containerID"]}
+            if outcome.message:
+                terminated["message"] = outcome.message
+            status.update(phase="Succeeded" if code == 0 else "Failed",
+                          conditions=_pod_conditions(False, "PodCompleted"))
+            status["containerStatuses"] = [{**base, "ready": False, "started": False,
+                                            "restartCount": 0,
+                                            "state": {"terminated": terminated},
+                                            "lastState": {}}]
+        else:
+            return
+        self._touch(pod)
+
+    def _touch(self, obj: dict[str, Any]) -> None:
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+
+    def admit(self, name: str, namespace: str = "ml") -> None:
+        """Kueue admits a gated pod: its scheduling gates go."""
+        with self.lock:
+            pod = self.store[("Pod", namespace, name)]
+            pod["spec"].pop("schedulingGates", None)
+            pod["status"].pop("conditions", None)
+            self._touch(pod)
+
     def event(self, namespace: str, kind: str, name: str, reason: str, message: str, *,
               component: str = "kubelet", type_: str = "Warning") -> dict[str, Any]:
         """A core/v1 Event about ``kind/name``, as ``component`` records it."""
@@ -847,6 +1073,31 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
 
 
+def _qos(spec: dict[str, Any]) -> str:
+    """The pod's QoS class, as the API server computes it at creation."""
+    resources = [c.get("resources") or {} for c in spec.get("containers", [])]
+    if not any(r.get("requests") or r.get("limits") for r in resources):
+        return "BestEffort"
+    guaranteed = all(
+        set(r.get("limits") or {}) >= {"cpu", "memory"}
+        and all((r.get("requests") or {}).get(k, v) == v for k, v in (r.get("limits") or {}).items())
+        for r in resources)
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def _merged(target: Any, patch: Any) -> Any:
+    """RFC 7386: maps merge key by key, ``null`` deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merged(out.get(key), value)
+    return out
+
+
 def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
     stamp = now()
     return {"type": kind, "status": status, "lastUpdateTime": stamp, "lastTransitionTime": stamp,
@@ -890,6 +1141,11 @@ def _invalid(kind: Kind, name: str, obj: dict[str, Any]) -> str | None:
     except kubernetes_validate.ValidationError as exc:
         return f"{kind.kind}.{kind.group or 'core'} {name!r} is invalid: {exc.message}"
     return None
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    """A boolean query parameter, read as the API server reads it (Go's ParseBool)."""
+    return query.get(name, "").lower() in ("1", "t", "true")
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -994,7 +1250,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, _status(404, "NotFound", "the server could not find the requested "
                                                      "resource"))
             return
-        kind, namespace, name = route
+        kind, namespace, name, sub = route
         if (method, kind.kind) in fake.forbidden:
             verb = {"GET": "get" if name else "list", "PATCH": "patch", "DELETE": "delete",
                     "POST": "create"}[method]
@@ -1004,32 +1260,110 @@ class _Handler(BaseHTTPRequestHandler):
                 f'User "system:serviceaccount:{namespace}:mlkube-deploy" cannot {verb} '
                 f'resource "{kind.plural}" {group} in the namespace "{namespace}"')))
             return
+        self._serve(method, kind, namespace, name, sub, query, content_type, body)
+
+    def _serve(self, method: str, kind: Kind, namespace: str, name: str, sub: str,
+               query: dict[str, str], content_type: str, body: Any) -> None:
+        fake = self.fake
         missing = _status(404, "NotFound", f'{kind.plural}{"." + kind.group if kind.group else ""}'
                                            f' "{name}" not found')
-        if method == "GET" and name:
+        if method == "GET" and sub == "log" and kind.kind == "Pod":
+            since = query.get("sinceSeconds")
+            code, text = fake.logs(namespace, name, _flag(query, "timestamps"),
+                                   int(since) if since else None)
+            self._send_text(code, text)
+        elif sub:
+            self._send(404, _status(404, "NotFound", f"{kind.plural}/{sub} is not served here"))
+        elif method == "GET" and name:
             obj = fake.read(kind, namespace, name)
             self._send(200, obj) if obj is not None else self._send(404, missing)
+        elif method == "GET" and _flag(query, "watch"):
+            self._watch(kind, namespace, query)
         elif method == "GET":
             self._send(200, fake.list(kind, namespace, query.get("labelSelector"),
                                       query.get("fieldSelector")))
+        elif method == "POST" and not name:
+            manager = query.get("fieldManager") or self.headers.get("User-Agent", "").split("/")[0]
+            self._send(*fake.create(kind, namespace, body or {}, manager or "unknown"))
         elif method == "PATCH" and name:
-            if content_type != "application/apply-patch+yaml":
-                self._send(415, _status(415, "UnsupportedMediaType",
-                                        f"the body of the request was in an unknown format - "
-                                        f"accepted media types include: "
-                                        f"application/apply-patch+yaml; got {content_type}"))
-            elif not query.get("fieldManager"):
-                self._send(400, _status(400, "BadRequest", "PATCH, application/apply-patch+yaml:"
-                                                           " fieldManager is required"))
-            else:
-                self._send(*fake.apply(kind, namespace, name, body or {}, query["fieldManager"]))
+            self._send(*self._patch(kind, namespace, name, query, content_type, body))
         elif method == "DELETE" and name:
             gone = fake.delete(kind, namespace, name)
             self._send(200, gone) if gone is not None else self._send(404, missing)
         else:
             self._send(405, _status(405, "MethodNotAllowed", f"{method} is not supported here"))
 
-    def _route(self, path: str) -> tuple[Kind, str, str] | None:
+    def _patch(self, kind: Kind, namespace: str, name: str, query: dict[str, str],
+               content_type: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if content_type in ("application/strategic-merge-patch+json",
+                            "application/merge-patch+json"):
+            return self.fake.merge_patch(kind, namespace, name, body)
+        if content_type == "application/json-patch+json":
+            if not isinstance(body, list):
+                return 400, _status(400, "BadRequest", "json: cannot unmarshal object into Go "
+                                                       "value of type jsonpatch.Patch")
+            return 415, _status(415, "UnsupportedMediaType", "JSON patch operations are not "
+                                                             "served here")
+        if content_type != "application/apply-patch+yaml":
+            return 415, _status(415, "UnsupportedMediaType",
+                                "the body of the request was in an unknown format - accepted "
+                                "media types include: application/apply-patch+yaml, "
+                                f"application/strategic-merge-patch+json; got {content_type}")
+        if not query.get("fieldManager"):
+            return 400, _status(400, "BadRequest", "PATCH, application/apply-patch+yaml: "
+                                                   "fieldManager is required")
+        return self.fake.apply(kind, namespace, name, body or {}, query["fieldManager"])
+
+    def _send_text(self, code: int, body: str | dict[str, Any]) -> None:
+        if isinstance(body, dict):
+            self._send(code, body)
+            return
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _watch(self, kind: Kind, namespace: str, query: dict[str, str]) -> None:
+        """A watch: every matching object newer than ``resourceVersion`` as ADDED or MODIFIED,
+        then what changes, one JSON line each, until ``timeoutSeconds``; then the stream ends."""
+        fake = self.fake
+        since = int(query.get("resourceVersion") or 0)
+        seconds = min(float(query.get("timeoutSeconds") or WATCH_SECONDS), WATCH_SECONDS)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "identity")
+        self.end_headers()
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not fake._stopping.is_set():
+                listed = fake.list(kind, namespace, query.get("labelSelector"),
+                                   query.get("fieldSelector"))["items"]
+                for item in listed:
+                    rv = int(item["metadata"]["resourceVersion"])
+                    name = item["metadata"]["name"]
+                    if rv <= since or seen.get(name) == rv:
+                        continue
+                    kind_of = "MODIFIED" if name in seen else "ADDED"
+                    seen[name] = rv
+                    item.update(apiVersion=kind.group_version, kind=kind.kind)
+                    line = json.dumps({"type": kind_of, "object": item}) + "\n"
+                    self.wfile.write(line.encode())
+                    self.wfile.flush()
+                for name in set(seen) - {i["metadata"]["name"] for i in listed}:
+                    seen.pop(name)
+                    gone = {"apiVersion": kind.group_version, "kind": kind.kind,
+                            "metadata": {"name": name, "namespace": namespace}}
+                    self.wfile.write((json.dumps({"type": "DELETED", "object": gone}) + "\n")
+                                     .encode())
+                    self.wfile.flush()
+                time.sleep(fake.tick)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def _route(self, path: str) -> tuple[Kind, str, str, str] | None:
         segments = path.strip("/").split("/")
         if segments[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", segments[2:]
@@ -1037,11 +1371,12 @@ class _Handler(BaseHTTPRequestHandler):
             group, version, rest = segments[1], segments[2], segments[3:]
         else:
             return None
-        if len(rest) not in (3, 4) or rest[0] != "namespaces":
+        if len(rest) not in (3, 4, 5) or rest[0] != "namespaces":
             return None
         for kind in self.fake._kinds().values():
             if (kind.group, kind.version, kind.plural) == (group, version, rest[2]):
-                return kind, rest[1], rest[3] if len(rest) == 4 else ""
+                return (kind, rest[1], rest[3] if len(rest) >= 4 else "",
+                        rest[4] if len(rest) == 5 else "")
         return None
 
     def do_GET(self) -> None:  # noqa: N802

@@ -24,7 +24,7 @@ from mlkube.airflow import checks
 from mlkube.airflow.links import MlflowRunLink, mlflow_url
 from mlkube.airflow.local_run import LocalStep
 from mlkube.airflow.mlflow_connection import MlflowHook, MlflowSettings
-from mlkube.airflow.termination import result_from_pod
+from mlkube.airflow.termination import failure, result_from_pod
 from mlkube.errors import MlkubeError
 from mlkube.kube import preflight as preflights
 from mlkube.kube import validation
@@ -319,32 +319,53 @@ class StepOperator(KubernetesPodOperator):
             self.name = self._set_name(self.name)
             self.pod_request_obj = self.build_pod_request_obj(context)
             self._preflight(self.pod_request_obj)
-        with self._without_xcom_sidecar(), self._scheduler_reason():
+        with self._without_xcom_sidecar():
             super().execute(context)  # deferrable: defers here, resumes in trigger_reentry
         return self._finish(self._result_from(self.remote_pod))
 
-    @contextmanager
-    def _scheduler_reason(self) -> Iterator[None]:
-        """A pod that was never scheduled fails with the scheduler's reason, not a timeout."""
-        from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+    def cleanup(self, pod: V1Pod, remote_pod: V1Pod, xcom_result: dict[str, Any] | None = None,
+                context: Context | None = None) -> None:
+        """KubernetesPodOperator's cleanup (events logged, the pod deleted), then one line.
 
+        Both modes end here when the pod failed: the provider's own error ("Pod ... returned a
+        failure" and the whole pod) replaces whatever was raised before, a launch timeout
+        included. A pod that was never scheduled fails with the scheduler's reason (or says
+        Kueue never admitted it); a step that failed, with its own error line.
+        """
+        from airflow.providers.common.compat.sdk import AirflowException
+
+        why = self._why_unscheduled(pod, remote_pod)
         try:
-            yield
-        except PodLaunchTimeoutException as exc:
-            pod = getattr(self, "pod", None)
-            if pod is None:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except AirflowException:
+            if why is None and remote_pod is not None:
+                why = failure(remote_pod, self.base_container_name)
+            if why is None:
                 raise
-            reason = pending_reason(self.pod_manager.read_pod_events(pod).items)
-            if reason is None and self.queue_name and _gated(self.pod_manager.read_pod(pod)):
-                raise MlkubeError(
-                    f"{self._what}: pod {pod.metadata.name} was not admitted by Kueue queue "
-                    f"{self.queue_name!r} within {self.schedule_timeout_seconds} s: see `kubectl "
-                    f"get workloads -n {pod.metadata.namespace}`, or raise "
-                    "schedule_timeout_seconds") from exc
-            if reason is None:
-                raise
-            raise MlkubeError(f"{self._what}: pod {pod.metadata.name} was not scheduled: "
-                              f"{reason}") from exc
+            raise MlkubeError(f"{self._what}: {why}") from None
+
+    def _why_unscheduled(self, pod: V1Pod, remote_pod: V1Pod | None) -> str | None:
+        """Why a pod still Pending was never placed on a node; ``None`` when it was placed."""
+        from kubernetes.client.rest import ApiException
+
+        if remote_pod is None or remote_pod.status is None or remote_pod.status.phase != "Pending":
+            return None
+        try:
+            now = self.pod_manager.read_pod(pod)
+            events = self.pod_manager.read_pod_events(pod).items
+        except ApiException:
+            return None
+        conditions = {c.type: c for c in (now.status and now.status.conditions) or []}
+        scheduled = conditions.get("PodScheduled")
+        if now.spec.node_name or (scheduled is not None and scheduled.status == "True"):
+            return None
+        name, within = pod.metadata.name, f"within {self.schedule_timeout_seconds} s"
+        if _gated(now):
+            queue = f"Kueue queue {self.queue_name!r}" if self.queue_name else "its scheduling gates"
+            return (f"pod {name} was not admitted by {queue} {within}: see `kubectl get "
+                    f"workloads -n {pod.metadata.namespace}`, or raise schedule_timeout_seconds")
+        reason = pending_reason(events) or (scheduled.message if scheduled is not None else None)
+        return f"pod {name} was not scheduled {within}: {reason}" if reason else None
 
     def _preflight(self, pod: V1Pod) -> None:
         """Fail now when the pod can never be admitted or scheduled (:mod:`mlkube.kube.preflight`)."""
@@ -356,7 +377,7 @@ class StepOperator(KubernetesPodOperator):
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after deferral: KubernetesPodOperator finishes the pod, we read the result."""
-        with self._without_xcom_sidecar(), self._scheduler_reason():
+        with self._without_xcom_sidecar():
             super().trigger_reentry(context, event)
         return self._finish(self._result_from(self.pod))
 
@@ -367,7 +388,9 @@ class StepOperator(KubernetesPodOperator):
         if self.secret_env:
             self.log.info("local backend: secret_env is for pods; the process inherits the "
                           "worker's environment instead")
-        self._local = LocalStep(self.step, self.step_values(settings), env=env, command=self.command)
+        # only GPUs the task names: the step's default (train's 1) would fail a CPU-only worker
+        self._local = LocalStep(self.step, self.step_values(settings), env=env,
+                                command=self.command, gpus=self.gpus)
         return self._local.run(self.log)
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,20 @@ def _terminated(pod: V1Pod, container: str) -> V1ContainerStateTerminated:
     return terminated
 
 
+def failure(pod: V1Pod, container: str = "base") -> str | None:
+    """One line for a step whose container exited non-zero (its own last line); else ``None``."""
+    try:
+        terminated = _terminated(pod, container)
+    except MlkubeError:
+        return None
+    if terminated.exit_code == 0:
+        return None
+    message = (terminated.message or "").strip()
+    detail = message.splitlines()[-1] if message else terminated.reason or "no message"
+    name = pod.metadata.name if pod.metadata else "?"
+    return f"pod {name}: step exited with code {terminated.exit_code}: {detail}"
+
+
 def result_from_pod(pod: V1Pod, container: str = "base") -> dict[str, Any]:
     """The JSON result the step in ``container`` left in its termination message.
 
@@ -49,9 +63,9 @@ def result_from_pod(pod: V1Pod, container: str = "base") -> dict[str, Any]:
     name = pod.metadata.name if pod.metadata else "?"
     terminated = _terminated(pod, container)
     message = (terminated.message or "").strip()
-    if terminated.exit_code != 0:
-        detail = message.splitlines()[-1] if message else terminated.reason or "no message"
-        raise MlkubeError(f"pod {name}: step exited with code {terminated.exit_code}: {detail}")
+    failed = failure(pod, container)
+    if failed:
+        raise MlkubeError(failed)
     if not message:
         raise MlkubeError(
             f"pod {name}: container {container!r} exited 0 but left no termination message; the "

@@ -1,6 +1,8 @@
 """Shared fixtures: every test gets its own state directory and MLflow store.
 
-The ``cluster`` and ``gpu`` markers are deselected unless a kubeconfig / a CUDA GPU is there.
+Tests marked ``cluster`` or ``gpu`` run only when asked for (README.md, "tests/"): pytest's
+addopts deselect them, ``pytest -m cluster`` runs them and skips each with the reason where
+there is no kubeconfig (no CUDA GPU).
 """
 
 from __future__ import annotations

@@ -62,6 +62,11 @@ def test_preflight_with_the_real_nodes(api) -> None:  # type: ignore[no-untyped-
     preflight.check_nodes(small, nodes)
     huge = _pod(spec.PREPARE_DATA)
     huge.spec.containers[0].resources.requests = {"cpu": "100000", "memory": "1Pi"}
+    # a request over its limit is refused at admission, before any node is looked at
+    with pytest.raises(Exception, match=r"memory request 1Pi must be less than or equal to its "
+                                        r"limit 2Gi"):
+        preflight.check_nodes(huge, nodes)
+    huge.spec.containers[0].resources.limits = {"memory": "1Pi"}
     with pytest.raises(Exception, match=r"0/\d+ nodes are available: .*Insufficient (cpu|memory)"):
         preflight.check_nodes(huge, nodes)
 

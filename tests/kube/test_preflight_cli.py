@@ -67,3 +67,17 @@ def test_without_a_cluster_it_says_so_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("mlkube preflight: error: no usable Kubernetes config")
+
+
+def test_each_verdict_is_one_line_with_quantities_as_people_write_them() -> None:
+    """'may run' wrote memory in bytes (17179869184) where 'never' wrote 16Gi."""
+    fits = cli.step_pod_object("train", _args(gpus=2), "ml")
+    too_big = cli.step_pod_object("train", _args(gpus=4), "ml")
+    too_big.metadata.name = "too-big"
+    views = {"ml": {"nodes": [GPU_NODE], "quotas": [], "limit_ranges": [], "claims": []}}
+    (ok, may), (bad, never) = cli.judge([fits, too_big], views)
+    assert ok and may == ("may run: pod ml/mlkube-train-preflight asks cpu=4, memory=16Gi, "
+                          "nvidia.com/gpu=2; fits 1 of 1 nodes: gpu-1")
+    assert not bad and never.startswith("never: pod ml/too-big asks cpu=4, memory=16Gi, "
+                                        "nvidia.com/gpu=4: 0/1 nodes are available")
+    assert "\n" not in may + never

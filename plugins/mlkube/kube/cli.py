@@ -60,11 +60,42 @@ def pods_from_file(path: str, namespace: str | None) -> list[Any]:
     return pods
 
 
+def judge(pods: list[Any], views: dict[str, dict[str, Any]]) -> list[tuple[bool, str]]:
+    """Each pod's verdict line: ``(True, "may run: ...")`` or ``(False, "never: ...")``.
+
+    ``views`` holds, per namespace, what :func:`mlkube.kube.preflight.read_cluster` listed.
+    """
+    from mlkube.errors import MlkubeError
+    from mlkube.kube import multinode, preflight
+
+    lines = []
+    for pod in pods:
+        namespace = pod.metadata.namespace
+        found = views[namespace]
+        try:
+            result = preflight.verdict(pod, **found)
+        except MlkubeError as exc:
+            lines.append((False, f"never: {exc}"))
+            continue
+        spread = (multinode.nodes_problem(pod, result.nodes, len(found["nodes"]))
+                  if found["nodes"] is not None else None)
+        if spread:
+            lines.append((False, f"never: {spread}"))
+            continue
+        where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
+                 f"{', '.join(result.nodes[:10])}" if found["nodes"] is not None
+                 else "nodes not read")
+        lines.append((True, f"may run: pod {namespace}/{pod.metadata.name} asks {result.asks}; "
+                            f"{where}" + (f"; skipped: {', '.join(result.skipped)}"
+                                          if result.skipped else "")))
+    return lines
+
+
 def _preflight(args: argparse.Namespace) -> int:
     from kubernetes.client import CoreV1Api
 
     from mlkube.errors import MlkubeError
-    from mlkube.kube import multinode, preflight, rollout
+    from mlkube.kube import preflight, rollout
 
     client = rollout.api_client()
     if args.pod:
@@ -74,32 +105,17 @@ def _preflight(args: argparse.Namespace) -> int:
     else:
         raise MlkubeError("give --step STEP (a step's pod) or --pod FILE (a pod manifest)")
     core = CoreV1Api(client)
-    views: dict[str, dict[str, Any]] = {}
-    failures = []
-    for pod in pods:
-        namespace = pod.metadata.namespace
-        found = views.setdefault(namespace, preflight.read_cluster(core, namespace, print))
-        try:
-            result = preflight.verdict(pod, **found)
-        except MlkubeError as exc:
-            failures.append(str(exc))
-            print(f"never: {exc}")
-            continue
-        spread = (multinode.nodes_problem(pod, result.nodes, len(found["nodes"]))
-                  if found["nodes"] is not None else None)
-        if spread:
-            failures.append(spread)
-            print(f"never: {spread}")
-            continue
-        asks = ", ".join(f"{k}={v.normalize():f}" for k, v in sorted(result.requests.items()))
-        where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
-                 f"{', '.join(result.nodes[:10])}" if found["nodes"] is not None
-                 else "nodes not read")
-        print(f"may run: pod {namespace}/{pod.metadata.name} asks {asks}; {where}"
-              + (f"; skipped: {', '.join(result.skipped)}" if result.skipped else ""))
-    if failures:
-        more = f" (and {len(failures) - 1} more pods, above)" if len(failures) > 1 else ""
-        raise MlkubeError(failures[0] + more)
+    views = {ns: preflight.read_cluster(core, ns, print)
+             for ns in dict.fromkeys(p.metadata.namespace for p in pods)}
+    lines = judge(pods, views)
+    never = [line for ok, line in lines if not ok]
+    if len(lines) == 1 and never:  # the error line says it, once
+        raise MlkubeError(never[0])
+    for _, line in lines:
+        print(line)
+    if never:
+        raise MlkubeError(f"{len(never)} of {len(lines)} pods can never run (the 'never' lines "
+                          "above)")
     return 0
 
 

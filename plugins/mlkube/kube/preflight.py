@@ -105,6 +105,11 @@ class Verdict:
     limits: Resources
     skipped: tuple[str, ...] = ()
 
+    @property
+    def asks(self) -> str:
+        """The requests as the "never" lines write them: ``cpu=4, memory=16Gi``."""
+        return _asks(self.requests)
+
 
 def _g(obj: Any, name: str) -> Any:
     """An attribute of a kubernetes.client model, or the key of a plain dict standing in for one

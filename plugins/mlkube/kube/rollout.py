@@ -538,7 +538,8 @@ class _ClusterTarget(ServingTarget):
         for kind, name in involved:
             for event in self._events(kind, name):
                 reason, message = str(event.get("reason", "")), _line(event.get("message", ""))
-                if reason not in _REDUNDANT_EVENTS and (reason, message) not in seen:
+                said = any(message and message in r for r in reasons)  # a condition said it
+                if reason not in _REDUNDANT_EVENTS and (reason, message) not in seen and not said:
                     seen.add((reason, message))
                     reasons.append(f"{reason} on {kind.lower()} {name}: {message}")
         for reason in self._object_reasons(live):

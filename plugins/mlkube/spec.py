@@ -43,6 +43,8 @@ GPUS_ENV = "MLKUBE_GPUS"
 # Where a container finds the shared artifact volume, and where it writes its result.
 ARTIFACT_MOUNT = "/mnt/mlkube"
 RESULT_PATH = "/tmp/mlkube/result.json"
+# torchrun, ending in one line and a single process's exit status (mlkube/torchrun.py)
+TORCHRUN = "mlkube.torchrun"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +105,8 @@ class StepSpec:
         raise MlkubeError(f"step {self.name} has no option {dest!r}; known: {known}")
 
     def command(self, python: str = "python", processes: int = 1, nodes: int = 1) -> list[str]:
-        """The program that runs this step; torchrun for ``processes`` > 1 on a distributed step.
+        """The program that runs this step; torchrun (:data:`TORCHRUN`) for ``processes`` > 1
+        on a distributed step.
 
         With ``nodes`` > 1, one such command runs in each pod of an Indexed Job: torchrun's
         static rendezvous at ``$(MASTER_ADDR):$(MASTER_PORT)`` (the pod of index 0), the node
@@ -111,12 +114,12 @@ class StepSpec:
         container's environment (:mod:`mlkube.kube.multinode` sets it).
         """
         if nodes > 1 and self.distributed:
-            return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+            return [python, "-m", TORCHRUN, f"--nnodes={nodes}",
                     f"--nproc-per-node={processes}", "--node-rank=$(JOB_COMPLETION_INDEX)",
                     "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
                     "-m", self.module]
         if processes > 1 and self.distributed:
-            return [python, "-m", "torch.distributed.run", "--standalone",
+            return [python, "-m", TORCHRUN, "--standalone",
                     f"--nproc-per-node={processes}", "-m", self.module]
         return [python, "-m", self.module]
 

@@ -28,7 +28,7 @@ def test_two_gpus_run_torchrun_with_one_process_each() -> None:
     pod = _pod(spec.TRAIN, Placement(gpus=2, gpu_product="NVIDIA-H100-80GB-HBM3",
                                      artifact_pvc="mlkube-artifacts"))
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "torch.distributed.run", "--standalone",
+    assert container["command"] == ["python", "-m", "mlkube.torchrun", "--standalone",
                                     "--nproc-per-node=2", "-m", "mlkube.steps.train"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}

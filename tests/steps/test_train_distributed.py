@@ -15,7 +15,7 @@ from mlkube import spec
 
 def test_two_processes_train_one_model(dataset: str, state: Path, tmp_path: Path) -> None:
     command = spec.TRAIN.command(sys.executable, processes=2)
-    assert command[1:3] == ["-m", "torch.distributed.run"]  # what a 2-GPU pod runs
+    assert command[1:3] == ["-m", "mlkube.torchrun"]  # what a 2-GPU pod runs
     result_file = tmp_path / "train.json"
     done = subprocess.run(
         [*command, "--dataset", dataset, "--epochs", "3", "--params", '{"hidden_sizes": "16"}',

@@ -136,7 +136,7 @@ def train_job(step_pod: StepPod, *, name: str, namespace: str | None, nodes: int
     container = to_dict(step_pod.container)
     queue = step_pod.labels.get(QUEUE_LABEL)
     trainer = {"image": container["image"],
-               "command": ["python", "-m", "torch.distributed.run", "-m", spec.TRAIN.module],
+               "command": ["python", "-m", spec.TORCHRUN, "-m", spec.TRAIN.module],
                "args": container.get("args", []), "env": container.get("env", []),
                "numNodes": nodes, "numProcPerNode": _processes(step_pod.container),
                "resourcesPerNode": container["resources"]}

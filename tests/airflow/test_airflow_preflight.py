@@ -107,7 +107,7 @@ class _Api:
     def __init__(self, *, nodes: list[V1Node], quotas: list[V1ResourceQuota],
                  forbidden: tuple[str, ...] = ()) -> None:
         self.lists = {"node": nodes, "resource_quota": quotas, "limit_range": [],
-                      "persistent_volume_claim": []}
+                      "persistent_volume_claim": [], "persistent_volume": []}
         self.forbidden = forbidden
 
     def __getattr__(self, name: str) -> object:

@@ -25,10 +25,12 @@ from kubernetes.client import (
     V1NodeSpec,
     V1NodeStatus,
     V1ObjectMeta,
+    V1PersistentVolume,
     V1PersistentVolumeClaim,
     V1PersistentVolumeClaimSpec,
     V1PersistentVolumeClaimStatus,
     V1PersistentVolumeClaimVolumeSource,
+    V1PersistentVolumeSpec,
     V1Pod,
     V1PodSpec,
     V1ResourceQuota,
@@ -40,6 +42,7 @@ from kubernetes.client import (
     V1Taint,
     V1Toleration,
     V1Volume,
+    V1VolumeNodeAffinity,
 )
 
 # Where Kubernetes decides each rule (paths in github.com/kubernetes/kubernetes).
@@ -164,6 +167,14 @@ def pvc(name: str, phase: str = "Bound", deleting: bool = False) -> V1Persistent
         status=V1PersistentVolumeClaimStatus(phase=phase))
 
 
+def pinned_pv(name: str, hostname: str) -> V1PersistentVolume:
+    """A PersistentVolume only one node reaches (a local disk): required node affinity."""
+    term = V1NodeSelectorTerm(match_expressions=[V1NodeSelectorRequirement(
+        key="kubernetes.io/hostname", operator="In", values=[hostname])])
+    return V1PersistentVolume(metadata=V1ObjectMeta(name=name), spec=V1PersistentVolumeSpec(
+        node_affinity=V1VolumeNodeAffinity(required=V1NodeSelector(node_selector_terms=[term]))))
+
+
 CPU4 = node("cpu-4", {"cpu": "4", "memory": "8Gi", "ephemeral-storage": "10Gi", "pods": "110"})
 GPU2 = node("gpu-2", {"cpu": "32", "memory": "256Gi", GPU: "2", "pods": "110"})
 GPU2_TAINTED = node("gpu-2t", {"cpu": "32", "memory": "256Gi", GPU: "2", "pods": "110"},
@@ -181,6 +192,7 @@ class Case:
     quotas: Sequence[V1ResourceQuota] = ()
     limit_ranges: Sequence[V1LimitRange] = ()
     claims: Sequence[V1PersistentVolumeClaim] | None = None
+    volumes: Sequence[V1PersistentVolume] | None = None
     pods_per_node: Mapping[str, int] | None = None
     fits: tuple[str, ...] | None = field(default=None)
     rejects: str | None = None
@@ -559,6 +571,18 @@ CASES: list[Case] = [
          pod(ctr(), claims=["artifacts"]), claims=[pvc("artifacts", "Pending")], fits=("cpu-4",)),
     Case("pvc-unknown", "claims=None means the claims could not be read: no check", VOLUMES,
          pod(ctr(), claims=["artifacts"]), claims=None, fits=("cpu-4",)),
+    Case("pv-node-affinity", "a claim bound to a volume pinned to one node admits only that "
+         "node (VolumeBinding Filter: the bound PV's required node affinity)", VOLUMES,
+         pod(ctr(), claims=["artifacts"]), claims=[pvc("artifacts")],
+         volumes=[pinned_pv("pv-1", "a")],
+         nodes=[node(n, {"cpu": "4"}, labels={"kubernetes.io/hostname": n}) for n in "ab"],
+         fits=("a",)),
+    Case("pv-node-affinity-none", "no node the bound volume reaches fits: the scheduler's "
+         "words", VOLUMES, pod(ctr(), claims=["artifacts"]), claims=[pvc("artifacts")],
+         volumes=[pinned_pv("pv-1", "elsewhere")],
+         nodes=[node("b", {"cpu": "4"}, labels={"kubernetes.io/hostname": "b"})],
+         rejects=r"0/1 nodes are available: 1 node: didn't match PersistentVolume's node "
+                 r"affinity \(persistentvolume pv-1 of claim artifacts\)"),
     # -- the message ------------------------------------------------------------------------------
     Case("node-classes", "nodes are grouped by why they were rejected, the largest group first",
          f"{TAINTS}, {FIT}", pod(ctr(limits=_gpu("4"))),

@@ -24,7 +24,7 @@ def test_agrees_with_kubernetes(case: Case) -> None:
     def run() -> Verdict:
         return verdict(case.pod, nodes=case.nodes, quotas=case.quotas,
                        limit_ranges=case.limit_ranges, claims=case.claims,
-                       pods_per_node=case.pods_per_node)
+                       volumes=case.volumes, pods_per_node=case.pods_per_node)
 
     if case.rejects is not None:
         with pytest.raises(MlkubeError, match=case.rejects) as caught:

@@ -22,7 +22,9 @@ would run on it, as pure functions of typed ``kubernetes.client`` objects the ca
    ``requests.*``, ``limits.*``, bare names, hugepages, ``requests.<extended>``, ``pods`` and
    ``count/pods``.
 6. Volumes (the scheduler's VolumeBinding PreFilter): each PersistentVolumeClaim the pod mounts
-   exists, is not Lost and is not being deleted.
+   exists, is not Lost and is not being deleted; and (its Filter) a claim already bound to a
+   PersistentVolume with required node affinity (a local or zonal disk) admits only the nodes
+   that affinity matches.
 7. Nodes, filter by filter in the scheduler's order, the first failing filter naming why a node
    is rejected: NodeUnschedulable (cordon, unless ``node.kubernetes.io/unschedulable`` is
    tolerated), TaintToleration (NoSchedule and NoExecute taints; PreferNoSchedule never blocks;
@@ -44,7 +46,7 @@ allocatable ``pods`` is not checked for it). Quotas are taken as they are now (`
 since admission happens once, now.
 
 Not modelled: host ports, pod (anti-)affinity and topology spread (they depend on other pods),
-volume topology and attach limits, DRA, scheduling gates, admission webhooks and policies,
+the topology of claims not bound yet (WaitForFirstConsumer) and attach limits, DRA, scheduling gates, admission webhooks and policies,
 RuntimeClass admission (``spec.overhead`` is taken as given), the ResourceQuota admission
 configuration's limitedResources, whether a named PriorityClass exists (Priority admission),
 and quotas whose status the controller has not written yet (they are taken at ``spec.hard`` with
@@ -63,6 +65,7 @@ from typing import Any
 from kubernetes.client import (
     V1LimitRange,
     V1Node,
+    V1PersistentVolume,
     V1PersistentVolumeClaim,
     V1Pod,
     V1ResourceQuota,
@@ -97,7 +100,7 @@ class Verdict:
             ``spec.nodeName``, that node. Empty when the node check was skipped.
         requests: the effective requests the scheduler uses (every resource name).
         limits: the effective limits ResourceQuota counts.
-        skipped: the checks that were not made (``"nodes"``, ``"claims"``).
+        skipped: the checks that were not made (``"nodes"``, ``"claims"``, ``"volumes"``).
     """
 
     nodes: tuple[str, ...]
@@ -763,6 +766,27 @@ def _quota_problem(pod: V1Pod, spec: _Spec, quotas: Sequence[V1ResourceQuota],
 # -- volumes ----------------------------------------------------------------------------------
 
 
+def _mounted_claims(pod: V1Pod) -> list[str]:
+    return [name for volume in _pod_field(pod, "volumes") or []
+            if (name := _g(_g(volume, "persistent_volume_claim"), "claim_name"))]
+
+
+def _volume_affinities(pod: V1Pod, claims: Iterable[V1PersistentVolumeClaim],
+                       volumes: Iterable[V1PersistentVolume]) -> list[tuple[str, Any]]:
+    """VolumeBinding Filter: the required node affinity of each PersistentVolume a mounted claim
+    is bound to, with what to call it (``persistentvolume pv-1 of claim data``)."""
+    mounted = set(_mounted_claims(pod))
+    bound = {c.spec.volume_name: c.metadata.name for c in claims
+             if c.metadata and c.metadata.name in mounted and c.spec and c.spec.volume_name}
+    found = []
+    for volume in volumes:
+        name = volume.metadata.name if volume.metadata else None
+        required = _g(_g(volume.spec, "node_affinity"), "required")
+        if name in bound and required is not None:
+            found.append((f"persistentvolume {name} of claim {bound[name]}", required))
+    return found
+
+
 def _claims_problem(pod: V1Pod, claims: Iterable[V1PersistentVolumeClaim]) -> str | None:
     """VolumeBinding PreFilter (podHasPVCs): each mounted claim exists, is not Lost or going."""
     namespace = _g(_g(pod, "metadata"), "namespace")
@@ -899,6 +923,14 @@ class _Placing:
     requests: Resources
     tolerations: list[Any]
     pods_per_node: Mapping[str, int] | None
+    volume_affinities: list[tuple[str, Any]] = field(default_factory=list)
+
+
+def _volume_conflict(p: _Placing, node: V1Node) -> str | None:
+    for what, required in p.volume_affinities:
+        if not any(_term_matches(t, node) for t in _g(required, "node_selector_terms") or []):
+            return f"didn't match PersistentVolume's node affinity ({what})"
+    return None
 
 
 def _fit(p: _Placing, node: V1Node, requests: Resources) -> list[str]:
@@ -926,7 +958,8 @@ def _scheduler_reason(p: _Placing, node: V1Node) -> str | None:
     if node.spec and node.spec.unschedulable and not any(
             _tolerates(t, UNSCHEDULABLE_TAINT, "", NO_SCHEDULE) for t in p.tolerations):
         return "cordoned (spec.unschedulable)"
-    reason = _untolerated(node, p.tolerations, (NO_SCHEDULE, NO_EXECUTE)) or _selection(p.pod, node)
+    reason = (_untolerated(node, p.tolerations, (NO_SCHEDULE, NO_EXECUTE))
+              or _selection(p.pod, node) or _volume_conflict(p, node))
     if reason:
         return reason
     return ", ".join(_fit(p, node, p.requests)) or None
@@ -1016,6 +1049,7 @@ pod_requests = effective_requests
 def verdict(pod: V1Pod, *, nodes: Iterable[V1Node] | None,
             quotas: Iterable[V1ResourceQuota] = (), limit_ranges: Iterable[V1LimitRange] = (),
             claims: Iterable[V1PersistentVolumeClaim] | None = None,
+            volumes: Iterable[V1PersistentVolume] | None = None,
             pods_per_node: Mapping[str, int] | None = None) -> Verdict:
     """Decide whether ``pod`` can ever be admitted and scheduled (see the module docstring).
 
@@ -1025,6 +1059,8 @@ def verdict(pod: V1Pod, *, nodes: Iterable[V1Node] | None,
         quotas: the namespace's ResourceQuotas (``status.used`` is what is used now).
         limit_ranges: the namespace's LimitRanges.
         claims: the namespace's PersistentVolumeClaims; ``None`` when unknown (no check).
+        volumes: the cluster's PersistentVolumes, for the node affinity of bound claims;
+            ``None`` when unknown (no check).
         pods_per_node: how many pods each node runs now, for its pod-count limit.
 
     Returns:
@@ -1034,6 +1070,7 @@ def verdict(pod: V1Pod, *, nodes: Iterable[V1Node] | None,
         MlkubeError: one line saying what the pod asks and why it can never run.
     """
     limit_ranges = list(limit_ranges)
+    claims = None if claims is None else list(claims)
     try:
         spec = _prepared(pod, limit_ranges)
     except _Rejected as exc:
@@ -1049,7 +1086,9 @@ def verdict(pod: V1Pod, *, nodes: Iterable[V1Node] | None,
         raise MlkubeError(f"{head}: rejected at admission: {problem}")
     node_list = None if nodes is None else list(nodes)
     skipped = tuple(what for what, absent in (("nodes", node_list is None),
-                                              ("claims", claims is None)) if absent)
+                                              ("claims", claims is None),
+                                              ("volumes", volumes is None and claims is not None
+                                               and bool(_mounted_claims(pod)))) if absent)
     volume = None if claims is None else _claims_problem(pod, claims)
     if volume:
         where = "" if node_list is None else f"0/{len(node_list)} nodes are available: "
@@ -1057,7 +1096,8 @@ def verdict(pod: V1Pod, *, nodes: Iterable[V1Node] | None,
     if node_list is None:
         return Verdict(nodes=(), requests=requests, limits=limits, skipped=skipped)
     placing = _Placing(pod=pod, requests=requests, tolerations=_tolerations(pod),
-                       pods_per_node=pods_per_node)
+                       pods_per_node=pods_per_node,
+                       volume_affinities=_volume_affinities(pod, claims or (), volumes or ()))
     fitting = _place(placing, spec, node_list, head)
     return Verdict(nodes=fitting, requests=requests, limits=limits, skipped=skipped)
 
@@ -1093,6 +1133,7 @@ def read_cluster(core: Any, namespace: str, warn: Callable[[str], Any]) -> dict[
         "quotas": lambda: core.list_namespaced_resource_quota(namespace).items,
         "limit_ranges": lambda: core.list_namespaced_limit_range(namespace).items,
         "claims": lambda: core.list_namespaced_persistent_volume_claim(namespace).items,
+        "volumes": lambda: core.list_persistent_volume().items,
     }
     found: dict[str, Any] = {}
     for what, read in reads.items():
@@ -1103,5 +1144,5 @@ def read_cluster(core: Any, namespace: str, warn: Callable[[str], Any]) -> dict[
                 raise
             warn(f"preflight: may not list {what.replace('_', ' ')} (HTTP {exc.status}); that "
                  "check is skipped")
-            found[what] = None if what in ("nodes", "claims") else ()
+            found[what] = None if what in ("nodes", "claims", "volumes") else ()
     return found

@@ -11,6 +11,7 @@ from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import ApiClient, V1EnvVar, V1Pod, V1Volume
 from kubernetes.client import V1ConfigMapVolumeSource as ConfigMapSource
 
+from mlkube import spec
 from mlkube.airflow import (
     DeployModelOperator,
     PrepareDataOperator,
@@ -108,6 +109,8 @@ def test_train_pod_gets_gpus_toleration_node_selector_and_shm() -> None:
 def test_cpu_only_train_has_no_gpu_scheduling() -> None:
     pod = submitted(TrainOperator(task_id="train", dataset="/d", gpus=0))
     assert "nvidia.com/gpu" not in base(pod)["resources"]["limits"]
+    assert base(pod)["image"] == spec.CPU_IMAGE  # not the CUDA image, for a pod with no GPU
+    assert base(submitted(TrainOperator(task_id="train", dataset="/d")))["image"] == spec.GPU_IMAGE
     assert not pod["spec"].get("tolerations")
     assert not pod["spec"].get("nodeSelector")
 

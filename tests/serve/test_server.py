@@ -291,3 +291,255 @@ def test_the_client_reports_an_absent_server_in_one_line() -> None:
     with pytest.raises(MlkubeError, match=r"^http://127.0.0.1:9/v2/models/m did not answer"):
         client.metadata("http://127.0.0.1:9", "m")
     assert not client.live("http://127.0.0.1:9")
+
+
+# --- bad input: non-finite values, oversized bodies, idle connections ---------------------
+
+
+def _strict_json(raw: bytes) -> Any:
+    """``raw`` as RFC 8259 JSON: NaN / Infinity tokens (which json.loads takes) are errors."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+def _send(server: Server, path: str, body: bytes,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST raw bytes; (status, the answer parsed as strict JSON)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, _strict_json(response.read())
+    finally:
+        conn.close()
+
+
+def _v2(rows: Any, datatype: str = "FP32") -> bytes:
+    """A V2 JSON request; ``json.dumps`` writes NaN and Infinity as the tokens it reads."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return json.dumps({"inputs": [{"name": "input", "shape": list(rows.shape),
+                                   "datatype": datatype, "data": rows.ravel().tolist()}]}).encode()
+
+
+def test_non_finite_inputs_are_400_naming_the_input(server: Server, registry: Registry) -> None:
+    infer = f"/v2/models/{NAME}/infer"
+    feature = registry.features[3]
+    for bad, says in ((float("nan"), "NaN (JSON null or NaN)"),
+                      (float("inf"), "Infinity (or a number beyond float32's ±3.4e38)"),
+                      (-1e39, "-Infinity (or a number beyond float32's ±3.4e38)")):
+        rows = registry.rows[:3].astype(np.float64)
+        rows[1, 3] = bad
+        status, body = _send(server, infer, _v2(rows, "FP64"))
+        assert status == 400 and list(body) == ["error"], body
+        assert body["error"] == (f"input input holds {says} at row 1, column 3 ({feature}): the "
+                                 "model takes finite numbers only; send a number for every "
+                                 "value (fill in missing ones before the request)")
+    data = [None, *registry.rows[0, 1:].tolist()]  # JSON null
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]}
+    status, answer = _send(server, infer, json.dumps(body).encode())
+    assert status == 400 and answer["error"].startswith(
+        f"input input holds NaN (JSON null or NaN) at row 0, column 0 ({registry.features[0]})")
+    rows = registry.rows[:2].copy()
+    rows[:, 0] = np.nan
+    status, body = _send(server, infer, _v2(rows))
+    assert status == 400 and "at row 0, column 0" in body["error"]
+    assert "2 such values in all" in body["error"]
+
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    v2 = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    tensor = triton.InferInput("input", [2, 30], "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=True)  # NaN as raw float32 bytes
+    with pytest.raises(InferenceServerException, match=r"input input holds NaN"):
+        v2.infer(NAME, [tensor])
+    assert len(client.infer(server.url, NAME, registry.rows[:2].tolist())["label"]) == 2
+
+
+def test_invocations_refuse_non_finite_inputs_in_every_format(server: Server,
+                                                              registry: Registry) -> None:
+    rows = registry.rows[:3].astype(np.float64)
+    rows[2, 5] = float("nan")
+    feature = registry.features[5]
+    records = [dict(zip(registry.features, row.tolist(), strict=True)) for row in rows]
+    records[2][feature] = None  # JSON null
+    split = {"columns": list(reversed(registry.features)), "data": rows[:, ::-1].tolist()}
+    for key, value in (("inputs", rows.tolist()), ("instances", rows.tolist()),
+                       ("dataframe_split", split), ("dataframe_records", records)):
+        status, body = _send(server, "/invocations", json.dumps({key: value}).encode())
+        assert status == 400 and list(body) == ["error"], body
+        assert body["error"].startswith(f"{key} holds NaN (JSON null or NaN) at row 2, column 5"
+                                        f" ({feature}): the model takes finite numbers only")
+
+
+def test_non_finite_predictions_are_an_error_never_invalid_json(server: Server,
+                                                                registry: Registry) -> None:
+    """Finite inputs far outside the training range overflow the MLP to NaN."""
+    rows = np.full((2, 30), 3e38, dtype=np.float32)
+    rows[0] = registry.rows[0]
+    assert not np.isfinite(np.asarray(_pyfunc(registry.uri("trained")).predict(rows))[1]).all()
+    version = registry.versions["trained"]
+    says = (f"model {NAME} version {version} predicted NaN for row 1 of the request (2 "
+            "non-finite values in all), which is no answer: check that the inputs lie in the "
+            "range the model was trained on")
+    assert _send(server, f"/v2/models/{NAME}/infer", _v2(rows)) == (500, {"error": says})
+    assert _send(server, "/invocations", json.dumps({"inputs": rows.tolist()}).encode()) == (
+        500, {"error": says})
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    tensor = triton.InferInput("input", [2, 30], "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=True)
+    wanted = [triton.InferRequestedOutput("probabilities", binary_data=True)]
+    with pytest.raises(InferenceServerException, match="predicted NaN for row 1"):
+        triton.InferenceServerClient(url=f"127.0.0.1:{server.port}").infer(
+            NAME, [tensor], outputs=wanted)
+
+
+def test_the_default_body_limit_is_16_mib(server: Server) -> None:
+    body = b'{"inputs": [' + b" " * (16 * 1024 * 1024) + b"]}"
+    started = time.monotonic()
+    status, answer = _send(server, f"/v2/models/{NAME}/infer", body)
+    assert status == 413 and answer == {"error": (
+        f"the request body is {len(body)} bytes, over this server's limit of 16777216 bytes "
+        "(--max-body-bytes): send fewer rows per request")}
+    assert time.monotonic() - started < 10
+    assert server.status("/v2/health/ready") == 200
+
+
+@pytest.fixture(scope="module")
+def limited(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server with a 100,000-byte body limit and a 1 s idle timeout."""
+    log = tmp_path_factory.mktemp("limited") / "server.log"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+        patch.setenv("MLKUBE_STATE_DIR", str(registry.state))
+        started = start_server(registry.uri("trained"), NAME, registry.versions["trained"], log,
+                               "--max-body-bytes", "100000", "--idle-timeout", "1")
+    try:
+        started.wait("/v2/health/ready", 200)
+        yield started
+    finally:
+        started.stop()
+
+
+def _read_all(sock: Any) -> bytes:
+    """Everything the server sends until it closes the connection (fails after 15 s)."""
+    sock.settimeout(15)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _answer(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, _strict_json(body)
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed(limited: Server,
+                                                          registry: Registry) -> None:
+    import socket
+
+    infer = f"/v2/models/{NAME}/infer"
+    fits = _v2(registry.rows[:2])
+    exact = fits[:-1] + b" " * (100_000 - len(fits)) + b"}"  # the limit itself is allowed
+    status, answer = _send(limited, infer, exact)
+    assert status == 200 and len(answer["outputs"][1]["data"]) == 2
+    status, answer = _send(limited, infer, exact + b" ")
+    assert status == 413 and answer == {"error": (
+        "the request body is 100001 bytes, over this server's limit of 100000 bytes "
+        "(--max-body-bytes): send fewer rows per request")}
+    # 120 MB from a client that sends it all before reading (urllib): the 413, not a reset
+    request = urllib.request.Request(f"{limited.url}{infer}", data=b" " * 120_000_000)
+    started = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413 and refused.value.headers["Connection"] == "close"
+    assert "120000000 bytes, over" in _strict_json(refused.value.read())["error"]
+    assert time.monotonic() - started < 10
+    # a client that waits for "100 Continue" is answered before it sends the body
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=15) as sock:
+        sock.sendall(f"POST {infer} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        status, headers, answer = _answer(_read_all(sock))
+    assert status == 413 and headers["connection"] == "close"
+    assert answer["error"].startswith("the request body is 10000000000 bytes, over")
+    # a chunked body is counted as it arrives
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=15) as sock:
+        sock.sendall(f"POST {infer} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     "Content-Type: application/json\r\n\r\n".encode())
+        piece = b" " * 30_000
+        for _ in range(5):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        status, headers, answer = _answer(_read_all(sock))
+    assert status == 413 and headers["connection"] == "close"
+    assert answer == {"error": "the request body passed this server's limit of 100000 bytes "
+                               "(--max-body-bytes): send fewer rows per request"}
+    assert limited.status("/v2/health/ready") == 200
+
+
+def test_idle_connections_are_closed(limited: Server) -> None:
+    import socket
+
+    def closed_after(sock: socket.socket) -> float:
+        started = time.monotonic()
+        assert _read_all(sock) == b""  # the server closed it, sending nothing
+        return time.monotonic() - started
+
+    with socket.create_connection(("127.0.0.1", limited.port)) as sock:  # never sends
+        assert 0.5 < closed_after(sock) < 10
+    conn = http.client.HTTPConnection("127.0.0.1", limited.port, timeout=15)  # keep-alive
+    conn.request("GET", "/v2/health/live")
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Connection") != "close"
+    response.read()
+    assert conn.sock is not None and 0.5 < closed_after(conn.sock) < 10
+    conn.close()
+    with socket.create_connection(("127.0.0.1", limited.port)) as sock:  # headers trickle in
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(100):
+                time.sleep(0.2)
+                sock.sendall(b"X-Slow: 1\r\n")
+        assert time.monotonic() - started < 10
+    with socket.create_connection(("127.0.0.1", limited.port)) as sock:  # a stalled body
+        sock.sendall(f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Length: 100\r\n\r\n{\"inputs\"".encode())
+        status, headers, answer = _answer(_read_all(sock))
+    assert status == 408 and headers["connection"] == "close"
+    assert answer == {"error": "the request body stalled: no bytes for 1 s (--idle-timeout); "
+                               "send the whole body without pausing"}
+    assert limited.status("/v2/health/ready") == 200
+
+
+def test_the_limits_are_server_options(tmp_path: Path) -> None:
+    import argparse
+
+    from mlkube.serve import server as model_server
+
+    argv = model_server.arguments(model_uri="models:/m/3", name="m", version="3",
+                                  host="127.0.0.1", port=8080, max_body_bytes=1024,
+                                  idle_timeout=2.5)
+    assert argv[-4:] == ["--max-body-bytes", "1024", "--idle-timeout", "2.5"]
+    parser = argparse.ArgumentParser()
+    model_server.add_arguments(parser)
+    args = parser.parse_args(argv)
+    assert (args.max_body_bytes, args.idle_timeout) == (1024, 2.5)
+    defaults = parser.parse_args(model_server.arguments(
+        model_uri="models:/m/3", name="m", version="3", host="127.0.0.1", port=8080))
+    assert (defaults.max_body_bytes, defaults.idle_timeout) == (16 * 1024 * 1024, 75.0)
+    for option, value, says in (("--max-body-bytes", "0", "a positive number of bytes"),
+                                ("--idle-timeout", "-1", "a positive number of seconds")):
+        done = subprocess.run([sys.executable, "-m", "mlkube.serve.server", "--model-uri",
+                               "models:/m/3", option, value], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1 and done.stderr.splitlines() == [
+            f"mlkube serve: error: {option} is {value}; give {says} (default "
+            f"{'16777216' if option == '--max-body-bytes' else '75'})"]

@@ -40,6 +40,12 @@ def test_two_nodes_train_one_model_and_one_result(dataset: str, state: Path, tmp
     for (process, _), (_, err) in zip(nodes, outputs, strict=True):
         assert process.returncode == 0, err[-2000:]
     assert "training on cpu x2 for 3 epochs" in outputs[0][0]
+    follows = [line for line in outputs[1][0].splitlines() if line.startswith("[train] rank 1")]
+    assert follows[0] == ("[train] rank 1 of 2: training on cpu with rank 0, which logs to "
+                          "MLflow and writes the result")  # the follower pod's log was empty
+    assert [line.split(" loss ")[0] for line in follows[1:]] == [
+        "[train] rank 1: epoch 1/3", "[train] rank 1: epoch 2/3", "[train] rank 1: epoch 3/3",
+        "[train] rank 1: done after 3 epochs"]
     leader, follower = (json.loads(r.read_text()) if r.exists() else None for _, r in nodes)
     assert follower is None  # one process writes the result
     assert leader is not None and leader["epochs"] == 3 and leader["value"] > 0.8

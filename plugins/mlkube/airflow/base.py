@@ -26,8 +26,8 @@ from mlkube.airflow.local_run import LocalStep
 from mlkube.airflow.mlflow_connection import MlflowHook, MlflowSettings
 from mlkube.airflow.termination import failure, result_from_pod
 from mlkube.errors import MlkubeError
+from mlkube.kube import multinode, validation
 from mlkube.kube import preflight as preflights
-from mlkube.kube import validation
 from mlkube.kube.pod import Placement, SecretEnv, StepPod, grace_period, step_pod
 from mlkube.spec import StepSpec
 
@@ -371,7 +371,7 @@ class StepOperator(KubernetesPodOperator):
         """Fail now when the pod can never be admitted or scheduled (:mod:`mlkube.kube.preflight`)."""
         found = preflights.read_cluster(self.client, pod.metadata.namespace, self.log.warning)
         try:
-            preflights.verdict(pod, **found)
+            multinode.verdict(pod, found)
         except MlkubeError as exc:
             raise MlkubeError(f"{self._what}: {exc}") from None
 

@@ -188,11 +188,28 @@ class TrainOperator(StepOperator):
                 raise MlkubeError(f"{self._what}: nodes={self.nodes} needs the kubernetes backend "
                                   "(pods on several nodes); on this machine use nodes=1")
             namespace = self.namespace or self.hook.get_namespace() or "default"
-            multinode.run_job(self.hook.core_v1_client.api_client,
-                              self.job_objects(context["run_id"]), namespace, log=self.log.info,
+            objects = self.job_objects(context["run_id"])
+            if self.preflight:  # before anything is created: can every node's pod ever run?
+                self._preflight(self.node_pod(objects, namespace))
+            multinode.run_job(self.hook.core_v1_client.api_client, objects, namespace,
+                              log=self.log.info,
                               timeout_seconds=self.execution_timeout.total_seconds()
-                              if self.execution_timeout else None)
+                              if self.execution_timeout else None,
+                              schedule_timeout_seconds=self.schedule_timeout_seconds)
         return super().execute(context)
+
+    def node_pod(self, objects: list[Any], namespace: str) -> Any:
+        """One of the Job's pods, as preflight judges it: it stands for ``nodes`` of them."""
+        from kubernetes.client import V1ObjectMeta, V1Pod
+
+        from mlkube.kube.multinode import NODES_ANNOTATION
+
+        job = next(o for o in objects if o.kind == "Job")
+        template = job.spec.template
+        return V1Pod(api_version="v1", kind="Pod", spec=template.spec, metadata=V1ObjectMeta(
+            name=f"{job.metadata.name}-0", namespace=namespace,
+            labels=template.metadata.labels if template.metadata else None,
+            annotations={NODES_ANNOTATION: str(self.nodes)}))
 
 
 class RegisterModelOperator(StepOperator):

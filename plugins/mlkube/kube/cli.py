@@ -66,21 +66,16 @@ def judge(pods: list[Any], views: dict[str, dict[str, Any]]) -> list[tuple[bool,
     ``views`` holds, per namespace, what :func:`mlkube.kube.preflight.read_cluster` listed.
     """
     from mlkube.errors import MlkubeError
-    from mlkube.kube import multinode, preflight
+    from mlkube.kube import multinode
 
     lines = []
     for pod in pods:
         namespace = pod.metadata.namespace
         found = views[namespace]
         try:
-            result = preflight.verdict(pod, **found)
+            result = multinode.verdict(pod, found)
         except MlkubeError as exc:
             lines.append((False, f"never: {exc}"))
-            continue
-        spread = (multinode.nodes_problem(pod, result.nodes, len(found["nodes"]))
-                  if found["nodes"] is not None else None)
-        if spread:
-            lines.append((False, f"never: {spread}"))
             continue
         where = (f"fits {len(result.nodes)} of {len(found['nodes'])} nodes: "
                  f"{', '.join(result.nodes[:10])}" if found["nodes"] is not None

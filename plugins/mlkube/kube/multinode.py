@@ -66,10 +66,28 @@ def nodes_problem(pod: Any, fits: tuple[str, ...], total: int) -> str | None:
         return None
     limits = (pod.spec.containers[0].resources.limits or {}) if pod.spec.containers[0].resources else {}
     gpus = limits.get("nvidia.com/gpu", "0")
-    return (f"pod {pod.metadata.name} trains on {wanted} nodes at once, one pod ({gpus} GPUs) a "
+    return (f"pod {pod.metadata.name} trains on {wanted} nodes at once, one pod ({gpus} "
+            f"GPU{'' if gpus == '1' else 's'}) a "
             f"node, but only {len(fits)} of {total} nodes can take one"
             f"{': ' + ', '.join(fits[:10]) if fits else ''}; train on fewer nodes or with fewer "
             "GPUs a node, or add nodes")
+
+
+def verdict(pod: Any, found: dict[str, Any]) -> Any:
+    """:func:`mlkube.kube.preflight.verdict` on what ``read_cluster`` found, and room for every
+    pod of its kind that trains at once (:data:`NODES_ANNOTATION`), one a node.
+
+    Raises:
+        MlkubeError: one line, why the pod (or its Job) can never run.
+    """
+    from mlkube.kube import preflight
+
+    result = preflight.verdict(pod, **found)
+    if found.get("nodes") is not None:
+        problem = nodes_problem(pod, result.nodes, len(found["nodes"]))
+        if problem:
+            raise MlkubeError(problem)
+    return result
 
 
 def _processes(container: V1Container) -> int:
@@ -202,58 +220,145 @@ def _apply(client: Any, body: dict[str, Any], namespace: str) -> Any:
 
 def run_job(api_client: Any, objects: list[Any], namespace: str, *,
             poll_seconds: float = 10.0, timeout_seconds: float | None = None,
-            log: Any = print) -> None:
+            schedule_timeout_seconds: float = 120.0, log: Any = print) -> None:
     """Apply the Service and Job (server-side apply) and wait until the Job completes.
 
     A Job that failed in an earlier try is deleted and created again, so a retried task trains
     again (from the run's last checkpoint); a Job that completed is left as it is. A failed or
-    timed-out Job is one line, with the Job's own reason.
+    timed-out Job is one line, with the Job's own reason; so is a Job whose pod the scheduler
+    has not placed for ``schedule_timeout_seconds`` (with the scheduler's reason). Whenever
+    the wait ends without the Job complete (failed, timed out, or the task itself stopped), the
+    Job and its pods are deleted: nothing trains on for a task that has ended.
     """
-    import time
-
     from mlkube.kube import rollout
     from mlkube.kube.serving import to_dict
 
     client = rollout._dynamic(api_client)
-    host = api_client.configuration.host
     bodies = [to_dict(o) for o in objects]
     for body in bodies:
         body["metadata"]["namespace"] = namespace
-    job = next(b for b in bodies if b["kind"] == "Job")
-    name = job["metadata"]["name"]
-    jobs = client.resources.get(api_version="batch/v1", kind="Job")
+    job = _Job(client, api_client.configuration.host, namespace,
+               next(b for b in bodies if b["kind"] == "Job"), log)
+    before = job.read()
+    if before is not None and (_finished(before) or ("", ""))[0] == "Failed":
+        log(f"Job {job.where} failed before; creating it again")
+        job.delete(wait_seconds=poll_seconds)
+    try:
+        for body in bodies:
+            where = f"{body['kind']} {namespace}/{body['metadata']['name']}"
+            log(f"applying {where}")
+            rollout._call(f"apply {where}", job.host,
+                          functools.partial(_apply, client, body, namespace))
+        job.wait(poll_seconds, timeout_seconds, schedule_timeout_seconds)
+    except BaseException:
+        job.delete()
+        raise
 
-    def read() -> dict[str, Any] | None:
+
+class _Job:
+    """One training Job: read it, wait for it, say why its pods wait, delete it."""
+
+    def __init__(self, client: Any, host: str, namespace: str, body: dict[str, Any],
+                 log: Any) -> None:
+        self.client, self.host, self.namespace, self.log = client, host, namespace, log
+        self.name = body["metadata"]["name"]
+        self.completions = body["spec"]["completions"]
+        self.where = f"{namespace}/{self.name}"
+        self.jobs = client.resources.get(api_version="batch/v1", kind="Job")
+
+    def read(self) -> dict[str, Any] | None:
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        try:
-            return dict(jobs.get(name=name, namespace=namespace).to_dict())
-        except NotFoundError:
-            return None
+        from mlkube.kube import rollout
 
-    before = rollout._call(f"read Job {namespace}/{name}", host, read)
-    if before is not None and (_finished(before) or ("", ""))[0] == "Failed":
-        log(f"Job {namespace}/{name} failed before; creating it again")
-        rollout._call(f"delete Job {namespace}/{name}", host, lambda: jobs.delete(
-            name=name, namespace=namespace, body={"propagationPolicy": "Foreground"}))
-        while rollout._call(f"read Job {namespace}/{name}", host, read) is not None:
-            time.sleep(poll_seconds)
-    for body in bodies:
-        where = f"{body['kind']} {namespace}/{body['metadata']['name']}"
-        log(f"applying {where}")
-        rollout._call(f"apply {where}", host, functools.partial(_apply, client, body, namespace))
-    started = time.monotonic()
-    while True:
-        live = rollout._call(f"read Job {namespace}/{name}", host, read) or {}
-        done = _finished(live)
-        if done and done[0] == "Complete":
-            log(f"Job {namespace}/{name}: {job['spec']['completions']} nodes completed")
+        def get() -> dict[str, Any] | None:
+            try:
+                return dict(self.jobs.get(name=self.name, namespace=self.namespace).to_dict())
+            except NotFoundError:
+                return None
+
+        return rollout._call(f"read Job {self.where}", self.host, get)
+
+    def delete(self, wait_seconds: float | None = None) -> None:
+        """Delete the Job and its pods; with ``wait_seconds``, poll until it is gone."""
+        import time
+
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        from mlkube.kube import rollout
+
+        def delete() -> None:
+            try:
+                self.jobs.delete(name=self.name, namespace=self.namespace,
+                                 body={"propagationPolicy": "Foreground"})
+            except NotFoundError:
+                return
+
+        if self.read() is None:
             return
-        if done:
-            raise MlkubeError(f"training Job {namespace}/{name} failed ({done[1].strip(': ')}); "
-                              f"see kubectl -n {namespace} logs -l {JOB_NAME_LABEL}={name}")
-        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            raise MlkubeError(f"training Job {namespace}/{name} did not complete within "
-                              f"{timeout_seconds:.0f} s; see kubectl -n {namespace} describe "
-                              f"job {name}")
-        time.sleep(poll_seconds)
+        rollout._call(f"delete Job {self.where}", self.host, delete)
+        self.log(f"deleted Job {self.where} and its pods")
+        while wait_seconds is not None and self.read() is not None:
+            time.sleep(wait_seconds)
+
+    def wait(self, poll_seconds: float, timeout_seconds: float | None,
+             schedule_timeout_seconds: float) -> None:
+        import time
+
+        started = time.monotonic()
+        pending: dict[str, float] = {}  # pod → when it was first seen unscheduled
+        while True:
+            live = self.read() or {}
+            done = _finished(live)
+            if done and done[0] == "Complete":
+                self.log(f"Job {self.where}: {self.completions} nodes completed")
+                return
+            if done:
+                raise MlkubeError(f"training Job {self.where} failed ({done[1].strip(': ')}); "
+                                  f"see kubectl -n {self.namespace} logs -l "
+                                  f"{JOB_NAME_LABEL}={self.name}")
+            waiting = self.unscheduled()
+            now = time.monotonic()
+            for pod in list(pending):
+                if pod not in waiting:
+                    pending.pop(pod)
+            for pod, reason in waiting.items():
+                if now - pending.setdefault(pod, now) > schedule_timeout_seconds:
+                    raise MlkubeError(f"training Job {self.where}: pod {pod} was not scheduled "
+                                      f"within {schedule_timeout_seconds:.0f} s: {reason}")
+            if timeout_seconds is not None and now - started > timeout_seconds:
+                why = "; ".join(f"pod {p} is not scheduled: {r}" for p, r in waiting.items())
+                if (live.get("spec") or {}).get("suspend"):
+                    why = "it is still suspended, waiting for its Kueue queue to admit it"
+                raise MlkubeError(f"training Job {self.where} did not complete within "
+                                  f"{timeout_seconds:.0f} s" + (f": {why}" if why else
+                                                                f"; see kubectl -n "
+                                                                f"{self.namespace} describe job "
+                                                                f"{self.name}"))
+            time.sleep(poll_seconds)
+
+    def unscheduled(self) -> dict[str, str]:
+        """The Job's pods the scheduler has not placed, each with its reason."""
+        from mlkube.kube import rollout
+
+        pods = self.client.resources.get(api_version="v1", kind="Pod")
+        events = self.client.resources.get(api_version="v1", kind="Event")
+        listed = rollout._call(f"list the pods of Job {self.where}", self.host, lambda: pods.get(
+            namespace=self.namespace, label_selector=f"{JOB_NAME_LABEL}={self.name}").to_dict())
+        found = {}
+        for pod in listed.get("items") or []:
+            name = pod["metadata"]["name"]
+            scheduled = next((c for c in (pod.get("status") or {}).get("conditions") or []
+                              if c.get("type") == "PodScheduled"), None)
+            if scheduled is None or scheduled.get("status") != "False":
+                continue
+            said = rollout._call(f"list the events of pod {name}", self.host, lambda n=name: (
+                events.get(namespace=self.namespace,
+                           field_selector=f"involvedObject.name={n}").to_dict()))
+            failed = [e for e in said.get("items") or [] if e.get("reason") == "FailedScheduling"]
+            latest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
+                                                   or ""), default=None)
+            message = (latest or {}).get("message") or scheduled.get("message") or \
+                scheduled.get("reason", "")
+            found[name] = str(message).strip().splitlines()[0] if message else "no reason given"
+        return found

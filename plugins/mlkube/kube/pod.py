@@ -38,8 +38,10 @@ from mlkube.spec import (
     ARTIFACT_MOUNT,
     CLUSTER_DATABASE,
     CLUSTER_MLFLOW_URI,
+    CPU_IMAGE,
     DB_SECRET,
     DB_SECRET_KEY,
+    GPU_IMAGE,
     GPUS_ENV,
     RESULT_PATH,
     SECRET_ENV_VAR,
@@ -148,6 +150,13 @@ def given_gpus(spec: StepSpec, placement: Placement) -> int:
     return spec.resources.gpus if placement.gpus is None else placement.gpus
 
 
+def image(spec: StepSpec, placement: Placement) -> str:
+    """The placement's image, else the step's; a GPU step given no GPU runs the CPU image."""
+    if placement.image:
+        return placement.image
+    return CPU_IMAGE if spec.image == GPU_IMAGE and not given_gpus(spec, placement) else spec.image
+
+
 def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> V1ResourceRequirements:
     """Requests and limits: memory limited to its request, CPU when asked, GPUs whole."""
     from kubernetes.utils import parse_quantity
@@ -221,7 +230,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
         selector = gpu.node_selector(placement.gpu_product)
     container = V1Container(
         name="base",
-        image=placement.image or spec.image,
+        image=image(spec, placement),
         command=spec.command(processes=int((reqs.limits or {}).get(gpu.GPU_RESOURCE, 1))),
         args=step_arguments(spec, values, placement),
         env=env or None,

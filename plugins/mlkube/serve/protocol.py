@@ -3,6 +3,13 @@
 Parsing a request's inputs (JSON or Triton's binary tensor extension, and MLflow's scoring
 formats) into one float32 array of feature rows, and encoding a model's outputs as a V2
 response. :mod:`mlkube.serve.app` holds the models and routes; this module holds the format.
+
+Every response body is strict JSON (RFC 8259: no ``NaN`` or ``Infinity`` tokens). An input
+holding NaN or ±Infinity (as JSON's ``NaN``/``Infinity``/``null``, which Python's json reader
+takes, as binary tensor data, or as a number beyond float32's range) is answered 400 naming
+the input and the first such value. A model that predicts NaN or ±Infinity for finite inputs
+is answered 500 naming the row (the same status as a model that fails at predict time), in
+every output encoding: such a prediction is no answer, whether JSON could carry it or not.
 """
 
 from __future__ import annotations
@@ -25,22 +32,24 @@ _NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT
 
 
 class RequestError(Exception):
-    """A request the server answers with an error status and ``{"error": message}``."""
+    """A request the server answers with an error status and ``{"error": message}``;
+    ``close``: and then closes the connection (a body left unread cannot be skipped)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.close = close
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """``obj`` as a compact JSON response."""
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    """``obj`` as a compact JSON response; strict JSON (a NaN raises ``ValueError``)."""
+    body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, *, close: bool = False) -> Response:
     """The error body every endpoint answers with: ``{"error": "<one line>"}``."""
-    return json_response({"error": message}, status)
+    return json_response({"error": message}, status, {"Connection": "close"} if close else None)
 
 
 async def json_body(request: Request) -> tuple[Any, memoryview | None]:
@@ -62,6 +71,54 @@ async def json_body(request: Request) -> tuple[Any, memoryview | None]:
 
 
 # --- request parsing ---------------------------------------------------------------------
+
+
+def _position(index: tuple[int, ...], columns: list[str] | None) -> str:
+    if len(index) == 2:
+        name = f" ({columns[index[1]]})" if columns and index[1] < len(columns) else ""
+        return f"row {index[0]}, column {index[1]}{name}"
+    if len(index) == 1:
+        return f"position {index[0]}"
+    return f"index {list(index)}"
+
+
+def _non_finite(array: Any) -> tuple[str, tuple[int, ...], int] | None:
+    """(what, where, how many) of the NaN / ±Infinity values in a float array, else None."""
+    import numpy as np
+
+    if array.dtype.kind not in "fc" or np.isfinite(array).all():  # the cheap common case
+        return None
+    bad = np.argwhere(~np.isfinite(array))
+    index = tuple(int(i) for i in bad[0])
+    value = array[index]
+    what = "NaN" if np.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    return what, index, len(bad)
+
+
+def require_finite(array: Any, where: str, columns: list[str] | None = None) -> None:
+    """400 naming ``where`` and the first value if ``array`` holds NaN or ±Infinity."""
+    found = _non_finite(array)
+    if found is None:
+        return
+    what, index, count = found
+    spelled = "NaN (JSON null or NaN)" if what == "NaN" else \
+        f"{what} (or a number beyond float32's ±3.4e38)"
+    more = f", {count} such values in all" if count > 1 else ""
+    raise RequestError(400, f"{where} holds {spelled} at {_position(index, columns)}{more}: "
+                            "the model takes finite numbers only; send a number for every "
+                            "value (fill in missing ones before the request)")
+
+
+def require_finite_outputs(model: loadedmod.LoadedModel, out: Any) -> None:
+    """500 naming the row if the model predicted NaN or ±Infinity (see the module doc)."""
+    found = _non_finite(out)
+    if found is None:
+        return
+    what, index, count = found
+    raise RequestError(500, f"model {model.name} version {model.version} predicted {what} for "
+                            f"row {index[0] if index else 0} of the request ({count} non-finite "
+                            "values in all), which is no answer: check that the inputs lie in "
+                            "the range the model was trained on")
 
 
 def _numbers(data: Any, datatype: str, shape: list[int], where: str) -> Any:
@@ -117,7 +174,11 @@ def rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any,
     tensors: dict[str, Any] = {}
     for i, spec in enumerate(inputs):
         name = spec.get("name") if isinstance(spec, dict) else None
-        tensors[str(name)], offset = _tensor(spec, binary, offset, f"input {name or i}")
+        where = f"input {name or i}"
+        tensor, offset = _tensor(spec, binary, offset, where)
+        named = tensor.ndim == 2 and tensor.shape[1] == model.n_features
+        require_finite(tensor, where, model.features if named else None)
+        tensors[str(name)] = tensor
     if model.columns is not None and len(tensors) == len(expected) and set(tensors) == set(
             expected):
         columns = [tensors[c].reshape(-1) for c in expected]
@@ -145,6 +206,8 @@ def rows_from_mlflow(model: loadedmod.LoadedModel, body: Any) -> Any:
     if not isinstance(body, dict):
         raise RequestError(400, "send a JSON object: {\"inputs\": [[...], ...]}, "
                                 "{\"dataframe_split\": ...} or {\"dataframe_records\": ...}")
+    where = next((k for k in ("inputs", "instances", "dataframe_split", "dataframe_records")
+                  if k in body), "")
     try:
         if "inputs" in body or "instances" in body:
             rows = np.asarray(body.get("inputs", body.get("instances")), dtype=np.float32)
@@ -174,6 +237,7 @@ def rows_from_mlflow(model: loadedmod.LoadedModel, body: Any) -> Any:
     if rows.ndim != 2 or rows.shape[1] != model.n_features:
         raise RequestError(400, f"input shape {list(rows.shape)} does not match "
                                 f"[-1, {model.n_features}]")
+    require_finite(rows, where, order)
     return rows
 
 

@@ -5,6 +5,11 @@ a worker thread, and reports ready (``/v2/health/ready``, ``/ping``) only once t
 the initial load fails, the server stops and the command exits 1 with one line saying why.
 Later versions arrive by hot swap (``POST /v2/repository/models/{name}/load``).
 
+Limits: a request body over ``--max-body-bytes`` (default 16 MiB) is answered 413 unparsed;
+a connection that sends no request for ``--idle-timeout`` seconds (default 75: after it
+opens, between keep-alive requests, or while its headers trickle in) is closed, and a request
+body that stalls that long is answered 408.
+
 ``python -m mlkube.serve.server`` takes the same options.
 """
 
@@ -14,8 +19,15 @@ import argparse
 import os
 import socket
 import sys
+import warnings
+from typing import Any
 
 from mlkube.errors import MlkubeError
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # about 50,000 rows of 30 features as JSON
+# Above the 60 s idle timeout of common load balancers and proxies, so that the server is not
+# the one that closes a connection a proxy is about to reuse.
+IDLE_TIMEOUT = 75.0
 
 
 def _split_uri(uri: str) -> tuple[str | None, str | None]:
@@ -41,15 +53,63 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _closing_idle(idle_timeout: float) -> Any:
+    """uvicorn's HTTP protocol, closing connections without a request for ``idle_timeout`` s.
+
+    uvicorn arms its keep-alive timer only when a response is complete, and any byte that
+    arrives cancels it: a connection that sends nothing, or headers that never end, stays
+    open for good. Here a timer runs from the connection's start and from each response's
+    end; if no request's headers were complete when it fires, the connection is closed. A
+    request in progress is never cut (a stalled body is the app's 408, see ``Limits``).
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class ClosingIdle(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _idle: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _disarm(self) -> None:
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self._idle = self.loop.call_later(idle_timeout, self._expired, self.cycle)
+
+        def _expired(self, cycle: Any) -> None:
+            self._idle = None
+            idle = self.cycle is cycle and (cycle is None or cycle.response_complete)
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+    return ClosingIdle
+
+
 def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
           port: int = 8080, fast_path: bool = True, access_log: bool = False,
-          threads: int | None = None) -> None:
+          threads: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+          idle_timeout: float = IDLE_TIMEOUT) -> None:
     """Serve ``model_uri`` as ``name`` / ``version`` until SIGTERM or SIGINT.
 
     ``threads``: the model's intra-op threads (torch's OpenMP pool); by default
     ``OMP_NUM_THREADS`` if set, else 1. Requests are predicted one at a time on the event
     loop, and a small model split over several threads only waits for them: on a busy 2-core
     machine a 64-row MLP call took 0.1 ms on 1 thread and up to 1.1 ms on 2.
+
+    ``max_body_bytes``, ``idle_timeout``: the limits of the module doc.
 
     Raises ``MlkubeError`` if the port is taken or the model does not load and verify.
     """
@@ -61,6 +121,10 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
 
     from mlkube.serve.app import Repository, create_app, log
 
+    # A request number beyond float32 becomes ±Infinity, which the request's 400 names: not
+    # worth numpy's RuntimeWarning in the log as well.
+    warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+
     failures: list[MlkubeError] = []
 
     def failed(error: MlkubeError) -> None:
@@ -69,9 +133,12 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
 
     sock = _listen(host, port)
     app = create_app(Repository(fast_path=fast_path), initial=(model_uri, name, str(version)),
-                     on_initial_failure=failed)
+                     on_initial_failure=failed, max_body_bytes=max_body_bytes,
+                     idle_timeout=idle_timeout)
     config = uvicorn.Config(app, workers=1, log_level="warning", access_log=access_log,
-                            lifespan="on", timeout_graceful_shutdown=10)
+                            lifespan="on", timeout_graceful_shutdown=10,
+                            http=_closing_idle(idle_timeout),
+                            timeout_keep_alive=idle_timeout)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     log(f"listening on http://{host}:{sock.getsockname()[1]}; loading {name} version {version} "
         f"({model_uri})")
@@ -80,10 +147,17 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
         raise failures[0]
 
 
-def arguments(*, model_uri: str, name: str, version: str, host: str, port: int) -> list[str]:
-    """The options of ``mlkube serve model`` for one fixed version (what its callers start)."""
+def arguments(*, model_uri: str, name: str, version: str, host: str, port: int,
+              max_body_bytes: int | None = None, idle_timeout: float | None = None) -> list[str]:
+    """The options of ``mlkube serve model`` for one fixed version (what its callers start);
+    a limit left ``None`` is the server's default."""
+    extra = []
+    if max_body_bytes is not None:
+        extra += ["--max-body-bytes", str(max_body_bytes)]
+    if idle_timeout is not None:
+        extra += ["--idle-timeout", f"{idle_timeout:g}"]
     return ["--model-uri", model_uri, "--name", name, "--version", version, "--host", host,
-            "--port", str(port)]
+            "--port", str(port), *extra]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +176,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="intra-op threads of the model (torch); "
                                                      "default: OMP_NUM_THREADS, else 1")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="BYTES",
+                        help="largest request body; a larger one is answered 413 unread "
+                             f"(default {MAX_BODY_BYTES}, 16 MiB)")
+    parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
+                        help="seconds a connection may wait without a request, or a request "
+                             f"body without a byte, before it is closed (default {IDLE_TIMEOUT:g})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,8 +191,15 @@ def run(args: argparse.Namespace) -> int:
     if not name or not version:
         raise MlkubeError(f"--model-uri {args.model_uri} is not models:/NAME/VERSION; "
                           "pass --name and --version")
+    if args.max_body_bytes <= 0:
+        raise MlkubeError(f"--max-body-bytes is {args.max_body_bytes}; give a positive number "
+                          f"of bytes (default {MAX_BODY_BYTES})")
+    if not 0 < args.idle_timeout < float("inf"):
+        raise MlkubeError(f"--idle-timeout is {args.idle_timeout:g}; give a positive number of "
+                          f"seconds (default {IDLE_TIMEOUT:g})")
     serve(args.model_uri, name=name, version=version, host=args.host, port=args.port,
-          fast_path=not args.no_fast_path, access_log=args.access_log, threads=args.threads)
+          fast_path=not args.no_fast_path, access_log=args.access_log, threads=args.threads,
+          max_body_bytes=args.max_body_bytes, idle_timeout=args.idle_timeout)
     return 0
 
 

@@ -256,6 +256,23 @@ def _train(ctx: Context, trainer: Any, directory: Path, params: ModelConfig,
                 raise _preempted(ctx, trainer, directory)
 
 
+def _follow(ctx: Context, trainer: Any, directory: Path, params: ModelConfig) -> None:
+    """A follower's part: train in step with rank 0. The first process of each pod says so,
+    and logs its loss each epoch, so a follower pod's log shows it trained."""
+    dist = trainer.dist
+    if dist.local_rank != 0:
+        _train(ctx, trainer, directory, params)
+        return
+    ctx.log(f"rank {dist.rank} of {dist.world}: training on {trainer.device.type} with rank 0, "
+            "which logs to MLflow and writes the result")
+
+    def each_epoch(loss: float) -> None:
+        ctx.log(f"rank {dist.rank}: epoch {trainer.epoch}/{params.epochs} loss {loss:.4f}")
+
+    _train(ctx, trainer, directory, params, each_epoch)
+    ctx.log(f"rank {dist.rank}: done after {trainer.epoch} epochs")
+
+
 def _fit(ctx: Context, trainer: Any, directory: Path, params: ModelConfig, metric: str) -> float:
     import mlflow
 
@@ -431,7 +448,7 @@ def run(ctx: Context) -> dict[str, Any]:
         result = _lead(ctx, trainer, directory, key, checkpoint, info, params)
         atomic_write_text(finished, json.dumps(result))
     else:
-        _train(ctx, trainer, directory, params)
+        _follow(ctx, trainer, directory, params)
     if dist.world > 1:  # the followers return the leader's result
         shared = [result if dist.leader else None]
         torch.distributed.broadcast_object_list(shared, src=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import types
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,20 @@ def test_an_unknown_missing_module_keeps_its_traceback(monkeypatch: pytest.Monke
     monkeypatch.setattr(local_cli, "_run", run)
     with pytest.raises(ModuleNotFoundError):
         cli.main(["run"])
+
+
+@pytest.mark.parametrize("command", [["run"], ["step", "prepare-data"], ["serve", "status"]])
+def test_a_config_that_is_a_directory_or_bad_yaml_is_one_line(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("model:\n\tepochs: 3\n")
+    for config, says in ((tmp_path, f"config file {tmp_path} is a directory: pass the YAML file "
+                                    f"itself, e.g. {tabbed}"),
+                         (tabbed, f"config file {tabbed} is not valid YAML at line 2, column 1: "
+                                  "found character '\\t' that cannot start any token")):
+        assert cli.main([*command, "--config", str(config)]) == 1
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+        name = command[1] if command[0] == "step" else command[0]
+        assert lines[0].startswith(f"mlkube {name}: error: {says}")

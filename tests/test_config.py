@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,58 @@ def test_model_params_applies_tuned_values_with_the_config_rules() -> None:
     assert config.model_params(base, {"hidden_sizes": "128,64"}).hidden_sizes == [128, 64]
     with pytest.raises(MlkubeError, match="'model.learning_rate' must be positive"):
         config.model_params(base, {"learning_rate": -1.0})
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(MlkubeError) as raised:
+        config.load(path)
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_a_directory_is_named_with_the_file_to_pass(tmp_path: Path) -> None:
+    (tmp_path / "conf" / "lifecycle.yaml").parent.mkdir()
+    (tmp_path / "conf" / "lifecycle.yaml").write_text("model:\n  epochs: 3\n")
+    message = _load_error(tmp_path / "conf")
+    assert message == (f"config file {tmp_path / 'conf'} is a directory: pass the YAML file "
+                       f"itself, e.g. {tmp_path / 'conf' / 'lifecycle.yaml'}")
+    assert "is a directory: pass the YAML file itself" in _load_error(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {}\n")
+    path.chmod(0)
+    assert "is not readable by this user" in _load_error(path)
+
+
+def test_other_read_errors_and_binary_files_are_one_line(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    assert "cannot be read (Too many levels of symbolic links): pass a readable YAML file" in \
+        _load_error(loop)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("model: {}\n")
+    assert "cannot be read (Not a directory)" in _load_error(plain / "c.yaml")
+    binary = tmp_path / "c.yaml.gz"
+    binary.write_bytes(b"\x1f\x8b\x08\x00")
+    assert "is not UTF-8 text (byte 1 is 0x8b): pass a YAML text file" in _load_error(binary)
+
+
+@pytest.mark.parametrize(("yaml_text", "where", "problem"), [
+    ("model:\n\tepochs: 3\n", "line 2, column 1",
+     "found character '\\t' that cannot start any token (while scanning for the next token); "
+     "YAML indents with spaces, not tabs: replace the tab"),
+    ("model:\n  epochs: 3\ntune: {workers: 2\n", "line 4, column 1",
+     "expected ',' or '}', but got '<stream end>' (while parsing a flow mapping); fix the YAML "
+     "there"),
+    ("model: epochs: 3\n", "line 1, column 14",
+     "mapping values are not allowed here; fix the YAML there"),
+])
+def test_yaml_syntax_errors_name_the_line_column_and_problem(tmp_path: Path, yaml_text: str,
+                                                              where: str, problem: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    assert _load_error(path) == f"config file {path} is not valid YAML at {where}: {problem}"

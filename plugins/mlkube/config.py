@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, first_line
 
 Task = Literal["classification", "regression"]
 ColumnType = Literal["float", "int"]
@@ -193,19 +193,51 @@ def state_dir(config: Config) -> Path:
     return Path(os.environ.get("MLKUBE_STATE_DIR") or config.state_dir).resolve()
 
 
+def _read(file: Path) -> str:
+    """The text of the config file, or one line saying why it cannot be read and what to do."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MlkubeError(f"config file {file} not found: pass an existing YAML file") from None
+    except IsADirectoryError:
+        inside = sorted(p for p in file.glob("*.y*ml") if p.is_file())
+        example = f", e.g. {inside[0]}" if inside else ""
+        raise MlkubeError(f"config file {file} is a directory: pass the YAML file itself"
+                          f"{example}") from None
+    except PermissionError:
+        raise MlkubeError(f"config file {file} is not readable by this user (uid {os.getuid()}): "
+                          "make it readable (chmod a+r) or pass a copy you can read") from None
+    except OSError as exc:
+        raise MlkubeError(f"config file {file} cannot be read ({exc.strerror or exc}): pass a "
+                          "readable YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise MlkubeError(f"config file {file} is not UTF-8 text (byte {exc.start} is "
+                          f"{exc.object[exc.start]:#04x}): pass a YAML text file") from None
+
+
+def _yaml_error(file: Path, exc: yaml.YAMLError) -> MlkubeError:
+    """One line for a YAML syntax error: the file, the line and column, the parser's problem."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return MlkubeError(f"config file {file} is not valid YAML: {first_line(exc)}")
+    mark = exc.problem_mark or exc.context_mark
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+    context = f" ({exc.context})" if exc.problem and exc.context else ""
+    hint = ("YAML indents with spaces, not tabs: replace the tab" if "'\\t'" in problem
+            else "fix the YAML there")
+    return MlkubeError(f"config file {file} is not valid YAML{at}: {problem}{context}; {hint}")
+
+
 def load(path: str | Path | None) -> Config:
     """Load the YAML file at ``path``; ``None`` gives the defaults."""
     if path is None:
         return from_dict({})
     file = Path(path)
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise MlkubeError(f"config file {file} not found: pass an existing YAML file") from None
+    text = _read(file)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise MlkubeError(f"config file {file} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise _yaml_error(file, exc) from None
     if data is not None and not isinstance(data, dict):
         raise MlkubeError(f"config file {file} must hold a mapping at the top level")
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 
 from mlkube import result as resultmod
 from mlkube import spec
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, database_unusable
 from mlkube.steps._main import Context, run_step
 
 
@@ -80,3 +83,134 @@ def test_no_git_warnings_where_git_is_missing(tmp_path: Path) -> None:
     output = done.stdout + done.stderr
     for warning in ("Failed to import Git", "git executable", "GIT_PYTHON_REFRESH"):
         assert warning not in output, output
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux only)")
+def test_a_full_disk_is_one_line_without_a_traceback(
+        termination_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A real ENOSPC (writing /dev/full), raised again the way libraries wrap it."""
+    monkeypatch.setenv("MLKUBE_STATE_DIR", str(tmp_path / "state"))
+
+    def body(ctx: Context) -> dict[str, Any]:
+        try:
+            with open("/dev/full", "w") as full:
+                full.write("checkpoint")
+        except OSError as exc:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos") from exc
+        return {}
+
+    code = run_step(spec.TRAIN, body, ["--dataset", "/d"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("mlkube train: error: the disk is full (No space left on device) "
+                             f"writing under the state directory {tmp_path / 'state'} (")
+    assert err[0].endswith("free now): free space on that file system, or set MLKUBE_STATE_DIR "
+                           "(and --artifact-root) to a directory on a larger one, then run the "
+                           "step again")
+    assert termination_log.read_text() == err[0]
+
+
+def _full_sqlite(path: Path) -> BaseException:
+    """SQLite's own "database or disk is full", as SQLAlchemy raises it from an autoflush."""
+    import sqlalchemy
+    from sqlalchemy import orm
+
+    class Base(orm.DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = "rows"
+        id = sqlalchemy.Column(sqlalchemy.Integer, primary_key=True)
+        text = sqlalchemy.Column(sqlalchemy.Text)
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    with engine.connect() as connection:
+        pages = connection.exec_driver_sql("PRAGMA page_count").scalar()
+    engine.dispose()  # new connections from here on
+    sqlalchemy.event.listen(engine, "connect", lambda c, _: c.execute(
+        f"PRAGMA max_page_count = {pages}"))  # the file may not grow: SQLITE_FULL
+    try:
+        with orm.Session(engine) as session:
+            session.add(Row(text="x" * 100_000))
+            session.query(Row).all()  # the autoflush writes, and fails
+    except sqlalchemy.exc.OperationalError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError("SQLite took the row")
+
+
+def test_a_full_sqlite_database_wrapped_by_mlflow_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow.exceptions import MlflowException
+
+    full = _full_sqlite(tmp_path / "mlflow.db")
+    assert "database or disk is full" in str(full) and "autoflush" in str(full)
+    monkeypatch.setenv("MLKUBE_STATE_DIR", str(tmp_path))
+
+    def body(ctx: Context) -> dict[str, Any]:
+        raise MlflowException(message=full) from full  # how MLflow's store re-raises it
+
+    assert run_step(spec.TUNE, body, ["--dataset", "/d"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "mlkube tune: error: the disk is full (database or disk is full) writing under the "
+        f"state directory {tmp_path} ("), err
+    found = database_unusable("Optuna storage", "sqlite:///x.db", full, "tune.storage")
+    assert str(found) == ("Optuna storage sqlite:///x.db has no disk space left (database or "
+                          "disk is full): free space on the disk that holds it, then run the "
+                          "step again")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, mounted for the test (root only)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: the disk-full test mounts a small tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): the disk-full test "
+                    "needs mount privileges")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_during_train_is_one_line_and_the_next_run_converges(
+        small_disk: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLKUBE_STATE_DIR"] = str(small_disk / "state")
+
+    def step(module: str, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+        result = tmp_path / f"{module}.json"
+        result.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-m", f"mlkube.steps.{module}", *args,
+                               "--result-file", str(result)], env=env, capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path)
+        return done, json.loads(result.read_text()) if result.exists() else None
+
+    done, prepared = step("prepare_data")
+    assert done.returncode == 0, done.stderr
+    train = ("--dataset", prepared["dataset_uri"], "--epochs", "4")
+    fill = small_disk / "fill"
+    fill.write_bytes(bytes(shutil.disk_usage(small_disk).free - 48 * 1024))
+    done, result = step("train", *train)
+    assert done.returncode == 1 and result is None
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback, no MLflow database error log
+    assert lines[0].startswith("mlkube train: error: the disk is full ("), lines[0]
+    assert f"writing under the state directory {small_disk / 'state'} (" in lines[0] or \
+        f"writing {small_disk}/" in lines[0]
+    assert "free space on that file system" in lines[0]
+    fill.unlink()  # the disk is healthy again: the same command converges
+    done, result = step("train", *train)
+    assert done.returncode == 0, done.stderr
+    assert result is not None and result["model_uri"] and result["epochs"] == 4

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkube import config as configmod
-from mlkube.errors import MlkubeError, first_line, missing_extra
+from mlkube.errors import MlkubeError, disk_full, disk_full_error, first_line, missing_extra
 from mlkube.result import write_result, write_termination_message
 from mlkube.spec import StepSpec
 
@@ -84,6 +84,9 @@ def _quiet_environment() -> None:
     # MLflow's "Failed to import Git" (it records the code version only where git exists).
     for name in ("mlflow.utils.git_utils", "mlflow.tracking._tracking_service.utils"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # MLflow logs a database error with its whole traceback and then raises it: the step
+    # reports what it raises (run_step below), so the log would only print it twice.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _unexpected(exc: BaseException) -> str:
@@ -106,6 +109,7 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
     """Run ``body`` as the program for ``spec``; returns the exit status."""
     signal.signal(signal.SIGTERM, _terminate)  # a pod's eviction: stop like Ctrl-C
     _quiet_environment()
+    ctx: Context | None = None
     try:
         ctx = build_context(spec, argv)
         result = body(ctx)
@@ -131,6 +135,19 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
         _fail(spec, str(hint) if hint else _unexpected(exc))
         return 1
     except Exception as exc:  # a bug or an environment nobody planned for
+        if disk_full(exc) is not None:  # not a bug: one line, however deep the library wrapped it
+            _fail(spec, str(disk_full_error(exc, _state_dir(ctx))))
+            return 1
         traceback.print_exc()
         _fail(spec, _unexpected(exc))
         return 1
+
+
+def _state_dir(ctx: Context | None) -> Path | None:
+    """Where the step writes (its state directory), for a message; ``None`` if not known."""
+    if ctx is not None:
+        return ctx.state_dir
+    try:
+        return configmod.state_dir(configmod.load(None))
+    except MlkubeError:
+        return None

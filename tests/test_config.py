@@ -41,6 +41,8 @@ def test_yaml_overrides_and_keeps_other_defaults(tmp_path: Path) -> None:
     ("registry:\n  model_name: 'a:b'\n", "hold no '/' or ':'"),
     ("registry:\n  model_name: ' '\n", "MLflow model names are not empty"),
     ("serving:\n  port: 65536\n", "'serving.port' is 65536, not a TCP port; use 1-65535"),
+    ("serving:\n  max_body_bytes: 0\n", "'serving.max_body_bytes' must be positive, got 0"),
+    ("serving:\n  idle_timeout: -1\n", "'serving.idle_timeout' must be positive, got -1"),
     ("tune:\n  storage: optuna.db\n", "'tune.storage' is 'optuna.db', not a database URL"),
     ("tune:\n  search_space:\n    hidden_sizes: {type: categorical, choices: ['64', 'wide']}\n",
      "'tune.search_space.hidden_sizes' allows 'wide', which the model rejects"),

@@ -105,6 +105,8 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 5151  # the published URL: new versions are swapped into the running server
     ready_timeout: float = 120.0
+    max_body_bytes: int = 16 * 1024 * 1024  # a larger request body is answered 413 unread
+    idle_timeout: float = 75.0  # seconds an idle connection (or a stalled body) is kept
 
 
 @dataclass(kw_only=True)
@@ -335,6 +337,8 @@ def _validate_serving(serving: ServingConfig) -> None:
     if not 0 < serving.port <= 65535:
         raise MlkubeError(f"config key 'serving.port' is {serving.port}, not a TCP port; use 1-65535 "
                           "(1024 and up need no privileges)")
+    _positive("serving.max_body_bytes", serving.max_body_bytes)
+    _positive("serving.idle_timeout", serving.idle_timeout)
     if serving.host not in ("127.0.0.1", "localhost", "::1"):
         raise MlkubeError(
             f"config key 'serving.host' is {serving.host!r}; the local server binds to "

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ NAME = "mlkube-demo"
 
 @pytest.fixture
 def config(tmp_path: Path) -> str:
-    return str(write_config(tmp_path / "c.yaml"))
+    return str(write_config(tmp_path / "c.yaml", serving={"max_body_bytes": 65536}))
 
 
 def _rows(dataset: str, n: int = 3) -> list[list[float]]:
@@ -83,6 +85,12 @@ def test_serves_then_swaps_the_next_version_in_place_under_load(
     assert first["endpoint"].endswith(f"/v2/models/{NAME}/infer") and first["replaced_version"] == ""
     assert _serving() == "1"
     (server,) = local.servers(state)
+    # the config's serving limits reach the server: a body over max_body_bytes is refused unread
+    big = urllib.request.Request(first["endpoint"], data=b"[" + b"0," * 40_000 + b"0]",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(big, timeout=30)
+    assert refused.value.code == 413
 
     again, same, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
     assert again == 0 and same == first  # nothing changes, the same result

@@ -118,7 +118,9 @@ def choose_target(ctx: Context, name: str) -> ServingTarget:
 
         return LocalTarget(state_dir=ctx.state_dir, model_name=name, host=ctx.config.serving.host,
                            port=ctx.config.serving.port,
-                           ready_timeout=ctx.config.serving.ready_timeout, log=ctx.log)
+                           ready_timeout=ctx.config.serving.ready_timeout, log=ctx.log,
+                           max_body_bytes=ctx.config.serving.max_body_bytes,
+                           idle_timeout=ctx.config.serving.idle_timeout)
     return _cluster_target(ctx, name, kind)
 
 

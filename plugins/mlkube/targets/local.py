@@ -124,8 +124,12 @@ class LocalTarget(ServingTarget):
     name = "local"
 
     def __init__(self, *, state_dir: Path, model_name: str, host: str, port: int,
-                 ready_timeout: float, log: Callable[[str], Any] = print) -> None:
-        """Where the server runs and how long a new one may take to become ready."""
+                 ready_timeout: float, log: Callable[[str], Any] = print,
+                 max_body_bytes: int | None = None, idle_timeout: float | None = None) -> None:
+        """Where the server runs and how long a new one may take to become ready; the
+        server's limits (``None``: its defaults)."""
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout = idle_timeout
         self.state_dir = state_dir
         self._model_name = model_name
         self.host = host
@@ -183,7 +187,8 @@ class LocalTarget(ServingTarget):
 
         command = [sys.executable, "-m", "mlkube.cli", "serve", "model",
                    *arguments(model_uri=model_uri, name=self.model_name, version=version,
-                              host=self.host, port=self.port)]
+                              host=self.host, port=self.port, max_body_bytes=self.max_body_bytes,
+                              idle_timeout=self.idle_timeout)]
         with log.open("a") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)

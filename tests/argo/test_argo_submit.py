@@ -107,3 +107,18 @@ def test_missing_or_schemeless_server(monkeypatch: pytest.MonkeyPatch, url: str 
 def test_an_unknown_target_is_named() -> None:
     with pytest.raises(MlkubeError, match="nothing to submit called 'everything'"):
         submit("everything", ArgoServer(url="http://127.0.0.1:1", namespace="argo"))
+
+
+def test_without_namespace_or_argo_namespace_it_submits_to_the_platforms_namespace(
+        rejecting_server: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from mlkube.kube.platform import PlatformOptions, render
+
+    monkeypatch.delenv("ARGO_NAMESPACE", raising=False)
+    monkeypatch.delenv("ARGO_TOKEN", raising=False)
+    platform = PlatformOptions().namespace
+    assert f"\n  name: {platform}\n" in render()["00-namespace.yaml"]  # where the platform lives
+    assert ArgoServer.from_env(url=rejecting_server).namespace == platform == "ml"
+    assert main(["argo", "submit", "templates", "--server", rejecting_server]) == 1
+    assert _Rejecting.seen[-1] == f"GET /api/v1/workflow-templates/{platform}/mlkube-steps None"
+    assert "rejected the templates submission" in capsys.readouterr().err

@@ -29,9 +29,13 @@ def _versions(name: str = "mlkube-demo") -> list[str]:
 
 
 def test_first_model_is_champion_and_registering_twice_adds_nothing(
-        dataset: str, train: Callable[..., str], tmp_path: Path) -> None:
+        dataset: str, train: Callable[..., str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     run_id = train()
+    capsys.readouterr()
     code, result, _ = run("register", "--dataset", dataset, "--run-id", run_id, tmp=tmp_path)
+    assert "[register] version 1 took the champion alias (there was none)" in \
+        capsys.readouterr().out.splitlines()
     assert code == 0 and result is not None
     assert (result["version"], result["promoted"], result["champion_version"]) == ("1", "true", "1")
     assert result["champion_value"] == "" and result["challenger_value"] > 0.8
@@ -45,6 +49,10 @@ def test_first_model_is_champion_and_registering_twice_adds_nothing(
     assert again == 0 and second is not None
     assert second["version"] == "1" and second["promoted"] == "true"
     assert _versions() == ["1"]
+    # the rerun says that nothing changed, not that the alias was taken again
+    said = capsys.readouterr().out.splitlines()
+    assert "[register] version 1 is already the champion; nothing changed" in said, said
+    assert not any("took" in line for line in said), said
 
 
 def test_worse_challenger_does_not_take_champion(dataset: str, train: Callable[..., str],
@@ -187,6 +195,7 @@ def test_champion_with_non_finite_predictions_loses_to_a_finite_challenger(
     assert result["promoted"] == "true" and result["version"] == "2"
     assert result["champion_version"] == "2" and result["champion_value"] == ""
     assert "non-finite" in out and "loses the alias" in out
+    assert "[register] version 2 took the champion alias from v1" in out.splitlines()
     assert str(client.get_model_version_by_alias("mlkube-demo", "champion").version) == "2"
 
 

@@ -41,8 +41,12 @@ def test_trains_logs_model_and_returns_same_result_again(dataset: str, tmp_path:
     assert np.asarray(model.predict(rows.to_numpy(dtype="float32"))).shape == (7, 2)
 
     again, same, _ = run("train", "--dataset", dataset, "--epochs", "3",
-                         "--params", '{"hidden_sizes": "16"}', tmp=tmp_path, capsys=capsys)
+                         "--params", '{"hidden_sizes": "16"}', tmp=tmp_path)
     assert again == 0 and same == result
+    said = [line for line in capsys.readouterr().out.splitlines() if "already finished" in line]
+    # the run it names is the run it returns, and nothing was trained
+    assert len(said) == 1 and f"as MLflow run {result['run_id']};" in said[0], said
+    assert said[0].endswith("(nothing trained)")
     assert len(mlflow.search_runs(experiment_names=["mlkube"], filter_string="tags.`mlkube.step` = 'train'",
                                   output_format="list")) == 1
 

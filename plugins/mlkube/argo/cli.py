@@ -48,7 +48,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _render_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--namespace", help="namespace (submit default: $ARGO_NAMESPACE or argo)")
+    parser.add_argument("--namespace", help="namespace (render default: none, the objects take "
+                                            "the one they are applied to; submit default: "
+                                            "$ARGO_NAMESPACE, else ml, the platform's)")
     parser.add_argument("--workers", type=int, help="tune workers fanned out (default 2)")
     parser.add_argument("--parallelism", type=int, help="lifecycle pods at once (default 2)")
     parser.add_argument("--schedule", action="append", dest="schedules",

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, needs_extras
 
 ARGO_SCHEMA_ENV = "MLKUBE_ARGO_SCHEMA"
 KSERVE_CRD_ENV = "MLKUBE_KSERVE_CRD"
@@ -105,8 +105,9 @@ class Validator:
         """Where ``obj`` (a built-in kind) breaks the Kubernetes OpenAPI schema."""
         try:
             import kubernetes_validate
-        except ImportError:  # a dev dependency: say so rather than pass silently
-            return ["kubernetes-validate is not installed: pip install 'mlkube[dev]'"]
+        except ImportError as exc:  # a missing validator is not an invalid object: stop here
+            raise (needs_extras("validating Kubernetes kinds", ("argo",))
+                   or MlkubeError(f"kubernetes-validate cannot be imported: {exc}")) from None
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:

@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from mlkube.argo.options import RenderOptions
 from mlkube.errors import MlkubeError
+from mlkube.kube.platform import PlatformOptions
 
 if TYPE_CHECKING:
     from hera.workflows import WorkflowsService
 
 TARGETS = ("templates", "lifecycle", "retrain")
 TIMEOUT_SECONDS = 30.0
+# Where to submit when neither --namespace nor ARGO_NAMESPACE says: the platform's namespace
+# (mlkube platform render), where the templates' service accounts, claim and databases are.
+DEFAULT_NAMESPACE = PlatformOptions.namespace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +38,8 @@ class ArgoServer:
     @classmethod
     def from_env(cls, url: str | None = None, namespace: str | None = None,
                  token: str | None = None, verify_ssl: bool = True) -> ArgoServer:
-        """Flags first, then ARGO_SERVER, ARGO_NAMESPACE (default ``argo``), ARGO_TOKEN."""
+        """Flags first, then ARGO_SERVER, ARGO_NAMESPACE (default: :data:`DEFAULT_NAMESPACE`,
+        the platform's), ARGO_TOKEN."""
         url = url or os.environ.get("ARGO_SERVER")
         if not url:
             raise MlkubeError("no Argo Server given: pass --server https://HOST:2746 or set "
@@ -42,7 +47,7 @@ class ArgoServer:
         if not url.startswith(("http://", "https://")):
             raise MlkubeError(f"Argo Server {url!r} has no scheme: write https://{url}")
         return cls(url=url.rstrip("/"), verify_ssl=verify_ssl,
-                   namespace=namespace or os.environ.get("ARGO_NAMESPACE") or "argo",
+                   namespace=namespace or os.environ.get("ARGO_NAMESPACE") or DEFAULT_NAMESPACE,
                    token=token or os.environ.get("ARGO_TOKEN") or None)
 
     def service(self) -> WorkflowsService:

@@ -108,9 +108,12 @@ def run(ctx: Context) -> dict[str, Any]:
     promote = (champion is None or champion_value is None or is_champion
                or modelmod.is_better(challenger_value, champion_value, direction,
                                      ctx.config.registry.margin))
-    if promote:
+    if is_champion:  # a rerun: the alias is where it was
+        ctx.log(f"version {version} is already the champion; nothing changed")
+    elif promote:
         client.set_registered_model_alias(name, CHAMPION, str(version))
-        ctx.log(f"version {version} is the champion")
+        ctx.log(f"version {version} took the champion alias "
+                + (f"from v{champion.version}" if champion else "(there was none)"))
     else:
         assert champion is not None
         client.set_registered_model_alias(name, CHALLENGER, str(version))

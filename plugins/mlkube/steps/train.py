@@ -298,7 +298,8 @@ def _finished(ctx: Context, finished: Path, key: str) -> dict[str, Any] | None:
     result: dict[str, Any] = json.loads(finished.read_text())
     tracking.configure(ctx.state_dir, ctx.config.experiment)
     if tracking.run_exists(result["run_id"]):
-        ctx.log(f"run {key} already finished; returning its result")
+        ctx.log(f"run {key} already finished as MLflow run {result['run_id']}; returning that "
+                "run's result (nothing trained)")
         return result
     ctx.log(f"run {key} finished as MLflow run {result['run_id']}, which this tracking store "
             "does not know; logging the trained model there again")

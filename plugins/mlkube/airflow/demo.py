@@ -138,8 +138,8 @@ def _key_result(task_id: str, r: dict[str, Any]) -> str:
     if task_id == "train":
         return f"{r.get('metric')} {_num(r.get('value'))} ({r.get('epochs')} epochs on {r.get('device')})"
     if task_id == "register":
-        if r.get("promoted") == "true":
-            verdict = "promoted to champion"
+        if r.get("promoted") == "true":  # holds the alias now (a rerun: it already did)
+            verdict = "the champion"
         else:
             verdict = (f"not promoted (champion v{r.get('champion_version')} "
                        f"{_num(r.get('champion_value'))})")

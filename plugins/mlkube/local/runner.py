@@ -86,7 +86,7 @@ def lifecycle(config_path: str | None) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any]) -> None:
     """The closing lines of ``mlkube run``."""
     steps = ", ".join(f"{k} {v}s" for k, v in summary["timings_s"].items())
-    outcome = ("took the champion alias" if summary["promoted"] == "true"
+    outcome = ("is the champion" if summary["promoted"] == "true"  # now, or already was
                else "did not beat the champion")
     print(f"""
 mlkube run {summary['run_id']} finished in {summary['total_s']}s ({steps})

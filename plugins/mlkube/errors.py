@@ -34,17 +34,11 @@ def database_unusable(what: str, url: str, exc: BaseException, setting: str) -> 
 class MlkubeError(Exception):
     """A problem with the user's input or environment, reported as one clear line.
 
-    Step programs turn it into a one-line message on stderr and a non-zero exit; every
-    other exception is a bug and keeps its traceback.
+    Step programs turn it into a one-line message on stderr and a non-zero exit
+    (:attr:`exit_code`); every other exception is a bug and keeps its traceback.
     """
 
-
-# The extra that installs each optional top-level module (pyproject.toml's optional-dependencies).
-EXTRAS = {
-    "mlflow": "ml", "torch": "ml", "optuna": "ml", "pandas": "ml", "pyarrow": "ml",
-    "sklearn": "ml", "numpy": "ml", "matplotlib": "ml", "airflow": "airflow", "hera": "argo",
-    "jsonschema": "argo", "kubernetes": "kube",
-}
+    exit_code: int = 1
 
 
 def missing_extra(exc: ModuleNotFoundError) -> MlkubeError | None:
@@ -156,6 +150,12 @@ EXTRA_PACKAGES: dict[str, dict[str, str]] = {
     "kube": {"kubernetes": "kubernetes"},
 }
 _NOT_ON_WINDOWS = {"uvloop"}  # pyproject.toml: uvloop; sys_platform != 'win32'
+# The extra to name for a missing top-level module: the smallest that installs it (numpy comes
+# with ml's pandas and torch).
+EXTRAS: dict[str, str] = {"numpy": "ml"}
+for _extra in ("kube", "ml", "serve", "argo", "airflow"):
+    for _module in EXTRA_PACKAGES[_extra].values():
+        EXTRAS.setdefault(_module.split(".")[0], _extra)
 
 
 def _importable(module: str) -> bool:

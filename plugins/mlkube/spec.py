@@ -45,6 +45,8 @@ ARTIFACT_MOUNT = "/mnt/mlkube"
 RESULT_PATH = "/tmp/mlkube/result.json"
 # torchrun, ending in one line and a single process's exit status (mlkube/torchrun.py)
 TORCHRUN = "mlkube.torchrun"
+# train --result-only exits with this when the run has not finished (so it must be trained)
+NOT_FINISHED_EXIT = 3
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -124,7 +124,7 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
         return 0
     except MlkubeError as exc:
         _fail(spec, str(exc))
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         _fail(spec, "interrupted; run it again to resume")
         return 130

@@ -415,6 +415,12 @@ def _fail_once_per_pod(problem: str, environ: Mapping[str, str]) -> NoReturn:
     raise MlkubeError(problem)
 
 
+class NotFinished(MlkubeError):
+    """``--result-only`` for a run that has not finished: nothing to report yet."""
+
+    exit_code = spec.NOT_FINISHED_EXIT
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Train (or resume, or return the finished run's result)."""
     import torch
@@ -437,7 +443,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if done is not None:
         return done
     if ctx.args.result_only == "true":
-        raise MlkubeError(f"run {key} has not finished (no {finished}): the training job that "
+        raise NotFinished(f"run {key} has not finished (no {finished}): the training job that "
                           "should have run it did not complete; see its pods' logs")
     directory.mkdir(parents=True, exist_ok=True)
 

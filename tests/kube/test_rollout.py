@@ -1,9 +1,11 @@
 """The cluster serving targets, with the real ``kubernetes`` client against a fake API server.
 
 The fake (``fake_apiserver.py``) does server-side apply the way the API server does (defaults,
-``managedFields``, generations) and plays the Deployment and KServe controllers as each test
-scripts them; every object it holds, status included, is checked against Kubernetes' 1.36
-schema and KServe's CRD when a test ends.
+field ownership per manager, conflicts, generations), runs the HPA, Deployment, ReplicaSet and
+KServe controllers and the kubelet on their own clock as each test scripts the pods, and
+checks every request against RBAC where a test gives it the deploy Role; every object it
+holds, status included, is checked against Kubernetes' 1.36 schema and KServe's CRD when a
+test ends.
 """
 
 from __future__ import annotations
@@ -136,13 +138,15 @@ def test_the_same_version_again_changes_nothing(fake: FakeApiServer) -> None:
     assert after["spec"] == before["spec"]
 
 
+def replicas(fake: FakeApiServer) -> int:
+    return int(fake.get("Deployment", "churn")["spec"]["replicas"])  # type: ignore[index]
+
+
 def test_a_new_version_replaces_the_previous_one(fake: FakeApiServer) -> None:
     deploy = target(fake)
     deploy.roll_out("7", uri("7"))
-    with fake.lock:  # the HPA scaled it up meanwhile (through the scale subresource)
-        scaled = fake.store[("Deployment", "ml", "churn")]
-        scaled["spec"]["replicas"] = 3
-        scaled["metadata"]["generation"] += 1
+    fake.hpa_wants["churn"] = 3  # the HPA scales it up meanwhile (through the scale subresource)
+    fake.wait_for(lambda: replicas(fake) == 3)
     deploy.roll_out("8", uri("8"))
     assert deploy.live_version() == "8"
     live = fake.get("Deployment", "churn")
@@ -154,6 +158,76 @@ def test_a_new_version_replaces_the_previous_one(fake: FakeApiServer) -> None:
     old, new = sorted(fake.objects("ReplicaSet"),
                       key=lambda rs: int(rs["metadata"]["annotations"][rollout.REVISION_ANNOTATION]))
     assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (0, 3)
+
+
+def test_old_pods_serve_until_new_ones_are_ready(fake: FakeApiServer) -> None:
+    """maxSurge 1, maxUnavailable 0: never fewer ready pods than replicas, one new pod at a
+    time, old and new serving together while it rolls."""
+    three = dataclasses.replace(SERVING, min_replicas=3)
+    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
+                                    namespace="ml", timeout=5, poll=0.01, log=lambda line: None)
+    deploy.roll_out("7", uri("7"))
+    seen: list[tuple[int, int, int]] = []  # (v7 ready, v8 ready, pods) after every step
+    step = fake.step
+
+    def step_and_sample(ticks: int = 1) -> None:
+        step(ticks)
+        pods = fake.objects("Pod")
+        ready = [p for p in pods if all(c.get("ready") for c in
+                                        p["status"].get("containerStatuses") or [{}])]
+        seen.append((sum(version_of(p["spec"]) == "7" for p in ready),
+                     sum(version_of(p["spec"]) == "8" for p in ready), len(pods)))
+
+    fake.step = step_and_sample  # type: ignore[method-assign]  # what the clock calls
+    deploy.roll_out("8", uri("8"))
+    fake.step = step  # type: ignore[method-assign]
+    assert all(old + new >= 3 and pods <= 4 for old, new, pods in seen), seen
+    assert {(3, 1, 4), (2, 2, 4), (1, 3, 4)} <= set(seen), "old and new pods serve together"
+    assert seen[-1] == (0, 3, 3)
+
+
+def test_a_failing_version_gets_one_surge_pod_and_the_old_pods_stay(fake: FakeApiServer) -> None:
+    fake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
+    three = dataclasses.replace(SERVING, min_replicas=3)
+    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
+                                    namespace="ml", timeout=5, poll=0.01, log=lambda line: None)
+    deploy.roll_out("7", uri("7"))
+    with pytest.raises(MlkubeError, match="the previous version \\(v7\\) keeps serving"):
+        deploy.roll_out("8", uri("8"))
+    old, new = sorted(fake.objects("ReplicaSet"),
+                      key=lambda rs: int(rs["metadata"]["annotations"][rollout.REVISION_ANNOTATION]))
+    assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (3, 1)
+    pods = fake.objects("Pod")
+    assert sorted(version_of(p["spec"]) for p in pods) == ["7", "7", "7", "8"]
+    deploy.roll_back("7")
+    assert deploy.live_version() == "7"
+    assert sorted(version_of(p["spec"]) for p in fake.objects("Pod")) == ["7", "7", "7"]
+
+
+def test_a_progress_deadline_someone_set_fails_the_rollout_at_that_deadline(
+        fake: FakeApiServer) -> None:
+    """A field another manager applied (here the deadline, by kubectl) survives mlkube's
+    apply, and the Deployment controller's ProgressDeadlineExceeded ends the wait."""
+    from fake_apiserver import KINDS
+
+    fake.outcome = fails_for("8", Outcome("starting"))
+    deploy = target(fake, timeout=30)
+    deploy.roll_out("7", uri("7"))
+    deadline = {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "churn", "namespace": "ml"},
+                "spec": {"progressDeadlineSeconds": 1}}
+    assert fake.apply(KINDS["Deployment"], "ml", "churn", deadline, "kubectl")[0] == 200
+    with pytest.raises(MlkubeError) as failed:
+        deploy.roll_out("8", uri("8"))
+    message = one_line(failed)
+    live = fake.get("Deployment", "churn")
+    assert live is not None and live["spec"]["progressDeadlineSeconds"] == 1
+    rs = next(r for r in fake.objects("ReplicaSet")
+              if version_of(r["spec"]["template"]["spec"]) == "8")
+    assert f'ProgressDeadlineExceeded: ReplicaSet "{rs["metadata"]["name"]}" has timed out ' \
+        "progressing." in message
+    assert "running, not ready yet" in message and "not ready after" not in message
+    assert "the previous version (v7) keeps serving" in message
 
 
 def test_a_crash_looping_version_fails_with_its_own_message_and_rolls_back(
@@ -201,7 +275,7 @@ def test_roll_back_to_objects_another_tool_applied(fake: FakeApiServer) -> None:
     code, _ = fake.apply(KINDS["Deployment"], "ml", "churn", old, "kubectl")
     assert code == 201
     deploy = target(fake)
-    assert deploy.live_version() == "7"
+    assert fake.wait_for(lambda: deploy.live_version() == "7")  # once its controller got there
     with pytest.raises(MlkubeError, match="v7"):
         deploy.roll_out("8", uri("8"))
     deploy.roll_back("7")
@@ -225,12 +299,12 @@ def test_the_same_crash_in_every_replica_is_said_once(fake: FakeApiServer) -> No
 
 def test_an_unschedulable_version_reports_failed_scheduling(fake: FakeApiServer) -> None:
     fake.outcome = fails_for("8", Outcome("unschedulable"))
-    deploy = target(fake, timeout=0.2)
+    deploy = target(fake, timeout=1)
     deploy.roll_out("7", uri("7"))
     with pytest.raises(MlkubeError) as failed:
         deploy.roll_out("8", uri("8"))
     message = one_line(failed)
-    assert "not ready after 0.2s" in message
+    assert "not ready after 1s" in message
     assert "is not scheduled (Unschedulable): 0/3 nodes are available: 3 Insufficient memory" \
         in message
     # the FailedScheduling event says the same sentence as the pod's condition: said once
@@ -258,14 +332,14 @@ def test_a_version_still_loading_at_the_deadline_says_what_its_probes_see(
         fake: FakeApiServer) -> None:
     fake.outcome = fails_for("7", Outcome("starting"))
     with pytest.raises(MlkubeError) as failed:
-        target(fake, timeout=0.1).roll_out("7", uri("7"))
+        target(fake, timeout=0.5).roll_out("7", uri("7"))
     message = one_line(failed)
     assert "running, not ready yet (restarts: 0)" in message
     assert "Unhealthy on pod churn-" in message and "statuscode: 503" in message
 
 
 def test_a_stale_ready_status_is_not_taken_for_the_new_version(fake: FakeApiServer) -> None:
-    deploy = target(fake, timeout=0.2)
+    deploy = target(fake, timeout=1)
     deploy.roll_out("7", uri("7"))
     fake.ready_after = 10**9  # the controller never gets to the new generation
     with pytest.raises(MlkubeError) as failed:
@@ -279,13 +353,17 @@ def test_a_stale_ready_status_is_not_taken_for_the_new_version(fake: FakeApiServ
     assert deploy.live_version() is None
 
 
-def test_the_controller_gets_there_after_a_few_reads(fake: FakeApiServer) -> None:
-    fake.ready_after = 4
-    deploy = target(fake)
+def test_the_controller_gets_there_after_a_few_ticks(fake: FakeApiServer) -> None:
+    fake.ready_after = 4  # ticks of its own clock before it observes the new generation
+    lines: list[str] = []
+    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=SERVING,
+                                    namespace="ml", timeout=5, poll=0.01, log=lines.append)
     deploy.roll_out("7", uri("7"))
     reads = [r for r in fake.requests if r.method == "GET"
              and r.path == "/apis/apps/v1/namespaces/ml/deployments/churn"]
     assert len(reads) >= 4 and deploy.live_version() == "7"
+    assert ("waiting for Deployment ml/churn: the Deployment controller has not yet observed "
+            "generation 1 (its status is of 0)") in lines
 
 
 def test_roll_back_to_nothing_deletes_what_roll_out_created(fake: FakeApiServer) -> None:
@@ -483,3 +561,120 @@ def test_applied_config_is_what_the_manager_owns() -> None:
     assert rollout.applied_config(live, manager="someone-else") is None
     fallback = rollout.restorable({**live, "metadata": {**live["metadata"], "managedFields": []}})
     assert "clusterIP" not in fallback["spec"] and fallback["spec"]["selector"] == {"app": "c"}
+
+
+# --- RBAC: what the rendered deploy Role allows -----------------------------------------------
+
+
+def deploy_role() -> list[dict[str, Any]]:
+    """The deploy ServiceAccount, Role and RoleBinding ``mlkube argo render`` writes (and
+    ``mlkube platform render``): the deploy step runs as this account."""
+    from mlkube.argo.options import RenderOptions
+    from mlkube.argo.rbac import rbac_objects
+
+    options = RenderOptions()
+    return [serving.to_dict(o) for o in rbac_objects(options)
+            if o.metadata.name == options.deploy_service_account]
+
+
+@pytest.mark.parametrize("kind", ["deployment", "kserve"])
+def test_the_rendered_deploy_role_is_all_a_rollout_needs(kind: rollout.Kind,
+                                                         crd: Validator) -> None:
+    """Roll out, scale (the HPA), roll out again, fail, roll back, and roll a failed first
+    rollout back to nothing, as the deploy step's service account: nothing is refused."""
+    crash = fails_for("9", Outcome("crash", CRASH_LOG))
+    with FakeApiServer(kserve=kind == "kserve", rbac=deploy_role(), outcome=crash) as api:
+        assert api.user == "system:serviceaccount:ml:mlkube-deploy"
+        served = target(api, kind)
+        served.roll_out("7", uri("7"))
+        api.hpa_wants["churn"] = 2
+        if kind == "deployment":
+            api.wait_for(lambda: replicas(api) == 2)
+        served.roll_out("8", uri("8"))
+        with pytest.raises(MlkubeError, match="the previous version \\(v8\\) keeps serving"):
+            served.roll_out("9", uri("9"))
+        served.roll_back("8")
+        assert served.live_version() == "8"
+        fraud = dataclasses.replace(SERVING, name="fraud")
+        first = rollout.cluster_target(kind, api_client=api.api_client(), serving=fraud,
+                                       namespace="ml", timeout=5, poll=0.01,
+                                       log=lambda line: None)
+        with pytest.raises(MlkubeError, match="nothing served before"):
+            first.roll_out("9", uri("9"))
+        first.roll_back(None)
+        assert api.get("InferenceService" if kind == "kserve" else "Deployment", "fraud") is None
+        assert api.refusals == []
+        _checked(api, crd)
+        serving_kind = ("inferenceservices" if kind == "kserve" else "deployments")
+        own = {serving_kind} | ({"services", "horizontalpodautoscalers"}
+                                if kind == "deployment" else set())
+        assert api.granted == (
+            {(verb, resource) for verb in ("get", "create", "patch", "delete") for resource in own}
+            | {("list", "pods"), ("list", "events")}
+            | ({("list", "replicasets")} if kind == "deployment" else set())), \
+            "what the rollout uses of the Role (it never watches, updates or lists its objects)"
+
+
+def _without(objects: list[dict[str, Any]], group: str, resource: str,
+             verb: str) -> list[dict[str, Any]]:
+    """The deploy RBAC objects with ``verb`` taken from ``resource`` (only) in its Role."""
+    out = []
+    for obj in objects:
+        if obj["kind"] == "Role":
+            rules = []
+            for rule in obj["rules"]:
+                if group in rule["apiGroups"] and resource in rule["resources"]:
+                    others = [r for r in rule["resources"] if r != resource]
+                    if others:
+                        rules.append({**rule, "resources": others})
+                    rule = {**rule, "resources": [resource],
+                            "verbs": [v for v in rule["verbs"] if v != verb]}
+                rules.append(rule)
+            obj = {**obj, "rules": rules}
+        out.append(obj)
+    return out
+
+
+@pytest.mark.parametrize(("kind", "group", "resource", "verb"), [
+    ("deployment", "apps", "deployments", "get"),
+    ("deployment", "apps", "deployments", "create"),
+    ("deployment", "apps", "deployments", "patch"),
+    ("deployment", "apps", "deployments", "delete"),
+    ("deployment", "", "services", "create"),
+    ("deployment", "", "services", "delete"),
+    ("deployment", "autoscaling", "horizontalpodautoscalers", "create"),
+    ("deployment", "apps", "replicasets", "list"),
+    ("deployment", "", "pods", "list"),
+    ("deployment", "", "events", "list"),
+    ("kserve", "serving.kserve.io", "inferenceservices", "get"),
+    ("kserve", "serving.kserve.io", "inferenceservices", "create"),
+    ("kserve", "serving.kserve.io", "inferenceservices", "patch"),
+    ("kserve", "serving.kserve.io", "inferenceservices", "delete"),
+    ("kserve", "", "pods", "list"),
+    ("kserve", "", "events", "list"),
+])
+def test_a_verb_the_deploy_role_lacks_fails_in_one_line(kind: rollout.Kind, group: str,
+                                                       resource: str, verb: str) -> None:
+    """A first rollout whose pods never get ready (its polls read the ReplicaSet and the pods,
+    its failure the events), then the roll-back to nothing (deletes): the first call the Role
+    does not allow ends it, in the API server's words and what to do about it."""
+    rbac = _without(deploy_role(), group, resource, verb)
+    with FakeApiServer(kserve=kind == "kserve", rbac=rbac,
+                       outcome=lambda pod: Outcome("starting")) as api:
+        served = target(api, kind, timeout=0.5)
+        messages = []
+        for step in (lambda: served.roll_out("7", uri("7")), lambda: served.roll_back(None)):
+            try:
+                step()
+            except MlkubeError as exc:
+                messages.append(str(exc))
+                if "is forbidden" in messages[-1]:
+                    break
+        message = messages[-1]
+        assert "\n" not in message
+        assert (f'is forbidden: User "system:serviceaccount:ml:mlkube-deploy" cannot {verb} '
+                f'resource "{resource}" in API group "{group}" in the namespace "ml"; give the '
+                "deploy step's service account mlkube's deploy Role "
+                "(mlkube.kube.serving.deploy_rbac)") in message
+        assert message.startswith("could not ") and f" in {api.url}: " in message
+        assert {(v, r) for v, r, _, _ in api.refusals} == {(verb, resource)}

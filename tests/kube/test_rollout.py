@@ -18,7 +18,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from fake_apiserver import FakeApiServer, Outcome, version_of
+from fake_apiserver import FakeApiServer, Outcome, owners, version_of
 from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
 
 from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator, packaged_schema
@@ -60,9 +60,15 @@ def _checked(fake: FakeApiServer, crd: Validator) -> None:
     mlkube applied is a valid object on its own (built-in kinds against Kubernetes 1.33)."""
     assert fake.schema_errors() == []
     for request in fake.applies():
+        body = request.body
+        if request.query["fieldManager"] == rollout.HANDOVER_MANAGER:  # the replica count only
+            assert request.query["force"] in ("False", "false")
+            assert body == {"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": "churn", "namespace": "ml"},
+                            "spec": {"replicas": body["spec"]["replicas"]}}
+            continue
         assert request.query["fieldManager"] == "mlkube"
         assert request.query["force"] in ("True", "true")
-        body = request.body
         if body["kind"] == "InferenceService":
             assert crd.isvc_errors(body) == []
         else:
@@ -152,12 +158,63 @@ def test_a_new_version_replaces_the_previous_one(fake: FakeApiServer) -> None:
     live = fake.get("Deployment", "churn")
     assert live is not None and live["metadata"]["generation"] == 3
     assert live["spec"]["replicas"] == 3, "a rollout keeps what the autoscaler scaled to"
+    assert owners(live, "spec.replicas") == {"kube-controller-manager"}
     assert live["metadata"]["annotations"][serving.MODEL_VERSION_ANNOTATION] == "8"
     pods = fake.objects("Pod")
     assert len(pods) == 3 and {version_of(p["spec"]) for p in pods} == {"8"}
     old, new = sorted(fake.objects("ReplicaSet"),
                       key=lambda rs: int(rs["metadata"]["annotations"][rollout.REVISION_ANNOTATION]))
     assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (0, 3)
+
+
+def test_a_rollout_never_undoes_what_the_autoscaler_just_scaled_to(fake: FakeApiServer) -> None:
+    """The HPA scales between the deploy step's read of the Deployment and its apply.
+
+    mlkube used to re-apply the count it had read (forced), so its apply took ``spec.replicas``
+    back from the HPA and scaled the Deployment down under load. Now the count is handed over
+    to a second manager (not forced: the HPA's fresh write makes that a conflict, which is
+    fine) and mlkube's apply leaves it out.
+    """
+    deploy = target(fake)
+    deploy.roll_out("7", uri("7"))
+    applies: list[str] = []
+
+    def hpa_scales_now(request: Any) -> None:
+        if request.method == "PATCH" and request.path.endswith("/deployments/churn"):
+            applies.append(request.query["fieldManager"])
+            if replicas(fake) == 1:  # what the deploy step has just read
+                fake.write_scale("ml", "churn", 3, "kube-controller-manager")
+
+    fake.on_request = hpa_scales_now
+    deploy.roll_out("8", uri("8"))
+    fake.on_request = None
+    assert applies == [rollout.HANDOVER_MANAGER, "mlkube"]
+    live = fake.get("Deployment", "churn")
+    assert live is not None and live["spec"]["replicas"] == 3
+    assert owners(live, "spec.replicas") == {"kube-controller-manager"}
+    assert deploy.live_version() == "8" and len(fake.objects("Pod")) == 3
+
+
+def test_the_replica_count_is_handed_over_not_reset(fake: FakeApiServer) -> None:
+    """The HPA has not scaled yet: mlkube's apply alone owns the count it created the
+    Deployment with, and leaving it out alone would reset it to 1."""
+    two = dataclasses.replace(SERVING, min_replicas=2)
+    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=two,
+                                    namespace="ml", timeout=5, poll=0.01, log=lambda line: None)
+    deploy.roll_out("7", uri("7"))
+    assert owners(fake.get("Deployment", "churn"), "spec.replicas") == {"mlkube"}  # type: ignore[arg-type]
+    deploy.roll_out("8", uri("8"))
+    live = fake.get("Deployment", "churn")
+    assert live is not None and live["spec"]["replicas"] == 2
+    assert owners(live, "spec.replicas") == {rollout.HANDOVER_MANAGER}
+    assert "replicas" not in fake.applies("Deployment")[-1].body["spec"]
+    fake.hpa_wants["churn"] = 3
+    fake.wait_for(lambda: replicas(fake) == 3)
+    assert owners(fake.get("Deployment", "churn"), "spec.replicas") == {  # type: ignore[arg-type]
+        "kube-controller-manager"}
+    deploy.roll_out("9", uri("9"))
+    assert replicas(fake) == 3 and deploy.live_version() == "9"
+    assert len(fake.applies("Deployment")) == 4, "one hand-over, then none is needed"
 
 
 def test_old_pods_serve_until_new_ones_are_ready(fake: FakeApiServer) -> None:
@@ -252,9 +309,14 @@ def test_a_crash_looping_version_fails_with_its_own_message_and_rolls_back(
     deploy.roll_back("7")
     assert deploy.live_version() == "7"
     restored = fake.applies("Deployment")[-1].body
-    assert restored == first, "roll_back re-applies exactly what mlkube applied for v7"
+    first_less_replicas = {**first, "spec": {k: v for k, v in first["spec"].items()
+                                             if k != "replicas"}}
+    assert restored == first_less_replicas, (
+        "roll_back re-applies exactly what mlkube applied for v7, but the replica count (its "
+        "HPA's since the Deployment was created)")
     live = fake.get("Deployment", "churn")
     assert live is not None and live["spec"]["template"] == old_template
+    assert live["spec"]["replicas"] == first["spec"]["replicas"]
     assert {version_of(p["spec"]) for p in fake.objects("Pod")} == {"7"}
     service = fake.applies("Service")[-1].body
     assert "clusterIP" not in service["spec"], "nothing the API server allocated is claimed"

@@ -6,10 +6,12 @@ Both keep the contract of :class:`mlkube.targets.base.ServingTarget`:
   ``mlkube``, forced: the same version applied twice changes nothing) and waits until the new
   *generation* is ready (a status written for an older generation never counts). A Deployment
   rolls one pod at a time with ``maxUnavailable: 0``, so the old pods serve until new ones are
-  ready; KServe keeps routing to the last ready revision. When the new version fails or time
-  runs out, the error says why in the container's own words: the new pods' waiting reasons
-  (CrashLoopBackOff, ImagePullBackOff...) and last termination messages, their Warning events
-  (FailedScheduling...), KServe's ``lastFailureInfo`` and condition messages.
+  ready, and its replica count belongs to its HPA: set when it is created, never applied again
+  (see :meth:`DeploymentTarget._hand_replicas_over`); KServe keeps routing to the last ready
+  revision. When the new version fails or time runs out, the error says why in the
+  container's own words: the new pods' waiting reasons (CrashLoopBackOff, ImagePullBackOff...)
+  and last termination messages, their Warning events (FailedScheduling...), KServe's
+  ``lastFailureInfo`` and condition messages.
 - ``roll_back(previous)`` re-applies what mlkube had applied before (read back from the live
   objects' ``managedFields``, so nothing the API server or a controller owns is claimed) and
   waits until it serves; ``roll_back(None)`` deletes what ``roll_out`` created.
@@ -38,7 +40,12 @@ from urllib.parse import urlsplit
 from kubernetes.client import ApiClient
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.discovery import LazyDiscoverer
-from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import (
+    ConflictError,
+    DynamicApiError,
+    NotFoundError,
+    ResourceNotFoundError,
+)
 
 from mlkube.errors import MlkubeError, first_line
 from mlkube.kube import serving as manifests
@@ -49,6 +56,8 @@ from mlkube.targets.base import ServingTarget
 Kind = Literal["auto", "deployment", "kserve"]
 KINDS: tuple[Kind, ...] = ("auto", "deployment", "kserve")
 FIELD_MANAGER = "mlkube"
+# Takes a Deployment's replica count over from mlkube's apply until the HPA writes it.
+HANDOVER_MANAGER = "mlkube-handover-to-hpa"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 KSERVE_ISVC_LABEL = "serving.kserve.io/inferenceservice"
 KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
@@ -286,6 +295,20 @@ def _extract(value: Any, fields: dict[str, Any]) -> Any:
                     break
         return kept
     return copy.deepcopy(value)
+
+
+def _owns(live: dict[str, Any], manager: str, *path: str) -> bool:
+    """Whether ``manager``'s apply owns the field at ``path`` of ``live``."""
+    for entry in _meta(live).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply" \
+                or entry.get("subresource"):
+            continue
+        fields = entry.get("fieldsV1") or {}
+        for part in path:
+            fields = fields.get(f"f:{part}") if isinstance(fields, dict) else None
+        if fields is not None:
+            return True
+    return False
 
 
 def _fallback_config(live: dict[str, Any]) -> dict[str, Any]:
@@ -618,21 +641,55 @@ class DeploymentTarget(_ClusterTarget):
     def _bodies(self, serving: ModelServing, live: dict[str, dict[str, Any] | None]
                 ) -> list[dict[str, Any]]:
         deployment = manifests.to_dict(manifests.deployment(serving))
-        current = live["Deployment"]
-        if current is not None:  # keep what the HPA scaled to
-            deployment["spec"]["replicas"] = (current.get("spec") or {}).get("replicas", 1)
+        if live["Deployment"] is not None:  # the HPA's: min_replicas only when created
+            del deployment["spec"]["replicas"]
         return [deployment, manifests.to_dict(manifests.service(serving)),
                 manifests.to_dict(manifests.autoscaler(serving))]
 
     def _restore_body(self, before: dict[str, Any]) -> dict[str, Any]:
         body = restorable(before)
         if before["kind"] == "Deployment":
-            now = self._get(DEPLOYMENT)
             spec = body.setdefault("spec", {})
-            spec["replicas"] = ((now or before).get("spec") or {}).get("replicas", 1)
+            if self._get(DEPLOYMENT) is not None:  # the HPA's count stays
+                spec.pop("replicas", None)
+            else:  # deleted meanwhile: created again at the size it had
+                spec["replicas"] = (before.get("spec") or {}).get("replicas", 1)
             # Back the same way forward: no old pod goes before a restored one is ready.
             spec["strategy"] = manifests.to_dict(manifests.ROLLING_STRATEGY)
         return body
+
+    def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body["kind"] == "Deployment" and "replicas" not in (body.get("spec") or {}):
+            self._hand_replicas_over()
+        return super()._apply(body)
+
+    def _hand_replicas_over(self) -> None:
+        """Let an apply without ``spec.replicas`` leave the live count alone.
+
+        Re-applying the count read a moment before would undo an HPA that scaled in between
+        (the apply is forced), and dropping a field mlkube's apply owns alone resets it to the
+        default, 1. So, as Kubernetes documents for handing a field over to a controller: a
+        second manager applies the live count first, not forced. A conflict means the HPA has
+        just written the count and owns it: nothing to do. Either way mlkube's own apply can
+        then leave the field out; the HPA's next write takes it from the second manager.
+        """
+        live = self._get(DEPLOYMENT)
+        if live is None or not _owns(live, FIELD_MANAGER, "spec", "replicas"):
+            return
+        body = _identified({"spec": {"replicas": (live.get("spec") or {}).get("replicas", 1)}},
+                           live)
+        resource = self._resource(*DEPLOYMENT)
+
+        def hand_over() -> None:
+            try:
+                resource.server_side_apply(body=body, name=self.serving.name,
+                                           namespace=self.namespace,
+                                           field_manager=HANDOVER_MANAGER, force_conflicts=False)
+            except ConflictError:
+                return  # the HPA scaled since: the count is its own already
+
+        _call(f"hand the replica count of {self._where('Deployment')} over to its autoscaler",
+              self._host, hand_over)
 
     def _progress(self, live: dict[str, Any], *, full_traffic: bool = False) -> _Progress:
         spec, status = live.get("spec") or {}, live.get("status") or {}

@@ -138,3 +138,180 @@ def test_the_grid_anchor_covers_the_tuners_search_space() -> None:
     base = configmod.load(None).model
     for point in points:  # every point is a model the tuner could have trained
         configmod.model_params(base, point)
+
+
+def _study_with_parent(state: Path, name: str) -> optuna.Study:
+    """An empty study whose parent MLflow run exists, as a creator leaves it."""
+    from mlkube.steps.tune import PARENT_ATTR
+
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{state / 'optuna.db'}",
+                                direction="maximize")
+    with mlflow.start_run() as parent:
+        pass
+    study.set_user_attr(PARENT_ATTR, parent.info.run_id)
+    return study
+
+
+def test_a_worker_recovers_a_study_whose_creator_and_first_worker_died(
+        dataset: str, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No parent run recorded, a slot never queued, a trial RUNNING without a heartbeat (an
+    earlier mlkube's worker, killed): the next worker still ends the study with n_trials."""
+    from mlkube.steps.tune import PARENT_ATTR
+
+    monkeypatch.setenv("MLKUBE_TUNE_HEARTBEAT", "1,2")
+    study = optuna.create_study(study_name="orphaned", direction="maximize",
+                                storage=f"sqlite:///{state / 'optuna.db'}")
+    killed = study.ask()  # trial 0: RUNNING, and no heartbeat ever
+    learning_rate = killed.suggest_float("learning_rate", 1e-4, 3e-2, log=True)
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": 2, "epochs": 2, "pruner": "none"})
+    code, result, _ = run("tune", "--config", str(config), "--dataset", dataset,
+                          "--role", "worker", "--study-name", "orphaned", tmp=tmp_path)
+    assert code == 0 and result is not None and result["trials"] == 2
+    study = optuna.load_study(study_name="orphaned", storage=f"sqlite:///{state / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 0)
+    assert retry.params["learning_rate"] == learning_rate
+    assert study.user_attrs[PARENT_ATTR] == result["mlflow_run_id"]
+    children = mlflow.search_runs(
+        experiment_names=["mlkube-test"], output_format="list",
+        filter_string=f"tags.`mlflow.parentRunId` = '{result['mlflow_run_id']}'")
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"]
+                                                 for t in study.trials[1:]}
+
+
+def test_a_slot_queued_twice_runs_once(dataset: str, state: Path, tmp_path: Path) -> None:
+    """Two workers refilling the same slot at once queue it twice; it still runs once."""
+    from optuna.trial import TrialState, create_trial
+
+    study = _study_with_parent(state, "copies")
+    for _ in range(2):
+        study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"mlkube_slot": 0}))
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": 1, "epochs": 2, "pruner": "none"})
+    code, result, _ = run("tune", "--config", str(config), "--dataset", dataset,
+                          "--role", "worker", "--study-name", "copies", tmp=tmp_path)
+    assert code == 0 and result is not None and result["trials"] == 1
+    first, second = optuna.load_study(study_name="copies",
+                                      storage=f"sqlite:///{state / 'optuna.db'}").trials
+    assert first.state == TrialState.COMPLETE and first.params
+    assert second.state == TrialState.FAIL and second.system_attrs["mlkube_duplicate"]
+    assert not second.params and "mlflow_run_id" not in second.user_attrs  # never ran
+
+
+def test_a_slot_that_failed_three_times_is_given_up(dataset: str, state: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from optuna.trial import TrialState, create_trial
+
+    study = _study_with_parent(state, "hopeless")
+    for _ in range(3):
+        study.add_trial(create_trial(state=TrialState.FAIL, system_attrs={"mlkube_slot": 0}))
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": 2, "epochs": 2, "pruner": "none"})
+    code, result, _ = run("tune", "--config", str(config), "--dataset", dataset,
+                          "--role", "worker", "--study-name", "hopeless", tmp=tmp_path)
+    assert code == 0 and result is not None and result["trials"] == 1  # the honest count
+    states = [t.state.name for t in optuna.load_study(
+        study_name="hopeless", storage=f"sqlite:///{state / 'optuna.db'}").trials]
+    assert states == ["FAIL", "FAIL", "FAIL", "COMPLETE"]
+    assert "slot(s) [0] given up after 3 failed attempts" in capsys.readouterr().out
+
+
+def test_a_bad_heartbeat_setting_is_one_line(dataset: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLKUBE_TUNE_HEARTBEAT", "60,10")
+    code, result, err = run("tune", "--dataset", dataset, tmp=tmp_path, capsys=capsys)
+    lines = error_lines(err)
+    assert code == 1 and result is None and len(lines) == 1, err
+    assert "MLKUBE_TUNE_HEARTBEAT is '60,10'" in lines[0] and "'10,60'" in lines[0]
+
+
+
+def test_a_live_trial_longer_than_the_grace_period_is_not_failed(
+        dataset: str, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its worker's heartbeat keeps it alive while another worker waits and watches."""
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    from mlkube import spec
+
+    monkeypatch.setenv("MLKUBE_TUNE_HEARTBEAT", "1,2")
+    url = f"sqlite:///{state / 'optuna.db'}"
+    # a trial far longer than the test watches it; both workers are killed at the end
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": 1, "epochs": 10_000,
+                                                     "pruner": "none"})
+    command = [*spec.TUNE.command(sys.executable), "--config", str(config), "--dataset", dataset,
+               "--role", "worker", "--study-name", "long"]
+    logs = tmp_path / "first.log", tmp_path / "watcher.log"
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        for log in logs:
+            with log.open("w") as out:
+                workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 120
+            while not [t for t in _trials(url, "long") if t.intermediate_values]:
+                assert time.monotonic() < deadline and workers[0].poll() is None
+                time.sleep(0.1)
+        while "waiting for 1 trial(s) running in other workers" not in logs[1].read_text():
+            assert time.monotonic() < deadline and workers[1].poll() is None
+            time.sleep(0.1)
+        for _ in range(40):  # 4 s, twice the grace period, of watching
+            assert [t.state for t in _trials(url, "long")] == [TrialState.RUNNING]
+            time.sleep(0.1)
+        assert all(worker.poll() is None for worker in workers)
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    assert "was failed by another worker" not in logs[0].read_text()
+    assert "queued again with its parameters" not in logs[1].read_text()
+
+
+def test_a_worker_paused_past_the_grace_period_loses_its_trial_to_a_retry(
+        dataset: str, state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen worker looks dead: its trial is failed and run again elsewhere; when it wakes
+    it drops its result, and the study still holds one finished trial a slot."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    from mlkube import spec
+
+    monkeypatch.setenv("MLKUBE_TUNE_HEARTBEAT", "1,2")
+    url = f"sqlite:///{state / 'optuna.db'}"
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": 1, "epochs": 20, "pruner": "none"})
+    args = ["--config", str(config), "--dataset", dataset, "--role", "worker", "--study-name", "nap"]
+    log = tmp_path / "paused.log"
+    with log.open("w") as out:
+        paused = subprocess.Popen([*spec.TUNE.command(sys.executable), *args], stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not [t for t in _trials(url, "nap") if 1 <= len(t.intermediate_values) <= 15]:
+            assert paused.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(paused.pid, signal.SIGSTOP)
+        assert [t.state for t in _trials(url, "nap")] == [TrialState.RUNNING]
+        code, result, _ = run("tune", *args, tmp=tmp_path)
+        os.kill(paused.pid, signal.SIGCONT)
+        assert paused.wait(120) == 0, log.read_text()
+    finally:
+        paused.kill()
+    assert code == 0 and result is not None and result["trials"] == 1
+    first, retry = _trials(url, "nap")
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params == first.params and retry.system_attrs["failed_trial"] == 0
+    assert "trial 0 was failed by another worker" in log.read_text()
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=url).trials
+    except KeyError:  # not created yet
+        return []
+

@@ -1,15 +1,23 @@
-"""tune on a real PostgreSQL server: Optuna's storage and MLflow's store, four worker processes."""
+"""tune on a real PostgreSQL server: Optuna's storage and MLflow's store, four worker processes,
+workers killed mid-trial."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
 import pytest
+from optuna.trial import TrialState
 
+from mlkube import spec
 from mlkube_testing import error_lines, run, write_config
 from postgres_server import PASSWORD, Postgres
 
@@ -97,3 +105,112 @@ def test_mlflow_store_on_unusable_postgresql_is_one_line(postgres: Postgres, dat
     assert code == 1 and result is None and len(lines) == 1, err
     assert "MLflow's database postgresql://mlkube:***@127.0.0.1:" in lines[0]
     assert "password authentication failed" in lines[0] and "nope-pw" not in err
+
+
+# A heartbeat every second; a trial without one for 3 s is failed and queued again. Trials of
+# a few epochs, so that a worker can be caught in the middle of one.
+HEARTBEAT, SMALL_TRIALS, EPOCHS = "1,3", 3, 8
+
+
+@pytest.fixture
+def cluster(postgres: Postgres, dataset: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Optuna's storage and MLflow's store on PostgreSQL, a short heartbeat; the storage URL."""
+    monkeypatch.setenv("PGPASSWORD", PASSWORD)
+    tracking_uri = postgres.url(postgres.database("mlflow"), password=None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    monkeypatch.setenv("MLKUBE_TUNE_HEARTBEAT", HEARTBEAT)
+    storage = postgres.url(postgres.database("optuna"), password=None)
+    optuna.storages.RDBStorage(storage)  # the tables, before any worker
+    return storage
+
+
+def _stop_mid_trial(storage: str, name: str, config: Path, dataset: str, log: Path,
+                    sig: signal.Signals) -> int:
+    """Start a worker process; once it is training a trial, freeze it and send it ``sig``.
+
+    Returns the number of the trial it was running.
+    """
+    store = optuna.storages.RDBStorage(storage)
+    with log.open("w") as out:
+        worker = subprocess.Popen([*spec.TUNE.command(sys.executable), "--config", str(config),
+                                   "--dataset", dataset, "--role", "worker", "--study-name", name],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, log.read_text()
+            try:
+                study_id = store.get_study_id_from_name(name)
+            except KeyError:  # not created yet
+                time.sleep(0.1)
+                continue
+            training = [t for t in store.get_all_trials(study_id, states=(TrialState.RUNNING,))
+                        if 1 <= len(t.intermediate_values) <= EPOCHS - 3]
+            if not training:
+                time.sleep(0.02)
+                continue
+            os.kill(worker.pid, signal.SIGSTOP)  # frozen: the trial cannot finish meanwhile
+            trial_id = store.get_trial_id_from_study_id_trial_number(study_id, training[0].number)
+            if store.get_trial(trial_id).state == TrialState.RUNNING:
+                os.kill(worker.pid, sig)
+                os.kill(worker.pid, signal.SIGCONT)
+                worker.wait(60)
+                return training[0].number
+            os.kill(worker.pid, signal.SIGCONT)
+        raise AssertionError(f"no trial was running within 120 s: {log.read_text()}")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def _finish_study(storage: str, name: str, config: Path, dataset: str, tmp_path: Path,
+                  killed: int) -> tuple[optuna.Study, dict[str, Any]]:
+    """Run another worker; the study ends with exactly n_trials finished, the killed trial
+    failed and retried once with its parameters."""
+    code, result, _ = run("tune", "--config", str(config), "--dataset", dataset,
+                          "--role", "worker", "--study-name", name, tmp=tmp_path)
+    assert code == 0 and result is not None
+    study = optuna.load_study(study_name=name, storage=storage)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == SMALL_TRIALS
+    assert [t.number for t in study.trials if t.state == TrialState.FAIL] == [killed]
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retry) == 1 and retry[0] in finished
+    assert retry[0].params == study.trials[killed].params and retry[0].params
+    assert retry[0].system_attrs["mlkube_slot"] == study.trials[killed].system_attrs["mlkube_slot"]
+    assert result["trials"] == sum(t.state == TrialState.COMPLETE for t in study.trials)
+    return study, result
+
+
+def test_a_sigkilled_workers_trial_is_failed_and_run_again_by_another_worker(
+        cluster: str, dataset: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": SMALL_TRIALS, "epochs": EPOCHS,
+                                                     "pruner": "none", "storage": cluster})
+    killed = _stop_mid_trial(cluster, "killed", config, dataset, tmp_path / "killed.log",
+                             signal.SIGKILL)
+    # dead without a word: its trial stays RUNNING until its heartbeat is 3 s old
+    study = optuna.load_study(study_name="killed", storage=cluster)
+    assert study.trials[killed].state == TrialState.RUNNING
+    started = time.monotonic()
+    study, _ = _finish_study(cluster, "killed", config, dataset, tmp_path, killed)
+    assert time.monotonic() - started < 60
+    # the killed trial's MLflow run does not stay RUNNING
+    run_id = study.trials[killed].user_attrs["mlflow_run_id"]
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_failed_trial_of_a_deleted_pod_is_run_again_by_the_retried_worker(
+        cluster: str, dataset: str, tmp_path: Path) -> None:
+    """A deleted pod gets SIGTERM: its trial is FAIL at once, and the next worker refills it."""
+    config = write_config(tmp_path / "c.yaml", tune={"n_trials": SMALL_TRIALS, "epochs": EPOCHS,
+                                                     "pruner": "none", "storage": cluster})
+    killed = _stop_mid_trial(cluster, "deleted", config, dataset, tmp_path / "deleted.log",
+                             signal.SIGTERM)
+    assert "interrupted" in (tmp_path / "deleted.log").read_text()
+    study = optuna.load_study(study_name="deleted", storage=cluster)
+    assert study.trials[killed].state == TrialState.FAIL
+    study, _ = _finish_study(cluster, "deleted", config, dataset, tmp_path, killed)
+    assert mlflow.get_run(study.trials[killed].user_attrs["mlflow_run_id"]).info.status == "FAILED"

@@ -34,7 +34,8 @@ with DAG(dag_id="ml_lifecycle", schedule=None, start_date=datetime(2025, 1, 1), 
     dataset = prepare.output["dataset_uri"]
     _, best = tune_fan_out(workers=int(os.environ.get("MLKUBE_TUNE_WORKERS", "2")),
                            dataset=dataset, **common)
-    train = TrainOperator(task_id="train", dataset=dataset, gpus=1,
+    # one GPU in a pod (the train step's default); the local backend trains on this machine
+    train = TrainOperator(task_id="train", dataset=dataset,
                           hyperparameters=best.output["best_params"], **common)
     register = RegisterModelOperator(task_id="register", dataset=dataset,
                                      run_id=train.output["run_id"], **common)

@@ -52,7 +52,7 @@ with DAG(dag_id="scheduled_retraining", schedule=schedule, start_date=datetime(2
     prepare = PrepareDataOperator(task_id="prepare_data", input_uri=DATA, inlets=[training_data],
                                   **common)
     dataset = prepare.output["dataset_uri"]
-    train = TrainOperator(task_id="train", dataset=dataset, gpus=1, **common)
+    train = TrainOperator(task_id="train", dataset=dataset, **common)  # a GPU in a pod
     data_changed(prepare.output["changed"]) >> train
     register = RegisterModelOperator(task_id="register", dataset=dataset,
                                      run_id=train.output["run_id"], **common)

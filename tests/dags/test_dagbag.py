@@ -8,6 +8,8 @@ import sys
 
 from dag_runs import REPO, get_dag
 
+from mlkube.kube.pod import Placement, given_gpus
+
 
 def test_dags_import_without_errors() -> None:
     from airflow.dag_processing.dagbag import DagBag
@@ -39,7 +41,9 @@ def test_ml_lifecycle_shape() -> None:
     assert tasks["deploy"].upstream_task_ids == {"prepare_data", "register"}
     assert tasks["deploy"].target is None  # the step's auto: local here, KServe/Deployment in a pod
     assert tasks["deploy"].service_account_name == "mlkube-deploy"
-    assert tasks["train"].gpus == 1
+    # a GPU in a pod, by the step's default; an explicit gpus= would be checked locally too
+    assert tasks["train"].gpus is None
+    assert given_gpus(tasks["train"].step, Placement(gpus=tasks["train"].gpus)) == 1
 
 
 def test_retraining_schedule_and_gate() -> None:

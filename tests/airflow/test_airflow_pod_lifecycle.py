@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mlkube import spec
 from mlkube.errors import MlkubeError
 
 TESTS = Path(__file__).parents[1]
@@ -94,3 +95,73 @@ def test_a_failed_step_fails_the_task_with_its_own_error_line(
     assert state == "failed"
     error = _failure()
     assert "\n" not in error and error.endswith(f"step exited with code 1: {line}")
+
+
+# -- training on several nodes ---------------------------------------------------------------
+
+NOT_FINISHED = "mlkube train: error: run abc has not finished (no result.json)"
+
+
+def _gpu_nodes(api: FakeApiServer, count: int) -> None:
+    for i in range(count):
+        api.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"gpu-{i}"},
+                 "spec": {}, "status": {"allocatable": {"cpu": "32", "memory": "256Gi",
+                                                        "nvidia.com/gpu": "1", "pods": "110"}}})
+
+
+def _run_nodes(dag: str, tmp_path: Path, finished: Callable[[FakeApiServer], bool],
+               nodes: int = 2) -> tuple[Any, list[Any], FakeApiServer]:
+    """A multi-node train task: its result-only pods say 'not finished' (exit 3) until
+    ``finished(api)``, then the result; the Job completes ``ready_after`` ticks after it is
+    created."""
+    pod_lifecycle.FAILURES.clear()
+    api: FakeApiServer
+
+    def outcome(spec: dict[str, Any]) -> Outcome:
+        if finished(api):
+            return Outcome(message=json.dumps(RESULT))
+        return Outcome(state="crash", exit_code=3, message=NOT_FINISHED)
+
+    with FakeApiServer(outcome=outcome, ready_after=5) as api:
+        _gpu_nodes(api, nodes)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(api.kubeconfig()))
+        run = pod_lifecycle.DAGS[dag].test(run_conf={"kubeconfig": str(kubeconfig)})
+        pods = [r.body for r in api.requests if r.method == "POST"]
+    return run, pods, api
+
+
+def _job_complete(api: FakeApiServer) -> bool:
+    return any((j.get("status") or {}).get("succeeded") for j in api.objects("Job"))
+
+
+def test_training_on_two_nodes_runs_the_job_then_reads_the_result(
+        airflow_db: None, tmp_path: Path) -> None:
+    run, pods, api = _run_nodes("nodes2", tmp_path, _job_complete)
+    assert result(run, "train") == RESULT
+    assert len(api.applies("Job")) == 1 and len(pods) == 2  # asked, trained, read
+    for pod in pods:  # the task's own pods only read: on the CPU image, without a GPU
+        container = pod["spec"]["containers"][0]
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+        assert container["image"] == spec.CPU_IMAGE
+        assert container["args"][container["args"].index("--result-only") + 1] == "true"
+
+
+def test_a_run_that_finished_before_starts_no_job(airflow_db: None, tmp_path: Path) -> None:
+    run, pods, api = _run_nodes("nodes2", tmp_path, lambda api: True)
+    assert result(run, "train") == RESULT
+    assert api.applies("Job") == [] and len(pods) == 1
+
+
+def test_more_nodes_than_can_take_a_pod_fail_before_the_job_is_created(
+        airflow_db: None, tmp_path: Path) -> None:
+    """nodes=3 on 2 GPU nodes: the Job was created and timed out on the cluster; now the task
+    fails in one line, as `mlkube preflight --nodes 3` does, before anything is applied."""
+    run, _, api = _run_nodes("nodes3", tmp_path, _job_complete)
+    assert task_states(run)["train"] == "failed"
+    error = _failure()
+    assert "\n" not in error and api.applies("Job") == []
+    assert error.startswith("task 'train': pod mlkube-train-")
+    assert error.endswith("trains on 3 nodes at once, one pod (1 GPU) a node, but only 2 of 2 "
+                          "nodes can take one: gpu-0, gpu-1; train on fewer nodes or with fewer "
+                          "GPUs a node, or add nodes")

@@ -163,15 +163,3 @@ def test_the_schedulers_reason_is_its_latest_failedscheduling_event() -> None:
                                       "preemption: 0/3 nodes are available.")
     assert pending_reason(events[:1]) is None
 
-
-def test_training_on_more_nodes_than_fit_fails_before_the_job_is_created(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """nodes=3 on a cluster with 2 GPU nodes: the Job was created and timed out; now preflight
-    says never, as `mlkube preflight --nodes 3` does, before anything is applied."""
-    op = TrainOperator(task_id="train", dataset="/d", nodes=3, gpus=1, namespace="ml")
-    nodes = [node(f"gpu-{i}", cpu="32", memory="256Gi", gpus="1") for i in (1, 2)]
-    monkeypatch.setattr(type(op), "client", _Api(nodes=nodes, quotas=[]))
-    with pytest.raises(MlkubeError, match=r"^task 'train': pod mlkube-train-\w+-0 trains on 3 "
-                                          r"nodes at once, one pod \(1 GPU\) a node, but only 2 "
-                                          r"of 2 nodes can take one: gpu-1, gpu-2"):
-        op.execute({"run_id": "manual__1"})  # type: ignore[arg-type]

@@ -150,6 +150,7 @@ class Kind:
     plural: str
     kind: str
     short: tuple[str, ...] = ()
+    namespaced: bool = True
 
     @property
     def group_version(self) -> str:
@@ -170,6 +171,12 @@ KINDS = {k.kind: k for k in (
     Kind("batch", "v1", "jobs", "Job"),
     Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", ("hpa",)),
     Kind("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService", ("isvc",)),
+    # what preflight reads (a test stores them with put(); no controller touches them)
+    Kind("", "v1", "nodes", "Node", ("no",), namespaced=False),
+    Kind("", "v1", "persistentvolumes", "PersistentVolume", ("pv",), namespaced=False),
+    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", ("pvc",)),
+    Kind("", "v1", "resourcequotas", "ResourceQuota", ("quota",)),
+    Kind("", "v1", "limitranges", "LimitRange", ("limits",)),
 )}
 KSERVE_GROUP = "serving.kserve.io"
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -184,6 +191,8 @@ class Outcome:
     message: str = ""
     #: what the container prints (a step pod's log, read through ``pods/<name>/log``)
     logs: str = ""
+    #: what a created pod's container exits with when it crashes
+    exit_code: int = 1
 
 
 READY = Outcome()
@@ -843,11 +852,14 @@ class FakeApiServer:
         """Store ``obj`` as a controller would create it (uid, resourceVersion, timestamp)."""
         with self.lock:
             meta = obj.setdefault("metadata", {})
-            meta.setdefault("namespace", "ml")
+            if KINDS[obj["kind"]].namespaced:
+                meta.setdefault("namespace", "ml")
+            else:  # cluster-scoped: stored without a namespace
+                meta.pop("namespace", None)
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now())
             meta["resourceVersion"] = str(next(self._rv))
-            self.store[(obj["kind"], meta["namespace"], meta["name"])] = obj
+            self.store[(obj["kind"], meta.get("namespace", ""), meta["name"])] = obj
             return obj
 
     def applies(self, kind: str | None = None) -> list[Request]:
@@ -1677,7 +1689,7 @@ class FakeApiServer:
             self.event(ns, "Pod", name, "Started", f"Started container {container['name']}",
                        type_="Normal")
         elif stage == 2:  # the container exits
-            code = 0 if outcome.state == "ready" else 1
+            code = 0 if outcome.state == "ready" else outcome.exit_code
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                           "startedAt": status["containerStatuses"][0]["state"]["running"][
                               "startedAt"], "finishedAt": stamp,
@@ -2007,12 +2019,12 @@ def _discovery(fake: FakeApiServer, path: str, host: str) -> dict[str, Any] | No
                 if k.group_version != gv:
                     continue
                 resources.append({"name": k.plural, "singularName": k.kind.lower(),
-                                  "namespaced": True, "kind": k.kind, "verbs": VERBS,
+                                  "namespaced": k.namespaced, "kind": k.kind, "verbs": VERBS,
                                   "shortNames": list(k.short),
                                   "storageVersionHash": hashlib.sha1(k.plural.encode()).hexdigest()[:11]})
-                if k.kind not in ("Event",):
+                if k.kind not in ("Event", "LimitRange"):
                     resources.append({"name": f"{k.plural}/status", "singularName": "",
-                                      "namespaced": True, "kind": k.kind,
+                                      "namespaced": k.namespaced, "kind": k.kind,
                                       "verbs": ["get", "patch", "update"]})
                 if k.kind == "Deployment":
                     resources.append({"name": "deployments/scale", "singularName": "",
@@ -2211,12 +2223,16 @@ class _Handler(BaseHTTPRequestHandler):
             group, version, rest = segments[1], segments[2], segments[3:]
         else:
             return None
-        if len(rest) not in (3, 4, 5) or rest[0] != "namespaces":
+        namespace = ""
+        if rest[:1] == ["namespaces"] and len(rest) in (3, 4, 5):
+            namespace, rest = rest[1], rest[2:]
+        elif not 1 <= len(rest) <= 3:
             return None
         for kind in self.fake._kinds().values():
-            if (kind.group, kind.version, kind.plural) == (group, version, rest[2]):
-                return (kind, rest[1], rest[3] if len(rest) >= 4 else "",
-                        rest[4] if len(rest) == 5 else "")
+            if (kind.group, kind.version, kind.plural) == (group, version, rest[0]) \
+                    and kind.namespaced == bool(namespace):
+                return (kind, namespace, rest[1] if len(rest) >= 2 else "",
+                        rest[2] if len(rest) == 3 else "")
         return None
 
     def do_GET(self) -> None:  # noqa: N802

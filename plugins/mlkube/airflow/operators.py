@@ -74,8 +74,9 @@ class TuneOperator(StepOperator):
         role: ``all``, ``worker`` or ``select``.
         worker_index: which worker this is (given to the step as ``MLKUBE_TUNE_WORKER``).
         study_name: the study; default: derived from the dataset, so workers share it.
-        storage: Optuna storage URL the workers share; default: SQLite in the state directory
-            (on the artifact volume in pods).
+        storage: Optuna storage URL the workers share; default: the platform's PostgreSQL
+            in pods (``MLKUBE_TUNE_STORAGE``), SQLite in the state directory on the local
+            backend.
         n_trials: trials in the whole study.
         workers: parallel worker processes inside one ``role="all"`` task.
         epochs: epochs per trial.
@@ -126,11 +127,13 @@ class TrainOperator(StepOperator):
         hyperparameters: over the config's model section, e.g. tune's ``best_params``.
         epochs: training epochs.
         run_key: run identity for resuming after a lost pod; default: derived from inputs.
-        nodes: nodes to train on at once. More than 1 (kubernetes backend): an Indexed Job of
-            that many pods, each with ``gpus`` GPUs and a node of its own, runs the train
-            program under torchrun (:mod:`mlkube.kube.multinode`); the task waits for it, then
-            reads the leader's result in a small pod (``--result-only``). The Job's pods are
-            the task's: same namespace, service account, image, queue and priority.
+        nodes: nodes to train on at once. More than 1 (kubernetes backend): a small pod of
+            the task's (``--result-only``) first returns the result of a run that already
+            finished (sync mode); else, after preflight, an Indexed Job of that many pods, each
+            with ``gpus`` GPUs and a node of its own, runs the train program under torchrun
+            (:mod:`mlkube.kube.multinode`); the task waits for it, then reads the leader's
+            result in that small pod. The Job's pods are the task's: same namespace, service
+            account, image, queue and priority.
         **kwargs: see :class:`StepOperator` (``gpus``, ``gpu_product``, ``shm_size``,
             ``image`` and ``command`` for your own trainer).
     """
@@ -187,6 +190,10 @@ class TrainOperator(StepOperator):
             if backends.resolve(self.backend) == "local":
                 raise MlkubeError(f"{self._what}: nodes={self.nodes} needs the kubernetes backend "
                                   "(pods on several nodes); on this machine use nodes=1")
+            if not self.deferrable:  # a run that finished before needs no Job: ask first
+                finished = self._finished_before(context)
+                if finished is not None:
+                    return finished
             namespace = self.namespace or self.hook.get_namespace() or "default"
             objects = self.job_objects(context["run_id"])
             if self.preflight:  # before anything is created: can every node's pod ever run?
@@ -197,6 +204,23 @@ class TrainOperator(StepOperator):
                               if self.execution_timeout else None,
                               schedule_timeout_seconds=self.schedule_timeout_seconds)
         return super().execute(context)
+
+    def _finished_before(self, context: Any) -> dict[str, Any] | None:
+        """The result of a run that already finished (this task's small result-only pod);
+        ``None`` when that pod says the run has not finished, ready for the Job and a new pod."""
+        from mlkube import spec
+        from mlkube.airflow.termination import exit_code
+        from mlkube.errors import MlkubeError
+
+        try:
+            return super().execute(context)
+        except MlkubeError:
+            pod = self.remote_pod
+            if pod is None or exit_code(pod, self.base_container_name) != spec.NOT_FINISHED_EXIT:
+                raise
+        self.log.info("the run has not finished: training it on %d nodes", self.nodes)
+        self.pod = self.pod_request_obj = self.remote_pod = None
+        return None
 
     def node_pod(self, objects: list[Any], namespace: str) -> Any:
         """One of the Job's pods, as preflight judges it: it stands for ``nodes`` of them."""

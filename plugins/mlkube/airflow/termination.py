@@ -33,6 +33,14 @@ def _terminated(pod: V1Pod, container: str) -> V1ContainerStateTerminated:
     return terminated
 
 
+def exit_code(pod: V1Pod, container: str = "base") -> int | None:
+    """The exit status of the step's container, once it has terminated."""
+    try:
+        return _terminated(pod, container).exit_code
+    except MlkubeError:
+        return None
+
+
 def failure(pod: V1Pod, container: str = "base") -> str | None:
     """One line for a step whose container exited non-zero (its own last line); else ``None``."""
     try:

@@ -23,10 +23,11 @@ def _failed(context: Any) -> None:
 
 
 def _dag(dag_id: str, deferrable: bool, **kwargs: Any) -> DAG:
+    kwargs = {"gpus": 0, "preflight": False, **kwargs}
     with DAG(dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1),
              catchup=False) as dag:
-        TrainOperator(task_id="train", dataset="/mnt/mlkube/ds", gpus=0, namespace="ml",
-                      preflight=False, config_file="{{ dag_run.conf['kubeconfig'] }}",
+        TrainOperator(task_id="train", dataset="/mnt/mlkube/ds", namespace="ml",
+                      config_file="{{ dag_run.conf['kubeconfig'] }}",
                       in_cluster=False, schedule_timeout_seconds=1,
                       startup_check_interval_seconds=1, poll_interval=1,
                       deferrable=deferrable, retries=0, on_failure_callback=_failed, **kwargs)
@@ -35,4 +36,7 @@ def _dag(dag_id: str, deferrable: bool, **kwargs: Any) -> DAG:
 
 DAGS = {"sync": _dag("mlkube_pod_sync", deferrable=False),
         "deferrable": _dag("mlkube_pod_deferrable", deferrable=True),
-        "queued": _dag("mlkube_pod_queued", deferrable=False, queue_name="team-a")}
+        "queued": _dag("mlkube_pod_queued", deferrable=False, queue_name="team-a"),
+        # multi-node training: the Job, with preflight, around the task's own result-only pod
+        "nodes2": _dag("mlkube_pod_nodes2", deferrable=False, nodes=2, gpus=1, preflight=True),
+        "nodes3": _dag("mlkube_pod_nodes3", deferrable=False, nodes=3, gpus=1, preflight=True)}

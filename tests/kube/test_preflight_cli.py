@@ -81,3 +81,33 @@ def test_each_verdict_is_one_line_with_quantities_as_people_write_them() -> None
     assert not bad and never.startswith("never: pod ml/too-big asks cpu=4, memory=16Gi, "
                                         "nvidia.com/gpu=4: 0/1 nodes are available")
     assert "\n" not in may + never
+
+
+def test_against_an_api_server_each_verdict_is_said_once(tmp_path: Path) -> None:
+    """The real command on a cluster (the fake API server): 'never' printed once, as the error
+    line (it was printed twice), and 'may run' with quantities as people write them."""
+    from fake_apiserver import FakeApiServer
+
+    with FakeApiServer() as api:
+        api.put({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-1"}, "spec": {},
+                 "status": {"allocatable": {"cpu": "32", "memory": "256Gi",
+                                            "nvidia.com/gpu": "2", "pods": "110"}}})
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(api.kubeconfig()))
+
+        def preflight_cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "mlkube.cli", "preflight", "--step",
+                                   "train", "--namespace", "ml", *args], capture_output=True,
+                                  text=True, timeout=120,
+                                  env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                       "KUBECONFIG": str(kubeconfig)})
+
+        never = preflight_cli("--gpus", "4")
+        fits = preflight_cli("--gpus", "2")
+    assert never.returncode == 1 and never.stdout == ""
+    (line,) = never.stderr.strip().splitlines()
+    assert line.startswith("mlkube preflight: error: never: pod ml/mlkube-train-preflight asks "
+                           "cpu=4, memory=16Gi, nvidia.com/gpu=4: 0/1 nodes are available")
+    assert fits.returncode == 0 and fits.stderr == ""
+    assert fits.stdout.strip() == ("may run: pod ml/mlkube-train-preflight asks cpu=4, "
+                                   "memory=16Gi, nvidia.com/gpu=2; fits 1 of 1 nodes: gpu-1")

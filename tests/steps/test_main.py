@@ -57,6 +57,26 @@ def test_an_expected_error_is_one_line_also_in_the_termination_log(
     assert termination_log.read_text() == err[0]
 
 
+def test_a_stop_a_database_driver_wrapped_is_still_a_stop(
+        termination_log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM (KeyboardInterrupt) inside psycopg's commit came back as Optuna's
+    StorageInternalError: still 'interrupted', exit 130, as a plain Ctrl-C is."""
+    def body(ctx: Context) -> dict[str, Any]:
+        try:
+            try:
+                raise KeyboardInterrupt("signal 15")
+            except KeyboardInterrupt:
+                raise ValueError("can't change 'autocommit' now: connection in transaction "
+                                 "status ACTIVE") from None
+        except ValueError as exc:  # as SQLAlchemy and Optuna wrap the driver's error
+            raise RuntimeError("An exception is raised during the commit.") from exc
+
+    code = run_step(spec.TUNE, body, ["--dataset", "/d"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err == ["mlkube tune: error: interrupted; run it again to resume"]
+    assert termination_log.read_text() == err[0]
+
+
 def test_a_missing_extra_names_the_install_command(capsys: pytest.CaptureFixture[str]) -> None:
     missing = ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
     code = run_step(spec.PREPARE_DATA, _failing(missing), [])

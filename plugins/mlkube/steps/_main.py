@@ -126,7 +126,7 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
         _fail(spec, str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        _fail(spec, "interrupted; run it again to resume")
+        _fail(spec, INTERRUPTED)
         return 130
     except ModuleNotFoundError as exc:
         hint = missing_extra(exc)
@@ -135,12 +135,31 @@ def run_step(spec: StepSpec, body: Callable[[Context], dict[str, Any]],
         _fail(spec, str(hint) if hint else _unexpected(exc))
         return 1
     except Exception as exc:  # a bug or an environment nobody planned for
+        if _interrupted(exc):  # a SIGTERM inside a library's I/O, which it wrapped
+            _fail(spec, INTERRUPTED)
+            return 130
         if disk_full(exc) is not None:  # not a bug: one line, however deep the library wrapped it
             _fail(spec, str(disk_full_error(exc, _state_dir(ctx))))
             return 1
         traceback.print_exc()
         _fail(spec, _unexpected(exc))
         return 1
+
+
+INTERRUPTED = "interrupted; run it again to resume"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a stop (SIGTERM or Ctrl-C): a database
+    driver interrupted mid-commit raises its own error over the KeyboardInterrupt."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def _state_dir(ctx: Context | None) -> Path | None:

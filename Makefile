@@ -28,11 +28,14 @@ demo: setup
 run: setup
 	$(VENV)/bin/mlkube run $(if $(CONFIG),--config $(CONFIG))
 
+# The suite in TEST_WORKERS processes (pytest-xdist; work stealing evens out the long
+# end-to-end tests); TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 test: setup
 	$(VENV)/bin/ruff check plugins tests dags workflows benchmarks
 	$(VENV)/bin/mlkube argo render --check
 	$(VENV)/bin/mlkube platform render --check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 
 lint: setup
 	$(VENV)/bin/ruff check plugins tests dags workflows benchmarks

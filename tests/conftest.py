@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,11 +40,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made, once a session: each test's store starts
+    as a copy (making the tables runs MLflow's migrations, 1.5 s a store)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_store: Path) -> Path:
     """A fresh state directory with its own MLflow store; servers stopped afterwards."""
     state_dir = tmp_path / "state"
     state_dir.mkdir()
+    shutil.copyfile(empty_mlflow_store, state_dir / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLKUBE_STATE_DIR", str(state_dir))
     uri = f"sqlite:///{state_dir / 'mlflow.db'}"

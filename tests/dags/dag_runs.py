@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,34 @@ def stop_servers(state_dir: Path) -> None:
     for server in local.servers(state_dir):
         local.stop(server)
         local.forget(state_dir, server.model_name)
+
+
+def predict(endpoint: str, dataset_uri: str) -> list[object]:
+    """Class labels from the served model (V2) for two rows of the prepared test split."""
+    from mlkube import data
+
+    features, _, _ = data.load_split(dataset_uri, "test")
+    body = {"inputs": [{"name": "input", "shape": [2, features.shape[1]], "datatype": "FP32",
+                        "data": features[:2].reshape(-1).tolist()}]}
+    request = urllib.request.Request(endpoint, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
+    labels: list[object] = outputs["label"]["data"]
+    return labels
+
+
+def recorded_run(airflow_db: Path) -> tuple[dict[str, str], dict[tuple[str, int], Any]]:
+    """What an Airflow home's metadata database (SQLite) recorded of its one DAG run: each
+    task's state (mapped tasks: the set of their states) and return values by (task, index)."""
+    import sqlite3
+
+    with sqlite3.connect(airflow_db) as db:
+        rows = db.execute("SELECT task_id, state FROM task_instance").fetchall()
+        values = db.execute("SELECT task_id, map_index, value FROM xcom "
+                            "WHERE key = 'return_value'").fetchall()
+    states: dict[str, set[str]] = {}
+    for task_id, state in rows:
+        states.setdefault(task_id, set()).add(str(state))
+    return ({task_id: "/".join(sorted(s)) for task_id, s in states.items()},
+            {(task_id, index): json.loads(value) for task_id, index, value in values})

@@ -1,13 +1,12 @@
-"""Both example DAGs run end to end under dag.test() on the local backend.
+"""The retraining DAG runs end to end under dag.test() on the local backend, twice: the second
+run skips training on unchanged data (the lifecycle DAG's run is tests/dags/test_demo.py).
 
 Real Airflow 3, real MLflow (SQLite), real Optuna and PyTorch, and a real model server on
-loopback that answers a prediction.
+loopback.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,40 +30,6 @@ def local_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         yield state
     finally:
         stop_servers(state)
-
-
-def predict(endpoint: str, dataset_uri: str) -> list[object]:
-    """Class labels from the served model (V2) for two rows of the prepared test split."""
-    from mlkube import data
-
-    features, _, _ = data.load_split(dataset_uri, "test")
-    body = {"inputs": [{"name": "input", "shape": [2, features.shape[1]], "datatype": "FP32",
-                        "data": features[:2].reshape(-1).tolist()}]}
-    request = urllib.request.Request(endpoint, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
-    labels: list[object] = outputs["label"]["data"]
-    return labels
-
-
-def test_ml_lifecycle_runs_to_a_live_endpoint(local_lifecycle: Path) -> None:
-    run = get_dag("ml_lifecycle").test()
-    assert task_states(run) == {task: "success" for task in (
-        "prepare_data", "tune_workers", "tune_select", "train", "register", "deploy")}
-    prepared = result(run, "prepare_data")
-    workers = [result(run, "tune_workers", i) for i in (0, 1)]
-    best = result(run, "tune_select")
-    assert {w["study_name"] for w in workers} == {best["study_name"]}  # one shared study
-    assert best["trials"] == 2
-    trained = result(run, "train")
-    registered = result(run, "register")
-    assert registered["version"] == "1" and str(registered["promoted"]).lower() == "true"
-    deployed = result(run, "deploy")
-    assert deployed["version"] == "1"
-    assert deployed["endpoint"].startswith("http://127.0.0.1:")
-    assert trained["run_id"] and trained["device"] in ("cpu", "cuda")
-    assert len(predict(deployed["endpoint"], prepared["dataset_uri"])) == 2
 
 
 def test_retraining_skips_unchanged_data(local_lifecycle: Path) -> None:

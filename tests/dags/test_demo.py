@@ -1,4 +1,5 @@
-"""The demo entry point runs dags/ml_lifecycle.py through real Airflow to a live endpoint.
+"""The demo entry point runs dags/ml_lifecycle.py through real Airflow to a live endpoint:
+the lifecycle DAG's end-to-end test (one run serves both).
 
 What the terminal gets: a start and an end line per task, a summary ending with a real request
 to the endpoint and its answer; Airflow's own log goes to a file.
@@ -17,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dag_runs import REPO, small_config, stop_servers
+from dag_runs import REPO, predict, recorded_run, small_config, stop_servers
 
 pytestmark = pytest.mark.slow
 
@@ -77,5 +78,22 @@ def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
         assert len(probabilities) == 2 and math.isclose(sum(probabilities), 1, rel_tol=1e-4)
         assert outputs["probabilities"]["parameters"]["labels"] == ["0", "1"]
         assert outputs["label"]["data"][0] in ("0", "1")
+
+        # what Airflow recorded of the run: every task succeeded, and the steps' results
+        states, results = recorded_run(state / "airflow" / "airflow.db")
+        assert states == {task: "success" for task in (
+            "prepare_data", "tune_workers", "tune_select", "train", "register", "deploy")}
+        prepared = results[("prepare_data", -1)]
+        workers = [results[("tune_workers", i)] for i in (0, 1)]
+        best = results[("tune_select", -1)]
+        assert {w["study_name"] for w in workers} == {best["study_name"]}  # one shared study
+        assert best["trials"] == 2
+        trained, registered = results[("train", -1)], results[("register", -1)]
+        assert registered["version"] == "1" and str(registered["promoted"]).lower() == "true"
+        deployed = results[("deploy", -1)]
+        assert deployed["version"] == "1"
+        assert deployed["endpoint"] == url  # the endpoint the summary printed
+        assert trained["run_id"] and trained["device"] in ("cpu", "cuda")
+        assert len(predict(deployed["endpoint"], prepared["dataset_uri"])) == 2
     finally:
         stop_servers(state)

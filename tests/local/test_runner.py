@@ -51,12 +51,14 @@ def test_run_whole_lifecycle_to_a_live_endpoint(state: Path, tmp_path: Path) -> 
 def test_bad_config_stops_before_any_step(state: Path, tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("modle:\n  epochs: 3\n")
+    store = (state / "mlflow.db").read_bytes()  # the empty store every test starts with
     done = _mlkube("run", "--config", str(config))
     assert done.returncode == 1
     assert done.stderr.strip() == (f"mlkube run: error: {config}: unknown config key 'modle'; "
                                    "known keys here: experiment, state_dir, data, model, tune, "
                                    "registry, serving")
-    assert "==>" not in done.stdout and not (state / "mlflow.db").exists()
+    assert "==>" not in done.stdout and (state / "mlflow.db").read_bytes() == store
+    assert sorted(p.name for p in state.iterdir()) == ["mlflow.db"]  # nothing else either
 
 
 def test_failing_step_stops_the_run_with_its_reason(state: Path, tmp_path: Path) -> None:

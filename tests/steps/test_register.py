@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,11 @@ def _experiment_id() -> str:
 def _sklearn_champion(dataset: str, prefix: str = "") -> Any:
     """A scikit-learn pipeline on the train split's named columns (``prefix`` renames them),
     predicting the dataset's original class labels; registered and made champion."""
+    with warnings.catch_warnings():  # MLflow saves with skops, which on its first import
+        # looks its types up in every module loaded: in this test process Airflow's too, whose
+        # deprecation shims then warn 1,160 times (a step process has no Airflow loaded)
+        warnings.simplefilter("ignore", FutureWarning)
+        import skops.io  # noqa: F401
     x, y, frame = load_split(dataset, "train")
     labels = np.asarray(load_info(dataset).classes)[y]
     frame = frame.add_prefix(prefix)

@@ -547,8 +547,10 @@ def _log_plots(study: Any, parent_run_id: str) -> None:
         mlflow.log_figure(plots.plot_optimization_history(study).figure,
                           "tune/optimization_history.png")
         try:
-            mlflow.log_figure(plots.plot_param_importances(study).figure,
-                              "tune/param_importances.png")
+            with warnings.catch_warnings():  # "importances will be equal" on a handful of trials
+                warnings.simplefilter("ignore", UserWarning)
+                figure = plots.plot_param_importances(study).figure
+            mlflow.log_figure(figure, "tune/param_importances.png")
         except (ValueError, RuntimeError) as exc:  # too few finished trials to rank parameters
             mlflow.set_tag("mlkube.param_importances", f"not computed: {exc}")
         plt.close("all")

@@ -95,11 +95,11 @@ def _big_dataset(tmp_path: Path, rows: int = 20_000) -> str:
 
 def test_resumes_from_checkpoint_after_kill(state: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "mlkube.steps.train", "--dataset", _big_dataset(tmp_path),
-               "--epochs", "8", "--params", '{"hidden_sizes": "256,256", "batch_size": 32}',
+               "--epochs", "4", "--params", '{"hidden_sizes": "256,256", "batch_size": 32}',
                "--run-key", "resume-test", "--result-file", str(tmp_path / "train.json")]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    _read_until(first, "epoch 2/8")
+    _read_until(first, "epoch 2/4")
     first.send_signal(signal.SIGKILL)  # the node is lost: no chance to clean up
     first.wait()
     checkpoints = state / "artifacts" / "checkpoints" / "resume-test"
@@ -111,12 +111,12 @@ def test_resumes_from_checkpoint_after_kill(state: Path, tmp_path: Path) -> None
     resumed = [x for x in second.stdout.splitlines() if "resumed run resume-test" in x]
     assert resumed and f"from {saved[-1]}" in resumed[0]
     epochs_run = [x for x in second.stdout.splitlines() if x.startswith("[train] epoch ")]
-    assert epochs_run[-1].startswith("[train] epoch 8/8")
-    assert len(epochs_run) == 8 - int(saved[-1][6:10])
+    assert epochs_run[-1].startswith("[train] epoch 4/4")
+    assert len(epochs_run) == 4 - int(saved[-1][6:10])
     result = json.loads((tmp_path / "train.json").read_text())
-    assert result["epochs"] == 8 and result["run_id"] == run_id
+    assert result["epochs"] == 4 and result["run_id"] == run_id
     steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy")}
-    assert steps == set(range(1, 9))
+    assert steps == set(range(1, 5))
 
 
 def test_non_finite_loss_stops_training(dataset: str, tmp_path: Path,

@@ -199,7 +199,7 @@ class TrainOperator(StepOperator):
             if self.preflight:  # before anything is created: can every node's pod ever run?
                 self._preflight(self.node_pod(objects, namespace))
             multinode.run_job(self.hook.core_v1_client.api_client, objects, namespace,
-                              log=self.log.info,
+                              log=self.log.info, poll_seconds=self.poll_interval,
                               timeout_seconds=self.execution_timeout.total_seconds()
                               if self.execution_timeout else None,
                               schedule_timeout_seconds=self.schedule_timeout_seconds)

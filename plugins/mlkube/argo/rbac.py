@@ -23,8 +23,9 @@ EXECUTOR_RULES = (
     V1PolicyRule(api_groups=["argoproj.io"], resources=["workflowtaskresults"],
                  verbs=["create", "patch"]),
 )
-# What the preflight template reads in its namespace (nodes are cluster-scoped: a ClusterRole
-# the cluster's admin may grant; without it that check is skipped).
+# What the preflight template reads in its namespace (nodes and PersistentVolumes are
+# cluster-scoped: a ClusterRole the cluster's admin may grant; without it those checks are
+# skipped).
 PREFLIGHT_RULES = (
     V1PolicyRule(api_groups=[""], resources=["resourcequotas", "limitranges",
                                              "persistentvolumeclaims"], verbs=["get", "list"]),

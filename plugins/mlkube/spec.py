@@ -40,6 +40,9 @@ TUNE_STORAGE_ENV = "MLKUBE_TUNE_STORAGE"
 # pod from the resolved resources, the local backend from its `gpus`; the train step fails at
 # once when torch sees fewer (unset: none asked for, train wherever torch can).
 GPUS_ENV = "MLKUBE_GPUS"
+# The shared ReadWriteMany claim every step mounts (datasets, checkpoints, MLflow's artifacts):
+# mlkube platform render creates it, and the Argo render mounts it unless told another name.
+ARTIFACT_CLAIM = "mlkube-artifacts"
 # Where a container finds the shared artifact volume, and where it writes its result.
 ARTIFACT_MOUNT = "/mnt/mlkube"
 RESULT_PATH = "/tmp/mlkube/result.json"
@@ -265,6 +268,9 @@ DEPLOY = StepSpec(
     ),
     result_keys=("model_name", "version", "endpoint", "replaced_version"),
     resources=Resources(cpu="500m", memory="1Gi"),
+    # A SIGTERM mid-rollout rolls back first: waiting for the previous version to be ready
+    # again takes up to serving.ready_timeout (120 s), then the pod exits.
+    termination_grace_period_seconds=180,
 )
 
 STEPS: dict[str, StepSpec] = {

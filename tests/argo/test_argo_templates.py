@@ -186,13 +186,20 @@ def test_preflight_judges_every_step_pod_as_rendered(steps: dict[str, Any]) -> N
     assert pods[-1]["spec"]["serviceAccountName"] == RenderOptions().deploy_service_account
 
 
-def test_train_gets_a_grace_period_long_enough_to_checkpoint(steps: dict[str, Any]) -> None:
-    """Argo templates have no terminationGracePeriodSeconds: the step's is in podSpecPatch."""
+def test_train_and_deploy_get_a_grace_period_long_enough_to_checkpoint_or_roll_back(
+        steps: dict[str, Any]) -> None:
+    """Argo templates have no terminationGracePeriodSeconds: the step's is in podSpecPatch.
+    Deploy's covers a rollback (up to serving.ready_timeout, 120 s), not Kubernetes' 30 s."""
     import json
+
+    from mlkube.config import ServingConfig
 
     grace = spec.TRAIN.termination_grace_period_seconds
     assert json.loads(steps["train"]["podSpecPatch"]) == {"terminationGracePeriodSeconds": grace}
-    for name in ("preflight", "prepare-data", "tune-worker", "select-best", "register", "deploy"):
+    deploy_grace = json.loads(steps["deploy"]["podSpecPatch"])["terminationGracePeriodSeconds"]
+    assert deploy_grace == spec.DEPLOY.termination_grace_period_seconds
+    assert deploy_grace > ServingConfig().ready_timeout
+    for name in ("preflight", "prepare-data", "tune-worker", "select-best", "register"):
         assert "podSpecPatch" not in steps[name], name  # Kubernetes' default 30 s
     pods = list(yaml.safe_load_all(steps["preflight"]["inputs"]["artifacts"][0]["raw"]["data"]))
     (judged,) = [p for p in pods if p["metadata"]["name"].endswith("-train")]

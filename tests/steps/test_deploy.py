@@ -18,7 +18,7 @@ import pytest
 
 from mlkube.serve import client
 from mlkube.targets import local
-from mlkube_testing import error_lines, run, write_config
+from mlkube_testing import error_lines, free_port, run, write_config
 
 NAME = "mlkube-demo"
 
@@ -138,6 +138,57 @@ def test_a_version_that_cannot_load_is_rolled_back(
     assert client.metadata(_base(good), NAME)["versions"] == ["1"]
     assert len(client.infer(_base(good), NAME, _rows(dataset))["label"]) == 3
     assert _serving() == "1"  # the registry still says what is live
+
+
+def test_any_failure_after_the_swap_rolls_back_then_keeps_its_traceback(
+        dataset: str, train: Callable[..., str], state: Path, tmp_path: Path, config: str,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only MlkubeError and KeyboardInterrupt rolled back; any other failure (a bug, an OSError
+    of the target) left the new version half rolled out. Now: rolled back, then re-raised."""
+    from mlkube.steps import deploy
+
+    _champion(dataset, train(epochs=2), tmp_path)
+    code, good, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
+    assert code == 0 and good is not None
+    assert _champion(dataset, train(epochs=6, learning_rate=0.01), tmp_path) == "2"
+
+    class PromoteFails(local.LocalTarget):
+        def promote(self) -> None:  # after the real swap and smoke test: the new one serves
+            raise OSError("the promote of this target broke")
+
+    chosen = deploy.choose_target
+    monkeypatch.setattr(deploy, "choose_target", lambda ctx, name: PromoteFails(
+        **{k: getattr(chosen(ctx, name), k) for k in ("state_dir", "host", "port",
+                                                         "ready_timeout", "log")},
+        model_name=name))
+    capsys.readouterr()
+    code, result, err = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path,
+                            capsys=capsys)
+    assert code == 1 and result is None
+    assert "Traceback" in err and error_lines(err)[-1].startswith(
+        "mlkube deploy: error: unexpected OSError")
+    assert client.metadata(_base(good), NAME)["versions"] == ["1"]  # the old one serves again
+    assert _serving() == "1"
+
+
+def test_the_serving_record_is_retried_then_a_retryable_failure(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow unreachable after the rollout: the idempotent write is tried RECORD_ATTEMPTS
+    times, then the step fails with an exit status Argo's retry rule retries (not 1)."""
+    from mlkube.steps import deploy
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    mlflow.set_tracking_uri(closed)
+    monkeypatch.setattr(deploy, "RECORD_ATTEMPTS", 3)
+    monkeypatch.setattr(deploy, "RECORD_FIRST_DELAY", 0.05)
+    with pytest.raises(deploy.NotRecorded) as failed:
+        deploy._record_serving(NAME, "2", "1")
+    assert failed.value.exit_code not in (0, 1)
+    assert str(failed.value).startswith("version 2 serves, but MLflow did not take the 'serving' "
+                                        "alias in 3 tries (")
 
 
 def test_a_first_deploy_that_fails_leaves_nothing_running(

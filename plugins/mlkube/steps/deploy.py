@@ -27,7 +27,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from mlkube import spec
-from mlkube.errors import MlkubeError
+from mlkube.errors import MlkubeError, first_line
 from mlkube.steps._main import Context, run_step
 
 if TYPE_CHECKING:
@@ -140,15 +140,46 @@ def _cluster_target(ctx: Context, name: str, kind: str) -> ServingTarget:
                                   timeout=ctx.config.serving.ready_timeout, log=ctx.log)
 
 
+class NotRecorded(MlkubeError):
+    """The version serves, but MLflow did not take the record: a transient failure, which
+    Argo's retry rule retries (any exit status but 1); the rerun only records."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+RECORD_ATTEMPTS = 5
+RECORD_FIRST_DELAY = 1.0  # seconds, doubled after each failed attempt (1+2+4+8 s in all)
+
+
 def _record_serving(name: str, version: str, replaced: str | None) -> str:
-    """Move the ``serving`` alias to ``version``; return the version it replaced."""
+    """Move the ``serving`` alias to ``version``; return the version it replaced.
+
+    Both writes are idempotent, so a failed attempt is tried again (``RECORD_ATTEMPTS``);
+    when MLflow stays unreachable the step fails with :class:`NotRecorded`.
+    """
+    import time
+
+    from mlflow.exceptions import MlflowException
+
     from mlkube import tracking
 
-    client = tracking.client()
-    if replaced is not None and replaced != version:
-        client.set_model_version_tag(name, version, TAG_REPLACED, replaced)
-    client.set_registered_model_alias(name, SERVING_ALIAS, version)
-    return str(client.get_model_version(name, version).tags.get(TAG_REPLACED, ""))
+    delay = RECORD_FIRST_DELAY
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            client = tracking.client()
+            if replaced is not None and replaced != version:
+                client.set_model_version_tag(name, version, TAG_REPLACED, replaced)
+            client.set_registered_model_alias(name, SERVING_ALIAS, version)
+            return str(client.get_model_version(name, version).tags.get(TAG_REPLACED, ""))
+        except (MlflowException, OSError) as exc:  # the tracking server down or refusing
+            if attempt == RECORD_ATTEMPTS:
+                raise NotRecorded(
+                    f"version {version} serves, but MLflow did not take the {SERVING_ALIAS!r} "
+                    f"alias in {RECORD_ATTEMPTS} tries ({first_line(exc)}): run the step again "
+                    "once MLflow answers (it only records what serves)") from None
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -177,13 +208,16 @@ def run(ctx: Context) -> dict[str, Any]:
         target.roll_out(version, f"models:/{name}/{version}")
         smoke_test(target, rows)
         target.promote()
-    except (MlkubeError, KeyboardInterrupt) as exc:
-        reason = str(exc) or type(exc).__name__
+    except BaseException as exc:  # any failure, a bug or a stop included: put the old one back
+        reason = first_line(exc) or type(exc).__name__
         try:
             target.roll_back(previous)
         except MlkubeError as again:
             raise MlkubeError(f"version {version} failed its rollout ({reason}), and rolling "
                               f"back to version {previous} failed too ({again})") from None
+        if not isinstance(exc, MlkubeError | KeyboardInterrupt):
+            ctx.log(f"rolled back after an unexpected {type(exc).__name__}")
+            raise  # a bug: its traceback, after the rollback
         after = (f"rolled back: version {previous} serves at {infer_url(target)}" if previous
                  else "nothing was serving before, and nothing serves now")
         raise MlkubeError(f"version {version} failed its rollout ({reason}); {after}") from None

@@ -352,9 +352,9 @@ class _Job:
                               if c.get("type") == "PodScheduled"), None)
             if scheduled is None or scheduled.get("status") != "False":
                 continue
-            said = rollout._call(f"list the events of pod {name}", self.host, lambda n=name: (
-                events.get(namespace=self.namespace,
-                           field_selector=f"involvedObject.name={n}").to_dict()))
+            said = rollout._call(f"list the events of pod {name}", self.host, functools.partial(
+                lambda n: events.get(namespace=self.namespace,
+                                     field_selector=f"involvedObject.name={n}").to_dict(), name))
             failed = [e for e in said.get("items") or [] if e.get("reason") == "FailedScheduling"]
             latest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
                                                    or ""), default=None)

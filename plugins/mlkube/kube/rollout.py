@@ -804,6 +804,10 @@ class KServeTarget(_ClusterTarget):
                   else None)
         return [manifests.inference_service(serving, canary_percent=canary)]
 
+    def _serves(self, live: dict[str, Any]) -> bool:
+        """Live only with all the traffic: a canary left split by a killed deploy is not."""
+        return self._progress(live, full_traffic=True).ready
+
     def promote(self) -> None:
         """Route all traffic to the new revision: drop ``canaryTrafficPercent``."""
         body = self._applied.get("InferenceService")

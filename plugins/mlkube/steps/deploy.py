@@ -196,9 +196,12 @@ def run(ctx: Context) -> dict[str, Any]:
     x_test, _ = data.load_arrays(ctx.args.dataset, "test")
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
     previous = target.live_version()
-    if previous == version:
+    if previous == version:  # this run's earlier try may have been killed before it finished
         endpoint = infer_url(target)
-        ctx.log(f"version {version} already serves at {endpoint} ({target.name})")
+        ctx.log(f"version {version} already serves at {endpoint} ({target.name}); "
+                "smoke-testing it before it is recorded")
+        smoke_test(target, rows)
+        target.promote()
         replaced = _record_serving(name, version, None)
         return {"model_name": name, "version": version, "endpoint": endpoint,
                 "replaced_version": replaced}

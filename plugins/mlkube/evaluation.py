@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from mlkube.data import DatasetInfo
 
 
+class Unloadable(MlkubeError):
+    """The model cannot be loaded at all (its artifacts gone, or not an MLflow model)."""
+
+
 class NonFinite(MlkubeError):
     """The model's predictions on the split hold NaN or ±inf."""
 
@@ -132,7 +136,7 @@ def score(model_uri: str, dataset_uri: str, info: DatasetInfo, who: str,
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # any load failure means: not servable
-        raise MlkubeError(f"{who} ({model_uri}) cannot be loaded: {first_line(exc)}") from None
+        raise Unloadable(f"{who} ({model_uri}) cannot be loaded: {first_line(exc)}") from None
     inputs = _inputs(model, x, frame, who)
     try:
         output = model.predict(inputs)

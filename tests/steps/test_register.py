@@ -205,6 +205,30 @@ def test_champion_with_non_finite_predictions_loses_to_a_finite_challenger(
     assert str(client.get_model_version_by_alias("mlkube-demo", "champion").version) == "2"
 
 
+def test_a_champion_whose_artifacts_are_gone_loses_the_gate_in_one_line(
+        dataset: str, train: Callable[..., str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It made every later register fail; now the challenger is judged on its own merits."""
+    import shutil
+
+    code, first, _ = run("register", "--dataset", dataset, "--run-id", train(), tmp=tmp_path)
+    assert code == 0 and first is not None and first["champion_version"] == "1"
+    client = mlflow.MlflowClient()
+    gone = Path(client.get_model_version_download_uri("mlkube-demo", "1").removeprefix("file://"))
+    shutil.rmtree(gone)
+    challenger = train(epochs=2)
+    capsys.readouterr()
+    code, result, _ = run("register", "--dataset", dataset, "--run-id", challenger, tmp=tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0 and result is not None
+    assert (result["promoted"], result["champion_version"], result["champion_value"]) == (
+        "true", "2", "")
+    said = [line for line in out.splitlines() if "cannot be loaded" in line]
+    assert len(said) == 1 and said[0].endswith("it loses the alias; the challenger is judged "
+                                               "on its own")
+    assert str(client.get_model_version_by_alias("mlkube-demo", "champion").version) == "2"
+
+
 def test_inf_cells_dropped_then_trained_and_registered(state: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(demo_data(state))
     frame.loc[3, "mean_radius"] = np.inf

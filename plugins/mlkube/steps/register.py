@@ -90,6 +90,8 @@ def run(ctx: Context) -> dict[str, Any]:
                                               f"champion {name} v{champion.version}")
         except evaluation.NonFinite as exc:  # a champion that cannot answer cannot defend
             ctx.log(f"{exc}: it loses the alias to any challenger with finite predictions")
+        except evaluation.Unloadable as exc:  # e.g. its artifacts are gone: nothing to defend
+            ctx.log(f"{exc}: it loses the alias; the challenger is judged on its own")
     ctx.log(f"test {metric}: challenger {challenger_value:.4f}, champion "
             + (f"v{champion.version} " if champion else "none")
             + (f"{champion_value:.4f}" if champion_value is not None else ""))

@@ -8,7 +8,8 @@ Built with Hera from the same step descriptions (:mod:`mlkube.spec`) and pod pie
 - :mod:`~mlkube.argo.templates`: the ``mlkube-steps`` WorkflowTemplate, one template per step
 - :mod:`~mlkube.argo.lifecycle`: the ``mlkube-lifecycle`` DAG and a Workflow that runs it
 - :mod:`~mlkube.argo.cron`: the ``mlkube-retrain`` CronWorkflow and the schedule check
-- :mod:`~mlkube.argo.rbac`: least-privilege service accounts for the workflow and deploy
+- :mod:`~mlkube.argo.rbac`: the workflow and deploy accounts (:mod:`mlkube.kube.rbac`) a
+  render names
 - :mod:`~mlkube.argo.render`: every object as YAML, written to or compared with workflows/
 - :mod:`~mlkube.argo.schema`: strict offline validation (Argo JSON schema, KServe CRD)
 - :mod:`~mlkube.argo.submit`: submission to an Argo Server through Hera's client

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mlkube import spec
 from mlkube.errors import MlkubeError
-from mlkube.kube import validation
+from mlkube.kube import rbac, validation
 from mlkube.kube.pod import SecretEnv
 
 # On every Argo object mlkube renders (``kubectl get wftmpl -l app.kubernetes.io/part-of=mlkube``).
@@ -57,7 +57,7 @@ class RenderOptions:
     parallelism: int = 2
     schedules: Sequence[str] = ("0 3 * * *",)
     timezone: str = "UTC"
-    artifact_pvc: str = "mlkube-artifacts"
+    artifact_pvc: str = spec.ARTIFACT_CLAIM
     gpu_product: str | None = None
     image: str | None = None
     gpu_image: str | None = None
@@ -68,8 +68,8 @@ class RenderOptions:
     mlflow_tracking_uri: str = spec.CLUSTER_MLFLOW_URI
     secret_env: Sequence[SecretEnv] = ()
     service_name: str = "mlkube-demo"
-    workflow_service_account: str = "mlkube-workflow"
-    deploy_service_account: str = "mlkube-deploy"
+    workflow_service_account: str = rbac.WORKFLOW_SERVICE_ACCOUNT
+    deploy_service_account: str = rbac.DEPLOY_SERVICE_ACCOUNT
     retry_limit: int = 3
     step_deadline_seconds: int = 3600
     train_deadline_seconds: int = 6 * 3600

@@ -18,7 +18,7 @@ namespace with everything docs/argo.md lists under "What the cluster needs":
   nothing but ``MLFLOW_TRACKING_URI``. It answers its Service's names (:func:`mlflow_hosts`),
   which MLflow 3's host check would otherwise refuse;
 - the workflow and deploy ServiceAccounts with their least-privilege Roles
-  (:func:`mlkube.argo.rbac.rbac_objects`, the same objects ``mlkube argo render`` writes).
+  (:func:`mlkube.kube.rbac.rbac_objects`, the same objects ``mlkube argo render`` writes).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from kubernetes.client import (
 )
 
 from mlkube import spec
+from mlkube.kube import rbac as kube_rbac
 from mlkube.kube import security, validation
 from mlkube.kube.serving import MANAGED_BY, to_dict
 
@@ -163,11 +164,9 @@ def namespace(options: PlatformOptions) -> list[Any]:
 
 def artifacts(options: PlatformOptions) -> list[Any]:
     """The claim every step mounts (datasets, checkpoints; MLflow's artifacts too)."""
-    from mlkube.argo.options import RenderOptions
-
     return [V1PersistentVolumeClaim(
         api_version="v1", kind="PersistentVolumeClaim",
-        metadata=_meta(RenderOptions.artifact_pvc, options),
+        metadata=_meta(spec.ARTIFACT_CLAIM, options),
         spec=V1PersistentVolumeClaimSpec(
             access_modes=["ReadWriteMany"], storage_class_name=options.storage_class,
             resources=V1VolumeResourceRequirements(requests={"storage": options.artifact_size})))]
@@ -277,10 +276,7 @@ def mlflow(options: PlatformOptions) -> list[Any]:
 
 def rbac(options: PlatformOptions) -> list[Any]:
     """The workflow and deploy accounts, exactly as ``mlkube argo render`` writes them."""
-    from mlkube.argo.options import RenderOptions
-    from mlkube.argo.rbac import rbac_objects
-
-    return rbac_objects(RenderOptions(namespace=options.namespace).validated())
+    return kube_rbac.rbac_objects(options.namespace)
 
 
 def objects(options: PlatformOptions | None = None) -> dict[str, list[Any]]:

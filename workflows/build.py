@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 from mlkube.argo.options import RenderOptions
-from mlkube.argo.render import render, write
+from mlkube.argo.render import render
+from mlkube.rendered import write
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlkube.argo.render import stale
 from mlkube.argo.schema import Validator, strict
 from mlkube.cli import main
+from mlkube.rendered import stale
 
 
 def test_committed_yaml_is_current(files: dict[str, str], workflows_dir: Path) -> None:

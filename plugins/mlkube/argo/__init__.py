@@ -11,6 +11,7 @@ Built with Hera from the same step descriptions (:mod:`mlkube.spec`) and pod pie
 - :mod:`~mlkube.argo.rbac`: the workflow and deploy accounts (:mod:`mlkube.kube.rbac`) a
   render names
 - :mod:`~mlkube.argo.render`: every object as YAML, written to or compared with workflows/
+  (by :mod:`mlkube.rendered`, which ``mlkube platform render`` shares)
 - :mod:`~mlkube.argo.schema`: strict offline validation (Argo JSON schema, KServe CRD)
 - :mod:`~mlkube.argo.submit`: submission to an Argo Server through Hera's client
 

@@ -81,19 +81,11 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from mlkube.argo.render import render, stale, write
+    from mlkube.argo.render import render
+    from mlkube.rendered import write_or_check
 
-    files = render(options_from(args))
-    if args.check:
-        old = stale(files, args.out)
-        if old:
-            raise MlkubeError(f"stale under {args.out}: {', '.join(old)}; regenerate with "
-                              f"`mlkube argo render --out {args.out}` and commit")
-        print(f"{len(files)} files under {args.out} are up to date")
-        return 0
-    for path in write(files, args.out):
-        print(f"wrote {path}")
-    return 0
+    return write_or_check(render(options_from(args)), args.out, check=args.check,
+                          command="mlkube argo render")
 
 
 def _lint(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Every Argo object as YAML: written to workflows/ on request, or compared with it.
 
 The committed files are what users ``kubectl apply``; a test renders afresh and fails when
-they are stale. Regenerate with ``mlkube argo render`` (never in CI: CI runs ``--check``).
+they are stale. Regenerate with ``mlkube argo render`` (never in CI: CI runs ``--check``);
+:mod:`mlkube.rendered` writes and compares the files.
 """
 
 from __future__ import annotations
@@ -42,23 +43,6 @@ def render(options: RenderOptions | None = None) -> dict[str, str]:
     rbac = [to_dict(obj) for obj in rbac_objects(options)]
     files["mlkube-rbac.yaml"] = HEADER + yaml.safe_dump_all(rbac, sort_keys=False)
     return files
-
-
-def write(files: dict[str, str], out: Path) -> list[Path]:
-    """Write ``files`` under ``out``; returns the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in files.items():
-        path = out / name
-        path.write_text(text)
-        paths.append(path)
-    return paths
-
-
-def stale(files: dict[str, str], out: Path) -> list[str]:
-    """Names of ``files`` missing from ``out`` or different there."""
-    return [name for name, text in files.items()
-            if not (out / name).is_file() or (out / name).read_text() != text]
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:

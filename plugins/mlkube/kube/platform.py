@@ -313,18 +313,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from mlkube.argo.render import stale, write
-    from mlkube.errors import MlkubeError
+    from mlkube.rendered import write_or_check
 
     fields = PlatformOptions.__dataclass_fields__
     files = render(PlatformOptions(**{name: getattr(args, name) for name in fields}))
-    if args.check:
-        old = stale(files, args.out)
-        if old:
-            raise MlkubeError(f"stale under {args.out}: {', '.join(old)}; regenerate with "
-                              f"`mlkube platform render --out {args.out}` and commit")
-        print(f"{len(files)} files under {args.out} are up to date")
-        return 0
-    for path in write(files, args.out):
-        print(f"wrote {path}")
-    return 0
+    return write_or_check(files, args.out, check=args.check, command="mlkube platform render")

@@ -6,7 +6,8 @@ Every task calls a template of ``mlkube-steps`` by ``templateRef``. Data moves b
 datasets and checkpoints on the shared volume, models in MLflow; parameters carry only URIs,
 run ids and small JSON. With ``skip-unchanged=true`` (the retraining cron), tuning and training
 run only when prepare-data reports the dataset changed; a skipped task's dependants wait on its
-``Succeeded``, so they are skipped too.
+``Succeeded``, so they are skipped too, except deploy: it serves the ``champion`` alias on
+every run (idempotent), so a champion whose deploy failed earlier is served now.
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def lifecycle_template(options: RenderOptions) -> WorkflowTemplate:
                   config=config, dataset=dataset, params=_out("select-best", "best_params"))
             _task(options, "register", depends="train.Succeeded", config=config,
                   dataset=dataset, run_id=_out("train", "run_id"))
-            _task(options, "deploy", depends="register.Succeeded", config=config,
-                  dataset=dataset, version=_out("register", "champion_version"))
+            # the champion alias, on every run: after a new registration, and when training
+            # was skipped (register omitted), so that what serves converges to the champion
+            _task(options, "deploy", depends="register.Succeeded || register.Omitted",
+                  config=config, dataset=dataset)
     return workflow
 
 

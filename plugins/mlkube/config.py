@@ -104,7 +104,10 @@ class ServingConfig:
 
     host: str = "127.0.0.1"
     port: int = 5151  # the published URL: new versions are swapped into the running server
-    ready_timeout: float = 120.0
+    ready_timeout: float = 120.0  # the local server's start
+    # cluster targets: one serving pod's start (scheduling, image pull, model load; the startup
+    # probe allows 600 s); a rollout of N replicas, one new pod at a time, waits N of these
+    pod_start_timeout: float = 660.0
     max_body_bytes: int = 16 * 1024 * 1024  # a larger request body is answered 413 unread
     idle_timeout: float = 75.0  # seconds an idle connection (or a stalled body) is kept
 
@@ -338,6 +341,7 @@ def _validate_serving(serving: ServingConfig) -> None:
         raise MlkubeError(f"config key 'serving.port' is {serving.port}, not a TCP port; use 1-65535 "
                           "(1024 and up need no privileges)")
     _positive("serving.max_body_bytes", serving.max_body_bytes)
+    _positive("serving.pod_start_timeout", serving.pod_start_timeout)
     _positive("serving.idle_timeout", serving.idle_timeout)
     if serving.host not in ("127.0.0.1", "localhost", "::1"):
         raise MlkubeError(

@@ -11,6 +11,7 @@ test ends.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,21 @@ def test_the_replica_count_is_handed_over_not_reset(fake: FakeApiServer) -> None
     deploy.roll_out("9", uri("9"))
     assert replicas(fake) == 3 and deploy.live_version() == "9"
     assert len(fake.applies("Deployment")) == 4, "one hand-over, then none is needed"
+
+
+def test_a_rollout_waits_one_pod_start_for_each_replica(fake: FakeApiServer) -> None:
+    """maxSurge 1: N replicas are N pod starts one after the other; the wait was one
+    serving.ready_timeout (120 s, for the local server) whatever the replica count."""
+    three = dataclasses.replace(SERVING, min_replicas=3)
+    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
+                                    namespace="ml", timeout=0.3, poll=0.01, log=lambda line: None)
+    deploy.roll_out("7", uri("7"))
+    fake.outcome = fails_for("8", Outcome("starting"))
+    started = time.monotonic()
+    with pytest.raises(MlkubeError) as failed:
+        deploy.roll_out("8", uri("8"))
+    assert time.monotonic() - started >= 0.9
+    assert "not ready after 0.9s (3 pod starts of 0.3s)" in one_line(failed)
 
 
 def test_old_pods_serve_until_new_ones_are_ready(fake: FakeApiServer) -> None:

@@ -353,7 +353,8 @@ class _ClusterTarget(ServingTarget):
         validation.dns1123_label(serving.name, "serving name")
         self.namespace = namespace
         self.serving = dataclasses.replace(serving, namespace=namespace)
-        self.timeout = timeout
+        self.timeout = timeout  # one pod's start; see _wait
+        self._budget = (timeout, 1)  # the last wait's: seconds, pod starts
         self.poll = poll
         self.log = log
         self._host = str(api_client.configuration.host)
@@ -506,10 +507,18 @@ class _ClusterTarget(ServingTarget):
 
     # -- waiting and explaining --
 
+    def _pod_starts(self, live: dict[str, Any]) -> int:
+        """How many pod starts one after the other this rollout takes (one, by default)."""
+        return 1
+
     def _wait(self, version: str, action: str, *, full_traffic: bool = False) -> dict[str, Any]:
-        """Poll until the serving object is ready; else raise with the reason."""
-        deadline = time.monotonic() + self.timeout
+        """Poll until the serving object is ready; else raise with the reason. The wait is
+        ``timeout`` (one pod's start) for each pod started one after the other."""
         main = self._main[1]
+        first = self._get(self._main)
+        starts = self._pod_starts(first) if first is not None else 1
+        self._budget = (self.timeout * starts, starts)
+        deadline = time.monotonic() + self.timeout * starts
         last_note = ""
         while True:
             live = self._get(self._main)
@@ -533,7 +542,9 @@ class _ClusterTarget(ServingTarget):
         if progress.failure and not any(progress.failure in r for r in reasons):
             reasons.append(progress.failure)
         if not progress.failure:
-            reasons.insert(0, f"not ready after {self.timeout:g}s")
+            budget, starts = self._budget
+            reasons.insert(0, f"not ready after {budget:g}s" + (
+                f" ({starts} pod starts of {self.timeout:g}s)" if starts > 1 else ""))
             if len(reasons) == 1:
                 reasons.append(progress.note or "no pod, event or condition says why")
         previous = _version((self._before or {}).get(self._main[1]))
@@ -718,6 +729,10 @@ class DeploymentTarget(_ClusterTarget):
             return _Progress(False, failure=fatal[0])
         return _Progress(False, note=f"{updated} of {want} pods updated, {available} available, "
                                      f"{total - updated} old ones still running")
+
+    def _pod_starts(self, live: dict[str, Any]) -> int:
+        """maxSurge 1: each replica's new pod starts after the one before is ready."""
+        return max(1, int((live.get("spec") or {}).get("replicas") or 1))
 
     def _serves(self, live: dict[str, Any]) -> bool:
         status = live.get("status") or {}

@@ -137,7 +137,7 @@ def _cluster_target(ctx: Context, name: str, kind: str) -> ServingTarget:
                            **({"image": ctx.args.server_image} if ctx.args.server_image else {}))
     return rollout.cluster_target(kind, api_client=rollout.api_client(), serving=serving,  # type: ignore[arg-type]
                                   namespace=namespace, canary_percent=ctx.args.canary_percent or None,
-                                  timeout=ctx.config.serving.ready_timeout, log=ctx.log)
+                                  timeout=ctx.config.serving.pod_start_timeout, log=ctx.log)
 
 
 class NotRecorded(MlkubeError):

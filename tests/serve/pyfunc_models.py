@@ -4,7 +4,8 @@ Its behaviour comes from the model config it is logged with:
 
 - ``{"kind": "nan"}``: predicts NaN for every row (a model that must be refused);
 - ``{"kind": "gated", "gate": PATH}``: loading waits until the file PATH exists (so a test can
-  watch the server before the model is verified), then predicts two class probabilities.
+  watch the server before the model is verified), then predicts two class probabilities;
+- ``{"kind": "wide"}``: predicts three finite columns, whatever its signature says.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ConfiguredModel(mlflow.pyfunc.PythonModel):
         if self.kind == "nan":
             return np.full((len(rows), 2), np.nan, dtype=np.float32)
         yes = 1.0 / (1.0 + np.exp(-(rows[:, 0] - 15.0)))
+        if self.kind == "wide":
+            return np.stack([1.0 - yes, yes, yes], axis=1).astype(np.float32)
         return np.stack([1.0 - yes, yes], axis=1).astype(np.float32)
 
 

@@ -191,6 +191,39 @@ def test_the_serving_record_is_retried_then_a_retryable_failure(
                                         "alias in 3 tries (")
 
 
+def test_a_model_that_answers_outside_its_own_contract_does_not_deploy(
+        dataset: str, state: Path, tmp_path: Path, config: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It answered [n, 3] while its own V2 metadata said [-1, 2]; deploy took it (only the row
+    count and finiteness were checked). Now every output is held to the metadata."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    x = np.asarray(_rows(dataset, 5), dtype=np.float32)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 30))]),
+                               outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 2))]))
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(Path(__file__).parents[1] / "serve" /
+                                           "pyfunc_models.py"),
+            model_config={"kind": "wide"}, signature=signature, input_example=x[:2],
+            pip_requirements=["mlflow", "numpy"])
+    version = mlflow.register_model(info.model_uri, NAME).version
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", str(version))
+    capsys.readouterr()
+    code, result, err = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path,
+                            capsys=capsys)
+    lines = error_lines(err)
+    assert code == 1 and result is None and len(lines) == 1, err
+    assert ("answered outside the model's own contract: output 'predictions' has shape [5, 3] "
+            "for 5 rows, its metadata says [-1, 2]") in lines[0]
+    assert lines[0].endswith("nothing was serving before, and nothing serves now")
+    assert local.servers(state) == []
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        mlflow.MlflowClient().get_model_version_by_alias(NAME, "serving")
+
+
 def test_a_first_deploy_that_fails_leaves_nothing_running(
         dataset: str, train: Callable[..., str], state: Path, tmp_path: Path, config: str,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,3 +258,23 @@ def test_bad_input_is_one_line_and_serves_nothing(
     lines = error_lines(err)
     assert code == 1 and result is None and len(lines) == 1 and message in lines[0], err
     assert local.servers(state) == []
+
+
+def test_the_contract_check_reads_names_datatypes_shapes_and_labels() -> None:
+    from mlkube.steps.deploy import contract_problems
+
+    declared = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2],
+                 "parameters": {"labels": ["no", "yes"]}},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+    good = [{"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "data": [0.1] * 4},
+            {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["no", "yes"]}]
+    assert contract_problems(good, declared, 2) == []
+    bad = [{"name": "probabilities", "datatype": "FP64", "shape": [1, 2], "data": [0.1] * 2},
+           {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["no", "maybe"]},
+           {"name": "extra", "datatype": "FP32", "shape": [2], "data": [1, 2]}]
+    assert contract_problems(bad, declared, 2) == [
+        "output 'probabilities' is FP64, its metadata says FP32",
+        "output 'probabilities' has shape [1, 2] for 2 rows, its metadata says [-1, 2]",
+        "output 'label' holds ['maybe'], not among the model's class labels ['no', 'yes']",
+        "output 'extra', which its metadata does not list"]
+    assert contract_problems(good[:1], declared, 2) == ["no output 'label'"]

@@ -39,6 +39,11 @@ def _call(url: str, body: Any = None, timeout: float = 30.0) -> Any:
         raise MlkubeError(f"{url} did not answer: {reason}") from None
 
 
+def reshaped(tensor: dict[str, Any]) -> list[Any]:
+    """A V2 response tensor's flat data, nested by its shape."""
+    return _reshape(tensor["data"], tensor["shape"])
+
+
 def _reshape(data: list[Any], shape: list[int]) -> list[Any]:
     """A flat V2 data list as nested lists of ``shape``."""
     if len(shape) <= 1:
@@ -54,6 +59,15 @@ def infer(base_url: str, name: str, rows: list[list[float]], *, version: str | N
     For a classifier: ``{"probabilities": [[p0, p1], ...], "label": ["no", ...]}``.
     ``input_name`` (default: the first input the model's metadata lists, one more request).
     """
+    answer = infer_answer(base_url, name, rows, version=version, input_name=input_name,
+                          timeout=timeout)
+    return {o["name"]: _reshape(o["data"], o["shape"]) for o in answer["outputs"]}
+
+
+def infer_answer(base_url: str, name: str, rows: list[list[float]], *,
+                 version: str | None = None, input_name: str | None = None,
+                 timeout: float = 30.0) -> dict[str, Any]:
+    """The V2 inference response for ``rows``, as the server sent it (see :func:`infer`)."""
     rows = [[float(v) for v in row] for row in rows]
     width = len(rows[0]) if rows else 0
     if input_name is None:
@@ -62,8 +76,8 @@ def infer(base_url: str, name: str, rows: list[list[float]], *, version: str | N
                         "shape": [len(rows), width], "datatype": "FP32",
                         "data": [v for row in rows for v in row]}]}
     path = ["v2", "models", name] + (["versions", version] if version else []) + ["infer"]
-    answer = _call(_url(base_url, *path), body, timeout)
-    return {o["name"]: _reshape(o["data"], o["shape"]) for o in answer["outputs"]}
+    answer: dict[str, Any] = _call(_url(base_url, *path), body, timeout)
+    return answer
 
 
 def metadata(base_url: str, name: str, *, timeout: float = 30.0) -> dict[str, Any]:

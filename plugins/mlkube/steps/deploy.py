@@ -66,11 +66,52 @@ def _flat(value: Any) -> list[Any]:
     return [v for item in value for v in _flat(item)] if isinstance(value, list) else [value]
 
 
+def contract_problems(outputs: list[dict[str, Any]], declared: list[dict[str, Any]],
+                      rows: int) -> list[str]:
+    """Where an answer to ``rows`` rows breaks the model's own V2 metadata (``declared``, its
+    outputs): each output's name, datatype and shape (``-1`` first: the row count), and the
+    label output's values among the class labels."""
+    problems = []
+    answered = {o["name"]: o for o in outputs}
+    labels = next(((t.get("parameters") or {}).get("labels") for t in declared
+                   if (t.get("parameters") or {}).get("labels")), None)
+    for tensor in declared:
+        name, got = tensor["name"], answered.get(tensor["name"])
+        if got is None:
+            problems.append(f"no output {name!r}")
+            continue
+        if got.get("datatype") != tensor["datatype"]:
+            problems.append(f"output {name!r} is {got.get('datatype')}, its metadata says "
+                            f"{tensor['datatype']}")
+        want = [rows if i == 0 and d == -1 else d for i, d in enumerate(tensor["shape"])]
+        shape = list(got.get("shape") or [])
+        if len(shape) != len(want) or any(w not in (-1, s) for w, s in zip(want, shape,
+                                                                          strict=True)):
+            problems.append(f"output {name!r} has shape {shape} for {rows} rows, its metadata "
+                            f"says {tensor['shape']}")
+        if labels is not None and tensor["datatype"] == "BYTES":
+            odd = sorted({str(v) for v in got.get("data") or []} - set(map(str, labels)))
+            if odd:
+                problems.append(f"output {name!r} holds {odd[:3]}, not among the model's class "
+                                f"labels {labels}")
+    problems += [f"output {n!r}, which its metadata does not list" for n in answered
+                 if n not in {t['name'] for t in declared}]
+    return problems
+
+
 def smoke_test(target: ServingTarget, rows: list[list[float]]) -> None:
-    """One finite answer per row, through the published endpoint."""
+    """One finite answer per row, through the published endpoint, within the model's own
+    contract (its V2 metadata: output names, datatypes, shapes, class labels)."""
     from mlkube.serve import client
 
-    outputs = client.infer(target.base_url, target.model_name, rows)
+    declared = client.metadata(target.base_url, target.model_name)
+    answer = client.infer_answer(target.base_url, target.model_name, rows,
+                                 input_name=str(declared["inputs"][0]["name"]))
+    broken = contract_problems(answer["outputs"], declared["outputs"], len(rows))
+    if broken:
+        raise MlkubeError(f"{infer_url(target)} answered outside the model's own contract: "
+                          + "; ".join(broken))
+    outputs = {o["name"]: client.reshaped(o) for o in answer["outputs"]}
     numeric = {name: data for name, data in outputs.items()
                if all(isinstance(v, int | float) for v in _flat(data))}
     if not numeric:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 from fake_apiserver import FakeApiServer, Outcome
@@ -56,13 +57,19 @@ def test_a_task_stopped_while_it_waits_leaves_no_job_behind() -> None:
     """AirflowTaskTimeout, or a SIGTERM made KeyboardInterrupt: the Job goes with the task."""
     with FakeApiServer(ready_after=10**9) as api:
         objects = _job(api, "mlkube-train-5")
-        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.02,
-                                  schedule_timeout_seconds=60, log=print)
-        finally:
-            timer.cancel()
+        def stop_once_it_waits() -> None:  # Ctrl-C, or the SIGTERM run_step makes one
+            deadline = time.monotonic() + 60
+            while not api.applies("Job") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if api.applies("Job"):  # never a stray Ctrl-C into another test
+                time.sleep(0.2)  # the wait has begun
+                os.kill(os.getpid(), signal.SIGINT)
+
+        stopper = threading.Thread(target=stop_once_it_waits, daemon=True)
+        stopper.start()
+        with pytest.raises(KeyboardInterrupt):
+            multinode.run_job(api.api_client(), objects, "ml", poll_seconds=0.02,
+                              schedule_timeout_seconds=60, log=print)
+        stopper.join()
         assert api.applies("Job")  # it was created, and waited for
         assert api.get("Job", "mlkube-train-5") is None

@@ -222,9 +222,14 @@ def test_a_rollout_waits_one_pod_start_for_each_replica(fake: FakeApiServer) -> 
     """maxSurge 1: N replicas are N pod starts one after the other; the wait was one
     serving.ready_timeout (120 s, for the local server) whatever the replica count."""
     three = dataclasses.replace(SERVING, min_replicas=3)
-    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
-                                    namespace="ml", timeout=0.3, poll=0.01, log=lambda line: None)
-    deploy.roll_out("7", uri("7"))
+
+    def deployer(timeout: float) -> ServingTarget:
+        return rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
+                                      namespace="ml", timeout=timeout, poll=0.01,
+                                      log=lambda line: None)
+
+    deployer(5).roll_out("7", uri("7"))  # 3 replicas up, however loaded the machine is
+    deploy = deployer(0.3)
     fake.outcome = fails_for("8", Outcome("starting"))
     started = time.monotonic()
     with pytest.raises(MlkubeError) as failed:

@@ -229,6 +229,41 @@ def test_a_champion_whose_artifacts_are_gone_loses_the_gate_in_one_line(
     assert str(client.get_model_version_by_alias("mlkube-demo", "champion").version) == "2"
 
 
+def test_a_champion_moved_by_another_run_while_judging_is_judged_again(
+        dataset: str, train: Callable[..., str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate read the champion, evaluated for a while, then wrote: a run that moved the
+    alias meanwhile lost its update. Now the write is a compare-and-set: judge again."""
+    from mlkube import evaluation
+
+    _, nan_uri = _nan_model(dataset)  # v1: cannot defend (non-finite predictions)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("mlkube-demo", "champion",
+                                      mlflow.register_model(nan_uri, "mlkube-demo").version)
+    weak, strong = train(epochs=2, learning_rate=1e-4), train(epochs=6, learning_rate=0.01)
+    real_score = evaluation.score
+    moved: list[str] = []
+
+    def score_while_another_run_registers(model_uri: str, *args: Any, **kwargs: Any) -> float:
+        try:
+            return real_score(model_uri, *args, **kwargs)  # v1's raises: non-finite
+        finally:
+            if model_uri == "models:/mlkube-demo/1" and not moved:  # meanwhile, elsewhere:
+                version = mlflow.register_model(f"runs:/{strong}/model", "mlkube-demo").version
+                client.set_registered_model_alias("mlkube-demo", "champion", str(version))
+                moved.append(str(version))
+
+    monkeypatch.setattr(evaluation, "score", score_while_another_run_registers)
+    capsys.readouterr()
+    code, result, _ = run("register", "--dataset", dataset, "--run-id", weak, tmp=tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0 and result is not None and moved == ["2"]
+    assert "the champion moved from v1 to v2 while this run judged it: judging again" in out
+    # judged against v2 (the strong one), not v1: the weak challenger does not take the alias
+    assert (result["promoted"], result["champion_version"]) == ("false", "2")
+    assert str(client.get_model_version_by_alias("mlkube-demo", "champion").version) == "2"
+
+
 def test_inf_cells_dropped_then_trained_and_registered(state: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(demo_data(state))
     frame.loc[3, "mean_radius"] = np.inf

@@ -5,7 +5,10 @@
 Both the challenger and the current champion are evaluated on the held-out test split before
 anything is written; the challenger takes the ``champion`` alias only when it is better by more
 than the margin, otherwise it gets ``challenger``. The same run registered twice is one
-version.
+version. The alias is written by compare-and-set: if another run moved ``champion`` while this
+one evaluated, the new champion is judged instead (up to ``GATE_ATTEMPTS`` times). MLflow has
+no atomic alias swap, so a move between that last read and the write can still be lost:
+register and deploy are meant to be serialised per model as well (issue 16, item 7).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mlkube.steps._main import Context, run_step
 SPEC = spec.REGISTER
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+GATE_ATTEMPTS = 3  # evaluations of a champion that another run keeps moving
 
 
 def _champion(name: str) -> Any | None:
@@ -63,6 +67,28 @@ def _existing_version(name: str, run_id: str) -> Any | None:
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+def _version_of(model_version: Any | None) -> str | None:
+    return None if model_version is None else str(model_version.version)
+
+
+def _defend(ctx: Context, name: str, info: Any) -> tuple[Any | None, float | None]:
+    """The current champion and its value on the test split (``None``: it cannot defend)."""
+    from mlkube import evaluation
+
+    champion = _champion(name)
+    if champion is None:
+        return None, None
+    try:
+        return champion, evaluation.score(f"models:/{name}/{champion.version}",
+                                          ctx.args.dataset, info,
+                                          f"champion {name} v{champion.version}")
+    except evaluation.NonFinite as exc:  # a champion that cannot answer cannot defend
+        ctx.log(f"{exc}: it loses the alias to any challenger with finite predictions")
+    except evaluation.Unloadable as exc:  # e.g. its artifacts are gone: nothing to defend
+        ctx.log(f"{exc}: it loses the alias; the challenger is judged on its own")
+    return champion, None
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Evaluate, gate, register, and move the aliases."""
     import mlflow
@@ -81,17 +107,7 @@ def run(ctx: Context) -> dict[str, Any]:
     except evaluation.NonFinite as exc:
         raise MlkubeError(f"{exc}: not registered; check the data for extreme values or lower "
                           "model.learning_rate, then train again") from None
-    champion = _champion(name)
-    champion_value = None
-    if champion is not None:
-        try:
-            champion_value = evaluation.score(f"models:/{name}/{champion.version}",
-                                              ctx.args.dataset, info,
-                                              f"champion {name} v{champion.version}")
-        except evaluation.NonFinite as exc:  # a champion that cannot answer cannot defend
-            ctx.log(f"{exc}: it loses the alias to any challenger with finite predictions")
-        except evaluation.Unloadable as exc:  # e.g. its artifacts are gone: nothing to defend
-            ctx.log(f"{exc}: it loses the alias; the challenger is judged on its own")
+    champion, champion_value = _defend(ctx, name, info)
     ctx.log(f"test {metric}: challenger {challenger_value:.4f}, champion "
             + (f"v{champion.version} " if champion else "none")
             + (f"{champion_value:.4f}" if champion_value is not None else ""))
@@ -106,6 +122,19 @@ def run(ctx: Context) -> dict[str, Any]:
                 tracking.TAG_DIGEST: info.digest, f"test_{metric}": f"{challenger_value:.6f}"}
         version = mlflow.register_model(model_uri, name, tags=tags).version
 
+    for attempt in range(1, GATE_ATTEMPTS + 1):  # compare-and-set: the champion judged is
+        now = _champion(name)                      # still the champion when the alias moves
+        if _version_of(now) == _version_of(champion):
+            break
+        if attempt == GATE_ATTEMPTS:
+            raise MlkubeError(
+                f"the {CHAMPION!r} alias of {name} moved {GATE_ATTEMPTS} times while this run "
+                f"judged version {version} against it: another run registers this model at "
+                "the same time; run the step again (it is idempotent)")
+        before = _version_of(champion)
+        ctx.log(f"the champion moved from {'v' + before if before else 'none'} to "
+                f"v{_version_of(now)} while this run judged it: judging again")
+        champion, champion_value = _defend(ctx, name, info)
     is_champion = champion is not None and str(champion.version) == str(version)
     promote = (champion is None or champion_value is None or is_champion
                or modelmod.is_better(challenger_value, champion_value, direction,

@@ -152,7 +152,12 @@ def _event(reason: str, message: str, when: str) -> object:
 def test_the_schedulers_reason_is_its_latest_failedscheduling_event() -> None:
     """The one line a never-scheduled pod fails with (the whole path, against the fake API
     server: tests/airflow/test_airflow_pod_lifecycle.py)."""
-    from mlkube.airflow.base import pending_reason
+    from kubernetes.client import ApiClient
+
+    from mlkube.kube.pod import scheduler_reason
+
+    def pending_reason(typed: list[object]) -> str | None:  # as the API serves them
+        return scheduler_reason([ApiClient().sanitize_for_serialization(e) for e in typed])
 
     events = [_event("Scheduled", "", "10:00:00"),
               _event("FailedScheduling", "0/3 nodes are available: 3 Insufficient memory.",

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from kubernetes.client import V1EnvVar, V1Pod
+from kubernetes.client import ApiClient, V1EnvVar, V1Pod
 
 from mlkube.airflow import backend as backends
 from mlkube.airflow import checks
@@ -28,7 +28,14 @@ from mlkube.airflow.termination import failure, result_from_pod
 from mlkube.errors import MlkubeError
 from mlkube.kube import multinode, validation
 from mlkube.kube import preflight as preflights
-from mlkube.kube.pod import Placement, SecretEnv, StepPod, grace_period, step_pod
+from mlkube.kube.pod import (
+    Placement,
+    SecretEnv,
+    StepPod,
+    grace_period,
+    scheduler_reason,
+    step_pod,
+)
 from mlkube.spec import StepSpec
 
 if TYPE_CHECKING:
@@ -67,15 +74,6 @@ def _gated(pod: V1Pod) -> bool:
     """Whether Kueue still holds the pod back: its webhook's scheduling gate is still there."""
     gates = (pod.spec and pod.spec.scheduling_gates) or []
     return any(g.name == KUEUE_GATE for g in gates)
-
-
-def pending_reason(events: Sequence[Any]) -> str | None:
-    """The scheduler's latest word on a pod it could not place (its FailedScheduling event)."""
-    failed = [e for e in events if e.reason == "FailedScheduling" and e.message]
-    if not failed:
-        return None
-    latest = max(failed, key=lambda e: str(e.last_timestamp or e.event_time or ""))
-    return str(latest.message).strip().splitlines()[0]
 
 
 class StepOperator(KubernetesPodOperator):
@@ -364,7 +362,8 @@ class StepOperator(KubernetesPodOperator):
             queue = f"Kueue queue {self.queue_name!r}" if self.queue_name else "its scheduling gates"
             return (f"pod {name} was not admitted by {queue} {within}: see `kubectl get "
                     f"workloads -n {pod.metadata.namespace}`, or raise schedule_timeout_seconds")
-        reason = pending_reason(events) or (scheduled.message if scheduled is not None else None)
+        served = [ApiClient().sanitize_for_serialization(e) for e in events]
+        reason = scheduler_reason(served) or (scheduled.message if scheduled is not None else None)
         return f"pod {name} was not scheduled {within}: {reason}" if reason else None
 
     def _preflight(self, pod: V1Pod) -> None:

@@ -40,7 +40,7 @@ from kubernetes.client import (
 
 from mlkube import spec
 from mlkube.errors import MlkubeError
-from mlkube.kube.pod import QUEUE_LABEL, StepPod
+from mlkube.kube.pod import QUEUE_LABEL, StepPod, scheduler_reason
 
 RENDEZVOUS_PORT = 29500
 # On a pod preflight judges: how many pods of its shape run at once, one a node (multi-node).
@@ -355,10 +355,7 @@ class _Job:
             said = rollout._call(f"list the events of pod {name}", self.host, functools.partial(
                 lambda n: events.get(namespace=self.namespace,
                                      field_selector=f"involvedObject.name={n}").to_dict(), name))
-            failed = [e for e in said.get("items") or [] if e.get("reason") == "FailedScheduling"]
-            latest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
-                                                   or ""), default=None)
-            message = (latest or {}).get("message") or scheduled.get("message") or \
-                scheduled.get("reason", "")
+            message = (scheduler_reason(said.get("items") or []) or scheduled.get("message")
+                       or scheduled.get("reason", ""))
             found[name] = str(message).strip().splitlines()[0] if message else "no reason given"
         return found

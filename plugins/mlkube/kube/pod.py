@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,16 @@ class StepPod:
                                     termination_grace_period_seconds=(
                                         self.termination_grace_period_seconds),
                                     restart_policy="Never"))
+
+
+def scheduler_reason(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """The scheduler's latest word on a pod it could not place: the first line of its newest
+    FailedScheduling event (events as the API serves them, camelCase)."""
+    failed = [e for e in events if e.get("reason") == "FailedScheduling" and e.get("message")]
+    if not failed:
+        return None
+    latest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return str(latest["message"]).strip().splitlines()[0]
 
 
 def given_gpus(spec: StepSpec, placement: Placement) -> int:

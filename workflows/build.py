@@ -34,6 +34,8 @@ def main() -> None:
         parallelism=2,               # at most this many lifecycle pods at once
         schedules=("0 3 * * *",),    # retrain nightly at 03:00 UTC
         gpu_product=None,            # e.g. "NVIDIA-H100-80GB-HBM3" to pin training
+        model_name="mlkube-demo",    # the config's registry.model_name: register and deploy
+                                     # hold its mutex (mlkube-mlkube-demo), one at a time
     )
     for path in write(render(options), args.out):
         print(f"wrote {path}")

@@ -8,7 +8,9 @@ calls it. It imports nothing heavy, so a DAG file can use it at parse time.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +52,28 @@ RESULT_PATH = "/tmp/mlkube/result.json"
 TORCHRUN = "mlkube.torchrun"
 # train --result-only exits with this when the run has not finished (so it must be trained)
 NOT_FINISHED_EXIT = 3
+# The lock register and deploy of one model hold, one step at a time across runs, DAGs and
+# workflows: an Argo mutex on the two step templates, an Airflow pool of one slot
+# (:func:`model_lock` names it).
+MODEL_LOCK_PREFIX = "mlkube-"
+MODEL_LOCK_MAX = 63
+
+
+def model_lock(model_name: str) -> str:
+    """The lock of registered model ``model_name``: ``mlkube-<model name>``.
+
+    One name per model, valid wherever it is used (lowercase letters, digits and '-', at most
+    63 characters: an Argo mutex, an Airflow pool, a label value). A name that must change to
+    fit (``Churn_Model`` → ``mlkube-churn-model-<8 hex digits>``) ends with a digest of the
+    model name, so two models never share a lock.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
+    room = MODEL_LOCK_MAX - len(MODEL_LOCK_PREFIX)
+    if slug == model_name and len(slug) <= room:
+        return MODEL_LOCK_PREFIX + slug
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+    head = slug[:room - len(digest) - 1].rstrip("-")
+    return MODEL_LOCK_PREFIX + (f"{head}-{digest}" if head else digest)
 
 
 @dataclass(frozen=True, kw_only=True)

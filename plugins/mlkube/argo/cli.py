@@ -60,6 +60,9 @@ def _render_options(parser: argparse.ArgumentParser) -> None:
                                                "mlkube-artifacts)")
     parser.add_argument("--mlflow-tracking-uri", help=f"MLflow server (default {spec.CLUSTER_MLFLOW_URI})")
     parser.add_argument("--service-name", help="the serving objects' name (default mlkube-demo)")
+    parser.add_argument("--model-name", help="the registered model (the config's "
+                                             "registry.model_name): register and deploy hold "
+                                             "its mutex, mlkube-<model> (default mlkube-demo)")
     parser.add_argument("--cpu-limit", help="CPU limit of every step container, for a namespace "
                                             "whose ResourceQuota tracks limits.cpu (default none)")
     parser.add_argument("--queue-name", help="Kueue LocalQueue every pod waits in (the "
@@ -74,7 +77,7 @@ def options_from(args: argparse.Namespace) -> Any:
     from mlkube.argo.options import RenderOptions
 
     fields = ("namespace", "workers", "parallelism", "schedules", "gpu_product", "artifact_pvc",
-              "mlflow_tracking_uri", "service_name", "cpu_limit", "queue_name",
+              "mlflow_tracking_uri", "service_name", "model_name", "cpu_limit", "queue_name",
               "priority_class_name", "train_nodes")
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     return RenderOptions(**given).validated()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mlkube import config as configmod
 from mlkube import spec
 from mlkube.errors import MlkubeError
 from mlkube.kube import rbac, validation
@@ -41,6 +42,10 @@ class RenderOptions:
         mlflow_tracking_uri: the MLflow server every step logs to.
         secret_env: credentials as Secret references (e.g. MLflow or object-store keys).
         service_name: the serving objects (InferenceService, or Deployment + Service + HPA) deploy creates.
+        model_name: the registered model these templates train and serve (the config
+            document's ``registry.model_name``): ``register`` and ``deploy`` hold its mutex,
+            :func:`mlkube.spec.model_lock`, so that one of them runs at a time across every
+            workflow of the namespace (a lifecycle run, the retraining cron's runs).
         workflow_service_account: runs the step pods (reports their results only).
         deploy_service_account: runs the deploy step (may manage its serving objects only).
         retry_limit: retries of a step after a transient failure.
@@ -68,6 +73,7 @@ class RenderOptions:
     mlflow_tracking_uri: str = spec.CLUSTER_MLFLOW_URI
     secret_env: Sequence[SecretEnv] = ()
     service_name: str = "mlkube-demo"
+    model_name: str = configmod.RegistryConfig().model_name
     workflow_service_account: str = rbac.WORKFLOW_SERVICE_ACCOUNT
     deploy_service_account: str = rbac.DEPLOY_SERVICE_ACCOUNT
     retry_limit: int = 3
@@ -84,6 +90,7 @@ class RenderOptions:
             validation.dns1123_label(getattr(self, what), what)
         if self.namespace is not None:
             validation.dns1123_label(self.namespace, "namespace")
+        _model_name(self.model_name)
         for what in ("workers", "parallelism", "step_deadline_seconds", "train_deadline_seconds",
                      "workflow_deadline_seconds"):
             _positive(getattr(self, what), what)
@@ -106,6 +113,17 @@ class RenderOptions:
         if self.priority_class_name is not None:
             validation.priority_class_name(self.priority_class_name, "priority_class_name")
         return self
+
+
+def _model_name(value: object) -> None:
+    """A registered model's name, by the registry's rules (as in the config document)."""
+    if not isinstance(value, str):
+        raise MlkubeError(f"model_name is {value!r}: give the registered model's name (the "
+                          "config's registry.model_name)")
+    try:
+        configmod.override(configmod.Config(), "registry.model_name", value)
+    except MlkubeError as exc:
+        raise MlkubeError(f"model_name: {exc}") from None
 
 
 def _positive(value: object, what: str) -> None:

@@ -6,6 +6,12 @@ Hera's models: command, arguments, image, resources, GPU scheduling, volumes, en
 the restricted security context are never listed here. Deploy is a step like the others: its
 program rolls the model out on the cluster (KServe, else Deployment + Service + HPA), under
 the deploy ServiceAccount, with the same guarantees as everywhere else.
+
+``register`` and ``deploy`` hold the model's mutex (:func:`model_mutex`) while they run: the
+champion gate (read the alias, evaluate, write it) and a rollout of the model's serving objects
+are one at a time across every workflow of the namespace that calls these templates, a
+lifecycle run and the retraining cron's runs alike. Each holds it only for its own node and
+takes it again on its own, so the two never wait on each other within one run.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from mlkube.kube.pod import Placement, step_pod
 
 if TYPE_CHECKING:
     from hera.workflows import WorkflowTemplate
-    from hera.workflows.models import RetryStrategy, Template, TemplateRef
+    from hera.workflows.models import RetryStrategy, Synchronization, Template, TemplateRef
 
     from mlkube.argo.options import RenderOptions
 
@@ -46,6 +52,7 @@ class StepTemplate:
     memory: str | None = None
     gpus: int | None = None  # None: the step's own
     deploys: bool = False  # runs under the deploy ServiceAccount, which may serve models
+    locked: bool = False  # holds the model's mutex while it runs (model_mutex)
 
 
 STEP_TEMPLATES = (
@@ -54,8 +61,8 @@ STEP_TEMPLATES = (
     StepTemplate(name="select-best", step=spec.TUNE, fixed={"role": "select"},
                  cpu="500m", memory="1Gi"),
     StepTemplate(name="train", step=spec.TRAIN),
-    StepTemplate(name="register", step=spec.REGISTER),
-    StepTemplate(name="deploy", step=spec.DEPLOY, deploys=True),
+    StepTemplate(name="register", step=spec.REGISTER, locked=True),
+    StepTemplate(name="deploy", step=spec.DEPLOY, deploys=True, locked=True),
 )
 PREFLIGHT_TEMPLATE = "preflight"
 PREFLIGHT_PODS = "/etc/mlkube/preflight-pods.yaml"
@@ -70,6 +77,18 @@ def retry_strategy(options: RenderOptions) -> RetryStrategy:
                          expression=RETRY_EXPRESSION,
                          backoff=Backoff(duration="30s", factor=IntOrString(root="2"),
                                          max_duration="10m"))
+
+
+def model_mutex(options: RenderOptions) -> Synchronization:
+    """The template-level mutex of ``options.model_name`` (:func:`mlkube.spec.model_lock`).
+
+    Argo holds a template's mutex for as long as that template's node runs, retries and their
+    backoff included, and releases it when the node ends; a workflow that finds it held waits,
+    first come first served, in the workflow's own namespace.
+    """
+    from hera.workflows.models import Mutex, Synchronization
+
+    return Synchronization(mutexes=[Mutex(name=spec.model_lock(options.model_name))])
 
 
 def placement(template: StepTemplate, options: RenderOptions) -> Placement:
@@ -142,6 +161,7 @@ def step_template(template: StepTemplate, options: RenderOptions) -> Template:
         retry_strategy=retry_strategy(options),
         active_deadline_seconds=IntOrString(root=str(deadline)),
         service_account_name=options.deploy_service_account if template.deploys else None,
+        synchronization=model_mutex(options) if template.locked else None,
         **pod_fields(pod.labels, pod.priority_class_name, pod.termination_grace_period_seconds),
     )
 

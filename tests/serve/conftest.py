@@ -3,7 +3,8 @@
 One module-scoped state per test module: the demo data prepared and two MLPs trained by the
 real steps (registered as versions 1 and 2 of ``serve-test``), plus pyfunc models logged from
 ``pyfunc_models.py``: one predicting NaN (version 3), one whose artifacts are deleted (version
-4), and ``gated``, whose load waits for a file (to watch a server before its model is ready).
+4), one that fails on batches of more than 2 rows (``small``, version 5, its input example 2
+rows), and ``gated``, whose load waits for a file (to watch a server before its model is ready).
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         example = registry.rows[:5]
         nan = log_pyfunc(experiment, example, {"kind": "nan"}, {"features": registry.features})
         deleted = log_pyfunc(experiment, example, {"kind": "nan"}, {})
+        small = log_pyfunc(experiment, registry.rows[:2], {"kind": "small"},
+                           {"features": registry.features, "classes": ["no", "yes"]})
         registry.gate = tmp / "gate"
         registry.gate.touch()  # open while logging (log_model loads the model once)
         gated = log_pyfunc(experiment, example, {"kind": "gated", "gate": str(registry.gate)},
                             {"features": registry.features, "classes": ["no", "yes"]})
         registry.gate.unlink()
         for role, model_uri in (("trained", trained), ("retrained", retrained), ("nan", nan),
-                                ("deleted", deleted)):
+                                ("deleted", deleted), ("small", small)):
             registry.versions[role] = str(mlflow.register_model(model_uri, NAME).version)
         registry.gated_uri = f"models:/gated/{mlflow.register_model(gated, 'gated').version}"
         model_id = deleted.removeprefix("models:/")

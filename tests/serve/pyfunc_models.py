@@ -5,7 +5,10 @@ Its behaviour comes from the model config it is logged with:
 - ``{"kind": "nan"}``: predicts NaN for every row (a model that must be refused);
 - ``{"kind": "gated", "gate": PATH}``: loading waits until the file PATH exists (so a test can
   watch the server before the model is verified), then predicts two class probabilities;
-- ``{"kind": "wide"}``: predicts three finite columns, whatever its signature says.
+- ``{"kind": "wide"}``: predicts three finite columns, whatever its signature says;
+- ``{"kind": "small"}``: right for batches of up to 2 rows (its input example's size); for 3
+  to 8 rows it answers only 2 rows, and it raises for more (a model that fails on the batch
+  sizes clients send).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ class ConfiguredModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         rows = np.asarray(model_input, dtype=np.float32)
+        if self.kind == "small" and len(rows) > 8:
+            raise ValueError(f"this model takes at most 8 rows, not {len(rows)}")
+        if self.kind == "small":
+            rows = rows[:2]
         if self.kind == "nan":
             return np.full((len(rows), 2), np.nan, dtype=np.float32)
         yes = 1.0 / (1.0 + np.exp(-(rows[:, 0] - 15.0)))

@@ -34,7 +34,8 @@ class Registry:
     gate: Path = Path()
 
     def uri(self, role: str) -> str:
-        """``models:/serve-test/<version>`` of a role (trained, retrained, nan, deleted)."""
+        """``models:/serve-test/<version>`` of a role (trained, retrained, nan, deleted,
+        small)."""
         return f"models:/{NAME}/{self.versions[role]}"
 
 

@@ -543,3 +543,145 @@ def test_the_limits_are_server_options(tmp_path: Path) -> None:
         assert done.returncode == 1 and done.stderr.splitlines() == [
             f"mlkube serve: error: {option} is {value}; give {says} (default "
             f"{'16777216' if option == '--max-body-bytes' else '75'})"]
+
+
+# --- verification on the batch sizes clients send (issue 16, item 11) --------------------
+
+
+def test_a_model_failing_on_full_batches_is_refused_on_hot_swap(server: Server,
+                                                                registry: Registry) -> None:
+    version, uri = registry.versions["small"], registry.uri("small")
+    trained = registry.versions["trained"]
+    for batch, says in ((4, "a batch of 4 rows failed: it returned 2 prediction rows for 4 "
+                            "input rows"),
+                        (None, "a batch of 64 rows failed: this model takes at most 8 rows, "
+                               "not 64")):  # None: the server's default
+        with pytest.raises(MlkubeError) as failed:
+            client.load(server.url, NAME, version, uri, verify_batch=batch)
+        error = str(failed.value)
+        assert "answered 400" in error and "\n" not in error
+        assert f"model {NAME} version {version} ({uri}) failed verification: {says}" in error
+        assert client.metadata(server.url, NAME)["versions"] == [trained]
+        assert len(client.infer(server.url, NAME, registry.rows[:16].tolist())["label"]) == 16
+        assert (version, "UNAVAILABLE") in {(e["version"], e["state"])
+                                            for e in client.index(server.url)}
+        assert f"{says}; version {trained} keeps serving" in server.output()
+    status, body = _post(f"{server.url}/v2/repository/models/{NAME}/load", {"parameters": {
+        "model_uri": uri, "version": version, "verify_batch": 0}})
+    assert (status, body) == (400, {"error": "parameters.verify_batch is 0; give a positive "
+                                             "number of rows (or leave it out for the "
+                                             "server's 64)"})
+
+
+def test_a_model_failing_on_full_batches_never_becomes_ready(registry: Registry,
+                                                            tmp_path: Path) -> None:
+    version = registry.versions["small"]
+    server = start_server(registry.uri("small"), NAME, version, tmp_path / "server.log",
+                          "--verify-batch", "16")
+    seen = set()
+    try:
+        deadline = time.monotonic() + 180
+        while server.process.poll() is None and time.monotonic() < deadline:
+            seen.add(server.status("/v2/health/ready"))
+            time.sleep(0.02)
+        code = server.process.wait(timeout=10)
+    finally:
+        server.stop()
+    output = server.output()
+    errors = [line for line in output.splitlines() if line.startswith("mlkube serve: error:")]
+    assert code == 1 and len(errors) == 1, output
+    assert errors[0] == (f"mlkube serve: error: model {NAME} version {version} "
+                         f"({registry.uri('small')}) failed verification: a batch of 16 rows "
+                         "failed: this model takes at most 8 rows, not 16")
+    assert 200 not in seen and "Traceback" not in output
+
+
+def test_the_local_target_verifies_every_load_on_its_batch(registry: Registry,
+                                                           tmp_path: Path) -> None:
+    from mlkube.targets import local
+    from mlkube_testing import free_port
+
+    target = local.LocalTarget(state_dir=tmp_path, model_name=NAME, host="127.0.0.1",
+                               port=free_port(), ready_timeout=120, log=lambda _: None,
+                               verify_batch=16)
+    trained, retrained = registry.versions["trained"], registry.versions["retrained"]
+    verified = "verified on its input example (5 rows) and batches of 1 and 16 rows"
+    try:
+        target.roll_out(trained, registry.uri("trained"))  # starts the server
+        started = local.current(tmp_path, NAME)
+        assert started is not None and target.live_version() == trained
+        log = Path(started.log)
+        assert f"version {trained} ({registry.uri('trained')}) ready: {verified}" in \
+            log.read_text()
+        with pytest.raises(MlkubeError, match=r"failed verification: a batch of 16 rows "
+                                              r"failed: this model takes at most 8 rows"):
+            target.roll_out(registry.versions["small"], registry.uri("small"))  # a hot swap
+        assert target.live_version() == trained
+        assert len(client.infer(target.base_url, NAME, registry.rows[:16].tolist())[
+            "label"]) == 16
+        answer = client.load(target.base_url, NAME, retrained, registry.uri("retrained"),
+                             verify_batch=32)
+        assert answer["replaced_version"] == trained and answer["verify_batch"] == 32
+        assert answer["verified_batches"] == [1, 5, 32] and answer["fast_path"] is True
+        target.roll_back(trained)
+        assert target.live_version() == trained
+        assert log.read_text().count(f"version {trained} ({registry.uri('trained')}) ready: "
+                                     f"{verified}") == 2
+    finally:
+        found = local.current(tmp_path, NAME)
+        if found is not None:
+            local.stop(found)
+
+
+def test_the_direct_torch_call_is_dropped_where_a_batch_disagrees(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlkube.serve import loaded
+
+    uri, version = registry.uri("trained"), registry.versions["trained"]
+    model = loaded.load(uri, name=NAME, version=version, verify_batch=16)
+    assert model.fast_path and model.verified_batches == [1, 5, 16]
+    assert model.verified_rows == 16 and model.example_rows == 5
+    real = loaded.LoadedModel._predict_torch
+
+    def wrong_above_5(self: loaded.LoadedModel, rows: Any) -> Any:
+        out = real(self, rows)
+        return out + 1.0 if len(rows) > 5 else out  # right on the example, wrong at 16
+
+    def fails_above_5(self: loaded.LoadedModel, rows: Any) -> Any:
+        if len(rows) > 5:
+            raise RuntimeError("out of memory")
+        return real(self, rows)
+
+    for broken in (wrong_above_5, fails_above_5):
+        monkeypatch.setattr(loaded.LoadedModel, "_predict_torch", broken)
+        model = loaded.load(uri, name=NAME, version=version, verify_batch=16)
+        assert not model.fast_path and model.verified_batches == [1, 5, 16]
+        expected = np.asarray(_pyfunc(uri).predict(registry.rows[:16]))
+        assert np.allclose(model.predict(registry.rows[:16]), expected, rtol=1e-5, atol=1e-6)
+    small = loaded.load(registry.uri("small"), name=NAME, version="5", verify_batch=1)
+    assert small.verified_batches == [1, 2] and small.verified_rows == 2
+    assert small.verified() == "its input example (2 rows) and a batch of 1 row"
+    with pytest.raises(MlkubeError, match=r"^verify_batch is 0; give a positive number of "
+                                          r"rows \(default 64\)$"):
+        loaded.load(uri, name=NAME, version=version, verify_batch=0)
+
+
+def test_the_verify_batch_is_a_server_option(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from mlkube.serve import server as model_server
+
+    argv = model_server.arguments(model_uri="models:/m/3", name="m", version="3",
+                                  host="127.0.0.1", port=8080, verify_batch=500)
+    assert argv[-2:] == ["--verify-batch", "500"]
+    parser = argparse.ArgumentParser()
+    model_server.add_arguments(parser)
+    assert parser.parse_args(argv).verify_batch == 500
+    assert parser.parse_args(["--model-uri", "models:/m/3"]).verify_batch == 64
+    assert "--verify-batch" not in model_server.arguments(
+        model_uri="models:/m/3", name="m", version="3", host="127.0.0.1", port=8080)
+    for value in ("0", "-3"):
+        assert model_server.main(["--model-uri", "models:/m/3", "--verify-batch", value]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"mlkube serve: error: --verify-batch is {value}; give a positive number of rows "
+            "(default 64)"]

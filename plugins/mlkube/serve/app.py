@@ -5,7 +5,10 @@ once, when it starts, and uses that object to the end, so a hot swap (``POST
 /v2/repository/models/{name}/load``) never disturbs a request in flight: the new version is
 loaded and verified in a worker thread while the old one answers, then the slot's reference
 is replaced in one step on the event loop. A version that fails to load or verify is refused
-and the old one goes on serving.
+and the old one goes on serving. Verifying means predicting the model's input example, a
+1-row batch and a full batch of ``verify_batch`` rows (the load request's
+``parameters.verify_batch``, else the server's ``--verify-batch``, default
+``loaded.VERIFY_BATCH``), see :mod:`mlkube.serve.loaded`.
 
 Endpoints (the V2 REST API as KServe and Triton define it): ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}
 [/versions/{v}]`` (metadata), ``.../ready``, ``POST .../infer`` (JSON, or Triton's binary
@@ -103,6 +106,7 @@ class Repository:
 
     metrics: Metrics = field(default_factory=Metrics)
     fast_path: bool = True
+    verify_batch: int = loadedmod.VERIFY_BATCH  # a load's full batch unless it names one
     models: dict[str, loadedmod.LoadedModel] = field(default_factory=dict)
     loading: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, uri)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
@@ -121,17 +125,25 @@ class Repository:
                                     f"(version {found.version} is)")
         raise RequestError(404, f"model {name} is not loaded")
 
-    async def load(self, name: str, version: str, model_uri: str) -> dict[str, Any]:
-        """Load and verify ``model_uri`` aside, then make it ``name``'s model in one step."""
+    async def load(self, name: str, version: str, model_uri: str,
+                   verify_batch: int | None = None) -> dict[str, Any]:
+        """Load and verify ``model_uri`` aside, then make it ``name``'s model in one step.
+
+        ``verify_batch``: the full batch it is verified on (``None``: the repository's). The
+        version already serving is kept as it is if it was verified on a batch as large.
+        """
+        batch = self.verify_batch if verify_batch is None else verify_batch
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             old = self.models.get(name)
-            if old is not None and old.version == version and old.model_uri == model_uri:
+            if old is not None and old.version == version and old.model_uri == model_uri \
+                    and old.verified_rows >= batch:
                 return {"name": name, "version": version, "model_uri": model_uri,
-                        "replaced_version": "", "unchanged": True}
+                        "replaced_version": "", "unchanged": True,
+                        "verified_batches": old.verified_batches}
             self.loading[name] = (version, model_uri)
             try:
-                new = await in_thread(self._load, model_uri, name, version)
+                new = await in_thread(self._load, model_uri, name, version, batch)
             except MlkubeError as exc:
                 self.refused[name] = (version, str(exc))
                 self.metrics.loads.inc((name, "failed"))
@@ -150,14 +162,17 @@ class Repository:
             self.metrics.serving.set((name, new.version), 1)
             path = "direct torch call" if new.fast_path else "pyfunc"
             log(f"{name} version {version} ({model_uri}) ready: verified on "
-                f"{new.verified_rows} rows in {new.load_seconds:.1f} s, predicting by {path}"
+                f"{new.verified()} in {new.load_seconds:.1f} s, predicting by {path}"
                 + (f"; replaced version {old.version}" if old is not None else ""))
             return {"name": name, "version": new.version, "model_uri": model_uri,
                     "replaced_version": old.version if old is not None else "",
-                    "load_seconds": new.load_seconds, "fast_path": new.fast_path}
+                    "load_seconds": new.load_seconds, "fast_path": new.fast_path,
+                    "verify_batch": batch, "verified_batches": new.verified_batches}
 
-    def _load(self, model_uri: str, name: str, version: str) -> loadedmod.LoadedModel:
-        return loadedmod.load(model_uri, name=name, version=version, fast_path=self.fast_path)
+    def _load(self, model_uri: str, name: str, version: str,
+              verify_batch: int) -> loadedmod.LoadedModel:
+        return loadedmod.load(model_uri, name=name, version=version, fast_path=self.fast_path,
+                              verify_batch=verify_batch)
 
     def unload(self, name: str) -> None:
         """Stop serving ``name``."""
@@ -293,7 +308,8 @@ class Endpoints:
         return json_response(entries)
 
     async def load(self, request: Request) -> Response:
-        """``POST /v2/repository/models/{name}/load``: hot swap to ``parameters.model_uri``."""
+        """``POST /v2/repository/models/{name}/load``: hot swap to ``parameters.model_uri``
+        (``version``, and optionally ``verify_batch``: the full batch to verify it on)."""
         name = request.path_params["name"]
         body, _ = await json_body(request)
         params = dict((body.get("parameters") if isinstance(body, dict) else None) or {})
@@ -309,7 +325,13 @@ class Endpoints:
         version = params.get("version") or _uri_version(uri)
         if not version:
             raise RequestError(400, "parameters.version is required for this model_uri")
-        return json_response(await self.repo.load(name, str(version), uri))
+        batch = params.get("verify_batch")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                                  or batch < 1):
+            raise RequestError(400, f"parameters.verify_batch is {json.dumps(batch)[:40]}; give a "
+                                    "positive number of rows (or leave it out for the "
+                                    f"server's {self.repo.verify_batch})")
+        return json_response(await self.repo.load(name, str(version), uri, batch))
 
     async def unload(self, request: Request) -> Response:
         """``POST /v2/repository/models/{name}/unload``."""

@@ -105,13 +105,18 @@ def ready(base_url: str, name: str, *, timeout: float = 2.0) -> bool:
 
 
 def load(base_url: str, name: str, version: str, model_uri: str,
-         timeout: float = 300.0) -> dict[str, Any]:
+         timeout: float = 300.0, verify_batch: int | None = None) -> dict[str, Any]:
     """Hot-swap ``name`` to ``model_uri`` as ``version``; returns once it serves.
 
-    The server loads and verifies it aside; on failure (an ``MlkubeError`` here) the version
-    it served before goes on serving. The answer names the ``replaced_version``.
+    The server loads and verifies it aside: its input example, a batch of 1 row and a full
+    batch of ``verify_batch`` rows (``None``: the server's ``--verify-batch``). On failure (an
+    ``MlkubeError`` here, naming the batch size that failed) the version it served before goes
+    on serving. The answer names the ``replaced_version`` and the ``verified_batches``.
     """
-    body = {"parameters": {"model_uri": model_uri, "version": str(version)}}
+    parameters: dict[str, Any] = {"model_uri": model_uri, "version": str(version)}
+    if verify_batch is not None:
+        parameters["verify_batch"] = verify_batch
+    body = {"parameters": parameters}
     found: dict[str, Any] = _call(_url(base_url, "v2", "repository", "models", name, "load"),
                                   body, timeout)
     return found

@@ -1,14 +1,19 @@
-"""Load an MLflow model for serving, and verify it on its own input example first.
+"""Load an MLflow model for serving, and verify it on its own input example and on the batch
+sizes clients send, first.
 
 ``load(model_uri, name=, version=)`` returns a ``LoadedModel``: its V2 tensor metadata (from the
 MLflow signature), ``features`` and ``classes`` (from the model's metadata), and
 ``predict(rows)`` on a 2-D float32 array. Any flavor loads through ``mlflow.pyfunc``. A PyTorch
 flavor model (mlkube's pt2 MLP) is also called directly, as a torch module under
 ``torch.inference_mode``, which skips pyfunc's per-call schema enforcement; the direct call is
-used only if it gives pyfunc's answer on the input example.
+used only if it gives pyfunc's answer on the input example and on every batch verified.
 
-A model is handed out only after it predicted its input example: one finite output row per
-input row. Otherwise ``load`` raises ``MlkubeError`` with one line.
+A model is handed out only after it predicted its input example, then a batch of 1 row and
+one of ``verify_batch`` rows (the example's rows repeated), each through the path that will
+serve it: one finite output row per input row, each row shaped like the example's answer. A
+direct torch call that fails or disagrees with pyfunc at a batch size is dropped (pyfunc
+serves); a model whose pyfunc prediction fails is refused: ``load`` raises ``MlkubeError``
+with one line, naming the batch size that failed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ NUMPY_DTYPES = {v: k for k, v in _V2_DTYPES.items() if k not in ("object", "str"
 
 # Relative tolerance when checking the direct torch call against pyfunc on the input example.
 _FAST_PATH_RTOL = 1e-5
+
+# The full batch a model is verified on before it takes traffic (rows; a batch of 1 row is
+# always verified too): a model that fails above some batch size is refused at load, before
+# the swap, instead of answering live requests 500. The runtime's default for
+# ``mlkube serve model --verify-batch``, the load request's ``parameters.verify_batch`` and
+# ``load(verify_batch=)``; callers that know the batch size their clients send (the deploy
+# step: the test split's rows) pass it instead.
+VERIFY_BATCH = 64
 
 
 def v2_datatype(numpy_or_column_type: Any) -> str:
@@ -85,8 +98,10 @@ class LoadedModel:
     classes: list[Any] | None
     n_features: int
     fast_path: bool
-    verified_rows: int
+    verified_rows: int  # the largest batch verified
     load_seconds: float
+    verified_batches: list[int] = field(default_factory=list)  # every batch size verified
+    example_rows: int = 0  # the input example's rows (one of verified_batches)
     columns: list[str] | None = None  # the signature's columns, for a column-based model
     _pyfunc: Any = field(default=None, repr=False)
     _module: Any = field(default=None, repr=False)
@@ -94,6 +109,16 @@ class LoadedModel:
     _column_types: list[str] | None = field(default=None, repr=False)
     _tensor_dtype: str | None = field(default=None, repr=False)
     _output_dtype: str | None = field(default=None, repr=False)
+
+    def verified(self) -> str:
+        """What it was verified on, in words (the runtime's log line)."""
+        found = f"its input example ({_rows(self.example_rows)})"
+        others = [str(n) for n in self.verified_batches if n != self.example_rows]
+        if len(others) == 1:
+            found += f" and a batch of {_rows(int(others[0]))}"
+        elif others:
+            found += f" and batches of {', '.join(others[:-1])} and {others[-1]} rows"
+        return found
 
     @property
     def labels(self) -> list[str] | None:
@@ -159,6 +184,10 @@ class LoadedModel:
         if self._output_dtype is not None and out.dtype.name != self._output_dtype:
             out = out.astype(self._output_dtype)
         return out
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _rows_of(example: Any, columns: list[str] | None) -> Any:
@@ -231,8 +260,8 @@ def _outputs(model: LoadedModel, signature: Any, out: Any) -> None:
     model.outputs = [Tensor(name, v2_datatype(dtype), shape)]
 
 
-def _check_output(out: Any, rows: Any, what: str) -> Any:
-    """``out`` as an array with one finite row per input row, else an error."""
+def _check_output(out: Any, rows: Any, what: str, of: str = "its input example") -> Any:
+    """``out`` as an array with one finite row per input row (of ``of``), else an error."""
     import numpy as np
 
     try:
@@ -245,7 +274,7 @@ def _check_output(out: Any, rows: Any, what: str) -> Any:
     bad = int((~np.isfinite(out)).reshape(out.shape[0], -1).any(axis=1).sum())
     if bad:
         raise MlkubeError(f"{what} returned non-finite values (NaN or inf) for {bad} of "
-                          f"{rows.shape[0]} rows of its input example")
+                          f"{rows.shape[0]} rows of {of}")
     return out
 
 
@@ -270,30 +299,75 @@ def _torch_module(pyfunc_model: Any) -> tuple[Any, Any] | None:
     return call, (None if device.type == "cpu" else device)
 
 
-def _try_fast_path(model: LoadedModel, rows: Any, expected: Any) -> None:
-    """Use the torch module directly if it gives pyfunc's answer on the input example."""
+def _fast_agrees(model: LoadedModel, rows: Any, expected: Any) -> bool:
+    """Whether the direct torch call gives pyfunc's answer ``expected`` for ``rows``."""
     import numpy as np
 
+    try:
+        out = np.asarray(model._predict_torch(rows), dtype=np.float64)
+        return out.shape == expected.shape and bool(
+            np.allclose(out, expected, rtol=_FAST_PATH_RTOL, atol=1e-6))
+    except Exception:
+        return False
+
+
+def _try_fast_path(model: LoadedModel, rows: Any, expected: Any) -> None:
+    """Use the torch module directly if it gives pyfunc's answer on the input example."""
     found = _torch_module(model._pyfunc)
     if found is None:
         return
     model._module, model._device = found
-    try:
-        out = np.asarray(model._predict_torch(rows), dtype=np.float64)
-        same = out.shape == expected.shape and np.allclose(out, expected, rtol=_FAST_PATH_RTOL,
-                                                           atol=1e-6)
-    except Exception:
-        same = False
-    if not same:
+    if not _fast_agrees(model, rows, expected):
         model._module = model._device = None
 
 
-def load(model_uri: str, *, name: str, version: str, fast_path: bool = True) -> LoadedModel:
-    """Load ``model_uri`` and verify it on its input example; raise ``MlkubeError`` if unusable.
+def _batch(rows: Any, n: int) -> Any:
+    """``n`` rows: the input example's rows repeated in order (cut to ``n``)."""
+    import numpy as np
+
+    return np.ascontiguousarray(np.resize(rows, (n, rows.shape[1])))
+
+
+def _verify_batches(model: LoadedModel, rows: Any, answer: Any, sizes: list[int]) -> None:
+    """Predict a batch of each size through pyfunc, and through the direct torch call while it
+    is used; pyfunc failing is an error naming the size, the torch call failing or disagreeing
+    drops it (pyfunc serves)."""
+    for n in sizes:
+        batch = _batch(rows, n)
+        try:
+            try:
+                out = model._predict_pyfunc(batch)
+            except MlkubeError:
+                raise
+            except Exception as exc:  # the model's own code
+                raise MlkubeError(first_line(exc)) from None
+            checked = _check_output(out, batch, "it", "the batch")
+            if checked.shape[1:] != answer.shape[1:]:
+                raise MlkubeError(f"it returned prediction rows of shape "
+                                  f"{list(checked.shape[1:])}; for its input example they are "
+                                  f"{list(answer.shape[1:])}")
+        except MlkubeError as exc:
+            raise MlkubeError(f"a batch of {_rows(n)} failed: {exc}") from None
+        if model._module is not None and not _fast_agrees(model, batch, checked):
+            model._module = model._device = None
+
+
+def _check_verify_batch(verify_batch: Any) -> None:
+    if isinstance(verify_batch, bool) or not isinstance(verify_batch, int) or verify_batch < 1:
+        raise MlkubeError(f"verify_batch is {verify_batch!r}; give a positive number of rows "
+                          f"(default {VERIFY_BATCH})")
+
+
+def load(model_uri: str, *, name: str, version: str, fast_path: bool = True,
+         verify_batch: int = VERIFY_BATCH) -> LoadedModel:
+    """Load ``model_uri`` and verify it on its input example, then on a batch of 1 row and one
+    of ``verify_batch`` rows; raise ``MlkubeError`` if unusable.
 
     ``fast_path=False`` always predicts through pyfunc (the direct torch call is otherwise used
-    for PyTorch flavor models whose answer matches pyfunc's on the input example).
+    for PyTorch flavor models whose answer matches pyfunc's on the input example and on both
+    batches).
     """
+    _check_verify_batch(verify_batch)
     started = time.perf_counter()
     what = f"model {name} version {version} ({model_uri})"
     try:
@@ -345,9 +419,14 @@ def load(model_uri: str, *, name: str, version: str, fast_path: bool = True) -> 
         _outputs(model, meta.signature, out)
         if fast_path and flavor == "pytorch" and model.columns is None:
             _try_fast_path(model, rows, checked)
-            model.fast_path = model._module is not None
+        example_rows = int(rows.shape[0])
+        sizes = sorted({1, verify_batch} - {example_rows})
+        _verify_batches(model, rows, checked, sizes)
+        model.fast_path = model._module is not None
     except MlkubeError as exc:
         raise MlkubeError(f"{what} failed verification: {exc}") from None
-    model.verified_rows = int(rows.shape[0])
+    model.example_rows = example_rows
+    model.verified_batches = sorted({example_rows, *sizes})
+    model.verified_rows = model.verified_batches[-1]
     model.load_seconds = round(time.perf_counter() - started, 3)
     return model

@@ -5,6 +5,10 @@ a worker thread, and reports ready (``/v2/health/ready``, ``/ping``) only once t
 the initial load fails, the server stops and the command exits 1 with one line saying why.
 Later versions arrive by hot swap (``POST /v2/repository/models/{name}/load``).
 
+Verifying: the model predicts its input example, a batch of 1 row and a full batch of
+``--verify-batch`` rows (default ``VERIFY_BATCH``, 64; the example's rows repeated), before it
+serves; a hot swap's load request may name its own ``verify_batch``.
+
 Limits: a request body over ``--max-body-bytes`` (default 16 MiB) is answered 413 unparsed;
 a connection that sends no request for ``--idle-timeout`` seconds (default 75: after it
 opens, between keep-alive requests, or while its headers trickle in) is closed, and a request
@@ -23,6 +27,7 @@ import warnings
 from typing import Any
 
 from mlkube.errors import MlkubeError
+from mlkube.serve.loaded import VERIFY_BATCH
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # about 50,000 rows of 30 features as JSON
 # Above the 60 s idle timeout of common load balancers and proxies, so that the server is not
@@ -101,7 +106,7 @@ def _closing_idle(idle_timeout: float) -> Any:
 def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
           port: int = 8080, fast_path: bool = True, access_log: bool = False,
           threads: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-          idle_timeout: float = IDLE_TIMEOUT) -> None:
+          idle_timeout: float = IDLE_TIMEOUT, verify_batch: int = VERIFY_BATCH) -> None:
     """Serve ``model_uri`` as ``name`` / ``version`` until SIGTERM or SIGINT.
 
     ``threads``: the model's intra-op threads (torch's OpenMP pool); by default
@@ -109,7 +114,8 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
     loop, and a small model split over several threads only waits for them: on a busy 2-core
     machine a 64-row MLP call took 0.1 ms on 1 thread and up to 1.1 ms on 2.
 
-    ``max_body_bytes``, ``idle_timeout``: the limits of the module doc.
+    ``max_body_bytes``, ``idle_timeout``: the limits of the module doc. ``verify_batch``: the
+    full batch every version is verified on (unless its load request names one).
 
     Raises ``MlkubeError`` if the port is taken or the model does not load and verify.
     """
@@ -132,9 +138,9 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
         server.should_exit = True
 
     sock = _listen(host, port)
-    app = create_app(Repository(fast_path=fast_path), initial=(model_uri, name, str(version)),
-                     on_initial_failure=failed, max_body_bytes=max_body_bytes,
-                     idle_timeout=idle_timeout)
+    app = create_app(Repository(fast_path=fast_path, verify_batch=verify_batch),
+                     initial=(model_uri, name, str(version)), on_initial_failure=failed,
+                     max_body_bytes=max_body_bytes, idle_timeout=idle_timeout)
     config = uvicorn.Config(app, workers=1, log_level="warning", access_log=access_log,
                             lifespan="on", timeout_graceful_shutdown=10,
                             http=_closing_idle(idle_timeout),
@@ -148,14 +154,17 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
 
 
 def arguments(*, model_uri: str, name: str, version: str, host: str, port: int,
-              max_body_bytes: int | None = None, idle_timeout: float | None = None) -> list[str]:
+              max_body_bytes: int | None = None, idle_timeout: float | None = None,
+              verify_batch: int | None = None) -> list[str]:
     """The options of ``mlkube serve model`` for one fixed version (what its callers start);
-    a limit left ``None`` is the server's default."""
+    a limit or ``verify_batch`` left ``None`` is the server's default (and not written)."""
     extra = []
     if max_body_bytes is not None:
         extra += ["--max-body-bytes", str(max_body_bytes)]
     if idle_timeout is not None:
         extra += ["--idle-timeout", f"{idle_timeout:g}"]
+    if verify_batch is not None:
+        extra += ["--verify-batch", str(verify_batch)]
     return ["--model-uri", model_uri, "--name", name, "--version", version, "--host", host,
             "--port", str(port), *extra]
 
@@ -182,6 +191,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
                         help="seconds a connection may wait without a request, or a request "
                              f"body without a byte, before it is closed (default {IDLE_TIMEOUT:g})")
+    parser.add_argument("--verify-batch", type=int, default=VERIFY_BATCH, metavar="ROWS",
+                        help="before a version serves, it predicts its input example, 1 row "
+                             "and a batch of this many rows (its example's rows repeated); one "
+                             f"that fails is refused (default {VERIFY_BATCH})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,9 +210,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.idle_timeout < float("inf"):
         raise MlkubeError(f"--idle-timeout is {args.idle_timeout:g}; give a positive number of "
                           f"seconds (default {IDLE_TIMEOUT:g})")
+    if args.verify_batch < 1:
+        raise MlkubeError(f"--verify-batch is {args.verify_batch}; give a positive number of "
+                          f"rows (default {VERIFY_BATCH})")
     serve(args.model_uri, name=name, version=version, host=args.host, port=args.port,
           fast_path=not args.no_fast_path, access_log=args.access_log, threads=args.threads,
-          max_body_bytes=args.max_body_bytes, idle_timeout=args.idle_timeout)
+          max_body_bytes=args.max_body_bytes, idle_timeout=args.idle_timeout,
+          verify_batch=args.verify_batch)
     return 0
 
 

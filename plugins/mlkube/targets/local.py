@@ -2,7 +2,8 @@
 
 The first deployment of a model starts ``mlkube serve model`` on ``serving.port``; every later
 version is hot-swapped into that running server (it loads and verifies the new version aside,
-then switches), so the published URL never changes and no request is refused. A record in
+on its input example, 1 row and a batch of ``verify_batch`` rows, then switches), so the
+published URL never changes and no request is refused. A record in
 ``<state_dir>/serving/<model>.json`` names the process; ``mlkube serve status|stop`` read it.
 """
 
@@ -125,11 +126,17 @@ class LocalTarget(ServingTarget):
 
     def __init__(self, *, state_dir: Path, model_name: str, host: str, port: int,
                  ready_timeout: float, log: Callable[[str], Any] = print,
-                 max_body_bytes: int | None = None, idle_timeout: float | None = None) -> None:
+                 max_body_bytes: int | None = None, idle_timeout: float | None = None,
+                 verify_batch: int | None = None) -> None:
         """Where the server runs and how long a new one may take to become ready; the
-        server's limits (``None``: its defaults)."""
+        server's limits (``None``: its defaults); ``verify_batch``: the full batch (rows)
+        every version is verified on before it serves, at the server's start, on a hot swap
+        and on a roll back (``None``: the server's default)."""
+        if verify_batch is not None and verify_batch < 1:
+            raise MlkubeError(f"verify_batch is {verify_batch}; give a positive number of rows")
         self.max_body_bytes = max_body_bytes
         self.idle_timeout = idle_timeout
+        self.verify_batch = verify_batch
         self.state_dir = state_dir
         self._model_name = model_name
         self.host = host
@@ -170,7 +177,7 @@ class LocalTarget(ServingTarget):
         if server is not None:
             self.log(f"loading version {version} into the server at {server.base_url}")
             client.load(server.base_url, self.model_name, version, model_uri,
-                        timeout=self.ready_timeout)
+                        timeout=self.ready_timeout, verify_batch=self.verify_batch)
             return
         self._start(version, model_uri)
 
@@ -188,7 +195,7 @@ class LocalTarget(ServingTarget):
         command = [sys.executable, "-m", "mlkube.cli", "serve", "model",
                    *arguments(model_uri=model_uri, name=self.model_name, version=version,
                               host=self.host, port=self.port, max_body_bytes=self.max_body_bytes,
-                              idle_timeout=self.idle_timeout)]
+                              idle_timeout=self.idle_timeout, verify_batch=self.verify_batch)]
         with log.open("a") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
@@ -221,4 +228,5 @@ class LocalTarget(ServingTarget):
             return
         if server is not None and self.live_version() != version:
             client.load(server.base_url, self.model_name, version,
-                        f"models:/{self.model_name}/{version}", timeout=self.ready_timeout)
+                        f"models:/{self.model_name}/{version}", timeout=self.ready_timeout,
+                        verify_batch=self.verify_batch)

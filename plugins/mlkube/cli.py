@@ -50,13 +50,13 @@ def _step(argv: list[str]) -> int:
 
 
 def _deploy_target(argv: list[str]) -> str:
-    """Where ``mlkube step deploy argv`` serves: ``local``, or ``cluster`` (deploy.choose_target)."""
-    from mlkube.steps.deploy import _in_cluster
+    """Where ``mlkube step deploy argv`` serves: ``local``, or ``cluster`` (targets.choose)."""
+    from mlkube.targets import serves_locally
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--target", default="auto")
     kind = parser.parse_known_args(argv)[0].target
-    return "local" if kind == "local" or (kind == "auto" and not _in_cluster()) else "cluster"
+    return "local" if serves_locally(kind) else "cluster"
 
 
 def _extras(argv: list[str]) -> tuple[str, tuple[str, ...]] | None:

@@ -109,7 +109,8 @@ def test_a_deployment_rolls_out_fails_with_its_reason_and_rolls_back(
     from kubernetes.client.exceptions import ApiException
 
     from mlkube.errors import MlkubeError
-    from mlkube.kube import rollout, serving
+    from mlkube.kube import api, serving
+    from mlkube.targets.deployment import DeploymentTarget
 
     def command(model: serving.ModelServing) -> list[str]:
         if model.version == "2":
@@ -120,9 +121,9 @@ def test_a_deployment_rolls_out_fails_with_its_reason_and_rolls_back(
     name = f"mlkube-rollout-{uuid.uuid4().hex[:6]}"
     model = serving.ModelServing(name=name, model_name="tiny", cpu="10m", memory="32Mi",
                                  image=os.environ.get("MLKUBE_TEST_TINY_IMAGE", "busybox:1.36"))
-    client = rollout.api_client()
-    target = rollout.DeploymentTarget(api_client=client, serving=model, namespace=NAMESPACE,
-                                      timeout=300, poll=2)
+    client = api.api_client()
+    target = DeploymentTarget(api_client=client, serving=model, namespace=NAMESPACE,
+                              timeout=300, poll=2)
     try:
         assert target.live_version() is None
         target.roll_out("1", "models:/tiny/1")

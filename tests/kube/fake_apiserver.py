@@ -1,7 +1,7 @@
 """A small Kubernetes API server on 127.0.0.1, for the real ``kubernetes`` client.
 
-It answers what :mod:`mlkube.kube.rollout`, :mod:`mlkube.kube.multinode` and
-KubernetesPodOperator use, the way a v1.36 API server does:
+It answers what the cluster serving targets (:mod:`mlkube.targets`), :mod:`mlkube.kube.multinode`
+and KubernetesPodOperator use, the way a v1.36 API server does:
 
 - discovery (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/apis/apps/v1`` with
   ``deployments/scale``, ``/apis/autoscaling/v2``, ``/apis/batch/v1``, and

@@ -1,6 +1,6 @@
-"""The fake API server's own behaviour, where tests/kube/test_rollout.py relies on it to act as
-Kubernetes does: server-side apply with field ownership per manager, the scale subresource and
-the HPA, controllers on their own clock, rolling updates, and RBAC.
+"""The fake API server's own behaviour, where tests/kube/test_targets_cluster.py relies on it to
+act as Kubernetes does: server-side apply with field ownership per manager, the scale
+subresource and the HPA, controllers on their own clock, rolling updates, and RBAC.
 
 Each test goes through HTTP with the real ``kubernetes`` client where the client matters (the
 status codes, the messages), and looks at the store directly where only the outcome does.

@@ -1,6 +1,7 @@
-"""The layers: the adapters (argo/, airflow/, local/) build on kube/ and the shared pieces,
-never the other way round. Every import in the source counts, at module level or inside a
-function, relative or absolute, under ``TYPE_CHECKING`` or not."""
+"""The layers: the adapters (argo/, airflow/, local/) build on kube/, targets/ and the shared
+pieces, and the serving targets (targets/) build on kube/, never the other way round. Every
+import in the source counts, at module level or inside a function, relative or absolute, under
+``TYPE_CHECKING`` or not."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import mlkube
 
 PACKAGE = Path(mlkube.__file__).resolve().parent
 ADAPTERS = ("mlkube.argo", "mlkube.airflow")
-# Below the adapters: every module of kube/, and the shared pieces both sides use.
-LOWER = sorted([*(PACKAGE / "kube").rglob("*.py"), PACKAGE / "spec.py", PACKAGE / "rendered.py"])
+# Below the adapters: every module of kube/ and targets/, and the shared pieces both sides use.
+KUBE = sorted((PACKAGE / "kube").rglob("*.py"))
+LOWER = sorted([*KUBE, *(PACKAGE / "targets").rglob("*.py"), PACKAGE / "spec.py",
+                PACKAGE / "rendered.py"])
+TARGETS = "mlkube.targets"
 
 
 def _module_name(path: Path) -> str:
@@ -56,7 +60,8 @@ def adapter_imports(source: str, module: str, is_package: bool = False) -> list[
 def test_the_lower_modules_are_found() -> None:
     names = {_module_name(p) for p in LOWER}
     assert {"mlkube.kube", "mlkube.kube.platform", "mlkube.kube.rbac", "mlkube.kube.serving",
-            "mlkube.spec", "mlkube.rendered"} <= names
+            "mlkube.kube.api", "mlkube.targets", "mlkube.targets.cluster", "mlkube.spec",
+            "mlkube.rendered"} <= names
 
 
 @pytest.mark.parametrize("path", LOWER, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -65,6 +70,15 @@ def test_no_lower_module_imports_an_adapter(path: Path) -> None:
     bad = adapter_imports(path.read_text(), module, is_package=path.name == "__init__.py")
     assert not bad, (f"{path.relative_to(PACKAGE)} imports {', '.join(bad)}: move what both "
                      "use below both (kube/, spec.py or a shared module)")
+
+
+@pytest.mark.parametrize("path", KUBE, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_kube_module_imports_a_serving_target(path: Path) -> None:
+    module = _module_name(path)
+    found = imported_modules(path.read_text(), module, is_package=path.name == "__init__.py")
+    bad = sorted(n for n in found if n == TARGETS or n.startswith(f"{TARGETS}."))
+    assert not bad, (f"{path.relative_to(PACKAGE)} imports {', '.join(bad)}: kube/ talks to the "
+                     "cluster and builds objects; what a serving target needs moves into kube/")
 
 
 @pytest.mark.parametrize("source", [

@@ -40,7 +40,7 @@ def pods_from_file(path: str, namespace: str | None) -> list[Any]:
     from kubernetes.client import ApiClient
 
     from mlkube.errors import MlkubeError
-    from mlkube.kube.rollout import own_namespace
+    from mlkube.kube.api import own_namespace
 
     try:
         documents = [d for d in yaml.safe_load_all(open(path).read()) if d is not None]
@@ -90,13 +90,13 @@ def _preflight(args: argparse.Namespace) -> int:
     from kubernetes.client import CoreV1Api
 
     from mlkube.errors import MlkubeError
-    from mlkube.kube import preflight, rollout
+    from mlkube.kube import api, preflight
 
-    client = rollout.api_client()
+    client = api.api_client()
     if args.pod:
         pods = pods_from_file(args.pod, args.namespace)
     elif args.step:
-        pods = [step_pod_object(args.step, args, args.namespace or rollout.own_namespace())]
+        pods = [step_pod_object(args.step, args, args.namespace or api.own_namespace())]
     else:
         raise MlkubeError("give --step STEP (a step's pod) or --pod FILE (a pod manifest)")
     core = CoreV1Api(client)

@@ -210,11 +210,11 @@ def _finished(job: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _apply(client: Any, body: dict[str, Any], namespace: str) -> Any:
-    from mlkube.kube import rollout
+    from mlkube.kube import api
 
     resource = client.resources.get(api_version=body["apiVersion"], kind=body["kind"])
     return resource.server_side_apply(body=body, name=body["metadata"]["name"],
-                                      namespace=namespace, field_manager=rollout.FIELD_MANAGER,
+                                      namespace=namespace, field_manager=api.FIELD_MANAGER,
                                       force_conflicts=True)
 
 
@@ -230,10 +230,10 @@ def run_job(api_client: Any, objects: list[Any], namespace: str, *,
     the wait ends without the Job complete (failed, timed out, or the task itself stopped), the
     Job and its pods are deleted: nothing trains on for a task that has ended.
     """
-    from mlkube.kube import rollout
+    from mlkube.kube import api
     from mlkube.kube.serving import to_dict
 
-    client = rollout._dynamic(api_client)
+    client = api.dynamic(api_client)
     bodies = [to_dict(o) for o in objects]
     for body in bodies:
         body["metadata"]["namespace"] = namespace
@@ -247,8 +247,8 @@ def run_job(api_client: Any, objects: list[Any], namespace: str, *,
         for body in bodies:
             where = f"{body['kind']} {namespace}/{body['metadata']['name']}"
             log(f"applying {where}")
-            rollout._call(f"apply {where}", job.host,
-                          functools.partial(_apply, client, body, namespace))
+            api.call(f"apply {where}", job.host,
+                     functools.partial(_apply, client, body, namespace))
         job.wait(poll_seconds, timeout_seconds, schedule_timeout_seconds)
     except BaseException:
         job.delete()
@@ -269,7 +269,7 @@ class _Job:
     def read(self) -> dict[str, Any] | None:
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        from mlkube.kube import rollout
+        from mlkube.kube import api
 
         def get() -> dict[str, Any] | None:
             try:
@@ -277,7 +277,7 @@ class _Job:
             except NotFoundError:
                 return None
 
-        return rollout._call(f"read Job {self.where}", self.host, get)
+        return api.call(f"read Job {self.where}", self.host, get)
 
     def delete(self, wait_seconds: float | None = None) -> None:
         """Delete the Job and its pods; with ``wait_seconds``, poll until it is gone."""
@@ -285,7 +285,7 @@ class _Job:
 
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        from mlkube.kube import rollout
+        from mlkube.kube import api
 
         def delete() -> None:
             try:
@@ -296,7 +296,7 @@ class _Job:
 
         if self.read() is None:
             return
-        rollout._call(f"delete Job {self.where}", self.host, delete)
+        api.call(f"delete Job {self.where}", self.host, delete)
         self.log(f"deleted Job {self.where} and its pods")
         while wait_seconds is not None and self.read() is not None:
             time.sleep(wait_seconds)
@@ -339,11 +339,11 @@ class _Job:
 
     def unscheduled(self) -> dict[str, str]:
         """The Job's pods the scheduler has not placed, each with its reason."""
-        from mlkube.kube import rollout
+        from mlkube.kube import api
 
         pods = self.client.resources.get(api_version="v1", kind="Pod")
         events = self.client.resources.get(api_version="v1", kind="Event")
-        listed = rollout._call(f"list the pods of Job {self.where}", self.host, lambda: pods.get(
+        listed = api.call(f"list the pods of Job {self.where}", self.host, lambda: pods.get(
             namespace=self.namespace, label_selector=f"{JOB_NAME_LABEL}={self.name}").to_dict())
         found = {}
         for pod in listed.get("items") or []:
@@ -352,7 +352,7 @@ class _Job:
                               if c.get("type") == "PodScheduled"), None)
             if scheduled is None or scheduled.get("status") != "False":
                 continue
-            said = rollout._call(f"list the events of pod {name}", self.host, functools.partial(
+            said = api.call(f"list the events of pod {name}", self.host, functools.partial(
                 lambda n: events.get(namespace=self.namespace,
                                      field_selector=f"involvedObject.name={n}").to_dict(), name))
             message = (scheduler_reason(said.get("items") or []) or scheduled.get("message")

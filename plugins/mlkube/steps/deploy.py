@@ -15,7 +15,8 @@ The same sequence on every target (:mod:`mlkube.targets`):
 
 The same version again changes nothing and returns the same result. ``auto`` is the local
 target outside a cluster; in a pod, KServe where its API is served, else Deployment + Service
-+ HPA. Only this step talks to the cluster API, through :mod:`mlkube.kube.rollout`.
++ HPA (:func:`mlkube.targets.choose`). Of the steps, only this one talks to the cluster API,
+through the cluster targets (:mod:`mlkube.targets.deployment`, :mod:`mlkube.targets.kserve`).
 """
 
 from __future__ import annotations
@@ -123,10 +124,6 @@ def smoke_test(target: ServingTarget, rows: list[list[float]]) -> None:
                               f"{len(rows)} rows, or non-finite values: {values!r:.200}")
 
 
-def _in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-
-
 LOCAL_STORES = ("sqlite:", "file:")
 
 
@@ -152,33 +149,15 @@ def _serving_env() -> list[Any]:
 
 
 def choose_target(ctx: Context, name: str) -> ServingTarget:
-    """The target, chosen once: ``--target``, or ``auto`` (local outside a cluster)."""
-    kind = ctx.args.target or "auto"
-    if kind == "local" or (kind == "auto" and not _in_cluster()):
-        from mlkube.targets.local import LocalTarget
+    """The target, chosen once (:func:`mlkube.targets.choose`): ``--target``, or ``auto``
+    (local outside a cluster); a cluster target's serving pods get :func:`_serving_env`."""
+    from mlkube import targets
 
-        return LocalTarget(state_dir=ctx.state_dir, model_name=name, host=ctx.config.serving.host,
-                           port=ctx.config.serving.port,
-                           ready_timeout=ctx.config.serving.ready_timeout, log=ctx.log,
-                           max_body_bytes=ctx.config.serving.max_body_bytes,
-                           idle_timeout=ctx.config.serving.idle_timeout)
-    return _cluster_target(ctx, name, kind)
-
-
-def _cluster_target(ctx: Context, name: str, kind: str) -> ServingTarget:
-    import re
-
-    from mlkube.kube import rollout
-    from mlkube.kube.serving import ModelServing
-
-    env = tuple(_serving_env())  # before any cluster call: a local store is refused at once
-    namespace = ctx.args.namespace or rollout.own_namespace()
-    service = ctx.args.service_name or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63]
-    serving = ModelServing(name=service, model_name=name, namespace=namespace, env=env,
-                           **({"image": ctx.args.server_image} if ctx.args.server_image else {}))
-    return rollout.cluster_target(kind, api_client=rollout.api_client(), serving=serving,  # type: ignore[arg-type]
-                                  namespace=namespace, canary_percent=ctx.args.canary_percent or None,
-                                  timeout=ctx.config.serving.pod_start_timeout, log=ctx.log)
+    return targets.choose(ctx.args.target or "auto", model_name=name, state_dir=ctx.state_dir,
+                          config=ctx.config.serving, serving_env=_serving_env,
+                          namespace=ctx.args.namespace, service_name=ctx.args.service_name,
+                          server_image=ctx.args.server_image,
+                          canary_percent=ctx.args.canary_percent or None, log=ctx.log)
 
 
 class NotRecorded(MlkubeError):

@@ -1,4 +1,6 @@
-"""The cluster serving targets, with the real ``kubernetes`` client against a fake API server.
+"""The cluster serving targets (:mod:`mlkube.targets.deployment`, :mod:`mlkube.targets.kserve`)
+and their choice (:func:`mlkube.targets.choose`), with the real ``kubernetes`` client against a
+fake API server.
 
 The fake (``fake_apiserver.py``) does server-side apply the way the API server does (defaults,
 field ownership per manager, conflicts, generations), runs the HPA, Deployment, ReplicaSet and
@@ -22,10 +24,15 @@ import yaml
 from fake_apiserver import FakeApiServer, Outcome, owners, version_of
 from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
 
+from mlkube import targets
 from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator, packaged_schema
+from mlkube.config import ServingConfig
 from mlkube.errors import MlkubeError
-from mlkube.kube import rollout, serving
+from mlkube.kube import api as kube_api
+from mlkube.kube import applied, serving
 from mlkube.targets.base import ServingTarget
+from mlkube.targets.deployment import HANDOVER_MANAGER, REVISION_ANNOTATION, DeploymentTarget
+from mlkube.targets.kserve import KServeTarget
 
 NAME = "Churn Model"
 SECRET = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="mlflow", key="password"))
@@ -62,7 +69,7 @@ def _checked(fake: FakeApiServer, crd: Validator) -> None:
     assert fake.schema_errors() == []
     for request in fake.applies():
         body = request.body
-        if request.query["fieldManager"] == rollout.HANDOVER_MANAGER:  # the replica count only
+        if request.query["fieldManager"] == HANDOVER_MANAGER:  # the replica count only
             assert request.query["force"] in ("False", "false")
             assert body == {"apiVersion": "apps/v1", "kind": "Deployment",
                             "metadata": {"name": "churn", "namespace": "ml"},
@@ -90,11 +97,14 @@ def kfake(crd: Validator) -> Iterator[FakeApiServer]:
         _checked(server, crd)
 
 
-def target(server: FakeApiServer, kind: rollout.Kind = "auto", timeout: float = 5,
+def target(server: FakeApiServer, kind: targets.Kind = "auto", timeout: float = 5,
            **kwargs: Any) -> ServingTarget:
-    return rollout.cluster_target(kind, api_client=server.api_client(), serving=SERVING,
-                                  namespace="ml", timeout=timeout, poll=0.01,
-                                  log=lambda line: None, **kwargs)
+    """The target :func:`mlkube.targets.choose` picks on ``server`` for :data:`SERVING`."""
+    kwargs.setdefault("log", lambda line: None)
+    return targets.choose(kind, model_name=SERVING.model_name, service_name=SERVING.name,
+                          serving_env=lambda: SERVING.env, api_client=server.api_client(),
+                          namespace="ml", config=ServingConfig(pod_start_timeout=timeout),
+                          poll=0.01, **kwargs)
 
 
 def one_line(exc: pytest.ExceptionInfo[MlkubeError]) -> str:
@@ -108,7 +118,7 @@ def one_line(exc: pytest.ExceptionInfo[MlkubeError]) -> str:
 
 def test_first_rollout_serves_the_version_behind_the_service(fake: FakeApiServer) -> None:
     deploy = target(fake)
-    assert isinstance(deploy, rollout.DeploymentTarget) and deploy.name == "deployment"
+    assert isinstance(deploy, DeploymentTarget) and deploy.name == "deployment"
     assert deploy.live_version() is None
     deploy.roll_out("7", uri("7"))
     assert deploy.live_version() == "7"
@@ -164,7 +174,7 @@ def test_a_new_version_replaces_the_previous_one(fake: FakeApiServer) -> None:
     pods = fake.objects("Pod")
     assert len(pods) == 3 and {version_of(p["spec"]) for p in pods} == {"8"}
     old, new = sorted(fake.objects("ReplicaSet"),
-                      key=lambda rs: int(rs["metadata"]["annotations"][rollout.REVISION_ANNOTATION]))
+                      key=lambda rs: int(rs["metadata"]["annotations"][REVISION_ANNOTATION]))
     assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (0, 3)
 
 
@@ -189,7 +199,7 @@ def test_a_rollout_never_undoes_what_the_autoscaler_just_scaled_to(fake: FakeApi
     fake.on_request = hpa_scales_now
     deploy.roll_out("8", uri("8"))
     fake.on_request = None
-    assert applies == [rollout.HANDOVER_MANAGER, "mlkube"]
+    assert applies == [HANDOVER_MANAGER, "mlkube"]
     live = fake.get("Deployment", "churn")
     assert live is not None and live["spec"]["replicas"] == 3
     assert owners(live, "spec.replicas") == {"kube-controller-manager"}
@@ -200,14 +210,14 @@ def test_the_replica_count_is_handed_over_not_reset(fake: FakeApiServer) -> None
     """The HPA has not scaled yet: mlkube's apply alone owns the count it created the
     Deployment with, and leaving it out alone would reset it to 1."""
     two = dataclasses.replace(SERVING, min_replicas=2)
-    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=two,
-                                    namespace="ml", timeout=5, poll=0.01, log=lambda line: None)
+    deploy = DeploymentTarget(api_client=fake.api_client(), serving=two, namespace="ml",
+                              timeout=5, poll=0.01, log=lambda line: None)
     deploy.roll_out("7", uri("7"))
     assert owners(fake.get("Deployment", "churn"), "spec.replicas") == {"mlkube"}  # type: ignore[arg-type]
     deploy.roll_out("8", uri("8"))
     live = fake.get("Deployment", "churn")
     assert live is not None and live["spec"]["replicas"] == 2
-    assert owners(live, "spec.replicas") == {rollout.HANDOVER_MANAGER}
+    assert owners(live, "spec.replicas") == {HANDOVER_MANAGER}
     assert "replicas" not in fake.applies("Deployment")[-1].body["spec"]
     fake.hpa_wants["churn"] = 3
     fake.wait_for(lambda: replicas(fake) == 3)
@@ -224,9 +234,8 @@ def test_a_rollout_waits_one_pod_start_for_each_replica(fake: FakeApiServer) -> 
     three = dataclasses.replace(SERVING, min_replicas=3)
 
     def deployer(timeout: float) -> ServingTarget:
-        return rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
-                                      namespace="ml", timeout=timeout, poll=0.01,
-                                      log=lambda line: None)
+        return DeploymentTarget(api_client=fake.api_client(), serving=three, namespace="ml",
+                                timeout=timeout, poll=0.01, log=lambda line: None)
 
     deployer(5).roll_out("7", uri("7"))  # 3 replicas up, however loaded the machine is
     deploy = deployer(0.3)
@@ -242,8 +251,8 @@ def test_old_pods_serve_until_new_ones_are_ready(fake: FakeApiServer) -> None:
     """maxSurge 1, maxUnavailable 0: never fewer ready pods than replicas, one new pod at a
     time, old and new serving together while it rolls."""
     three = dataclasses.replace(SERVING, min_replicas=3)
-    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
-                                    namespace="ml", timeout=5, poll=0.01, log=lambda line: None)
+    deploy = DeploymentTarget(api_client=fake.api_client(), serving=three, namespace="ml",
+                              timeout=5, poll=0.01, log=lambda line: None)
     deploy.roll_out("7", uri("7"))
     seen: list[tuple[int, int, int]] = []  # (v7 ready, v8 ready, pods) after every step
     step = fake.step
@@ -267,13 +276,13 @@ def test_old_pods_serve_until_new_ones_are_ready(fake: FakeApiServer) -> None:
 def test_a_failing_version_gets_one_surge_pod_and_the_old_pods_stay(fake: FakeApiServer) -> None:
     fake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
     three = dataclasses.replace(SERVING, min_replicas=3)
-    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
-                                    namespace="ml", timeout=5, poll=0.01, log=lambda line: None)
+    deploy = DeploymentTarget(api_client=fake.api_client(), serving=three, namespace="ml",
+                              timeout=5, poll=0.01, log=lambda line: None)
     deploy.roll_out("7", uri("7"))
     with pytest.raises(MlkubeError, match="the previous version \\(v7\\) keeps serving"):
         deploy.roll_out("8", uri("8"))
     old, new = sorted(fake.objects("ReplicaSet"),
-                      key=lambda rs: int(rs["metadata"]["annotations"][rollout.REVISION_ANNOTATION]))
+                      key=lambda rs: int(rs["metadata"]["annotations"][REVISION_ANNOTATION]))
     assert (old["spec"]["replicas"], new["spec"]["replicas"]) == (3, 1)
     pods = fake.objects("Pod")
     assert sorted(version_of(p["spec"]) for p in pods) == ["7", "7", "7", "8"]
@@ -372,8 +381,8 @@ def test_roll_back_to_objects_another_tool_applied(fake: FakeApiServer) -> None:
 def test_the_same_crash_in_every_replica_is_said_once(fake: FakeApiServer) -> None:
     fake.outcome = fails_for("7", Outcome("crash", CRASH_LOG))
     three = dataclasses.replace(SERVING, min_replicas=3)
-    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=three,
-                                    namespace="ml", poll=0.01, log=lambda line: None)
+    deploy = DeploymentTarget(api_client=fake.api_client(), serving=three, namespace="ml",
+                              poll=0.01, log=lambda line: None)
     with pytest.raises(MlkubeError) as failed:
         deploy.roll_out("7", uri("7"))
     message = one_line(failed)
@@ -439,8 +448,7 @@ def test_a_stale_ready_status_is_not_taken_for_the_new_version(fake: FakeApiServ
 def test_the_controller_gets_there_after_a_few_ticks(fake: FakeApiServer) -> None:
     fake.ready_after = 4  # ticks of its own clock before it observes the new generation
     lines: list[str] = []
-    deploy = rollout.cluster_target("deployment", api_client=fake.api_client(), serving=SERVING,
-                                    namespace="ml", timeout=5, poll=0.01, log=lines.append)
+    deploy = target(fake, "deployment", log=lines.append)
     deploy.roll_out("7", uri("7"))
     reads = [r for r in fake.requests if r.method == "GET"
              and r.path == "/apis/apps/v1/namespaces/ml/deployments/churn"]
@@ -488,8 +496,8 @@ def test_an_unreachable_api_server_is_one_line() -> None:
     configuration = Configuration(host=url)
     configuration.retries = 0
     with pytest.raises(MlkubeError) as failed:
-        rollout.cluster_target("auto", api_client=ApiClient(configuration), serving=SERVING,
-                               namespace="ml")
+        targets.choose("auto", model_name=NAME, serving_env=lambda: SERVING.env,
+                       api_client=ApiClient(configuration), namespace="ml")
     assert f"the Kubernetes API at {url} does not answer" in one_line(failed)
 
 
@@ -498,9 +506,9 @@ def test_an_unreachable_api_server_is_one_line() -> None:
 
 def test_auto_picks_kserve_where_its_api_is_served(kfake: FakeApiServer,
                                                    fake: FakeApiServer) -> None:
-    assert isinstance(target(kfake), rollout.KServeTarget)
-    assert isinstance(target(kfake, "deployment"), rollout.DeploymentTarget)
-    assert isinstance(target(fake), rollout.DeploymentTarget)
+    assert isinstance(target(kfake), KServeTarget)
+    assert isinstance(target(kfake, "deployment"), DeploymentTarget)
+    assert isinstance(target(fake), DeploymentTarget)
     with pytest.raises(MlkubeError) as failed:
         target(fake, "kserve")
     assert "serving target 'kserve' was asked for, but the cluster" in one_line(failed)
@@ -510,9 +518,26 @@ def test_auto_picks_kserve_where_its_api_is_served(kfake: FakeApiServer,
     with pytest.raises(MlkubeError, match="canary percent 10 needs the kserve target"):
         target(fake, "deployment", canary_percent=10)
     lines: list[str] = []
-    rollout.cluster_target("auto", api_client=fake.api_client(), serving=SERVING, namespace="ml",
-                           canary_percent=10, log=lines.append)
+    target(fake, canary_percent=10, log=lines.append)
     assert "rolls its pods over instead of a 10% canary" in lines[0]
+
+
+def test_auto_is_local_outside_a_cluster_and_a_refused_env_stops_before_the_cluster(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlkube.targets.local import LocalTarget
+
+    def refused() -> list[Any]:
+        raise MlkubeError("the serving env is refused")
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    chosen = targets.choose(model_name=NAME, state_dir=tmp_path, serving_env=refused)
+    assert isinstance(chosen, LocalTarget) and chosen.state_dir == tmp_path
+    # In a pod (without its token here): the env is refused before the config is even read.
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    with pytest.raises(MlkubeError, match="the serving env is refused"):
+        targets.choose(model_name=NAME, serving_env=refused)
+    with pytest.raises(MlkubeError, match="use one of: auto, local, deployment, kserve"):
+        targets.choose("seldon", model_name=NAME)
 
 
 def test_api_client_from_the_kubeconfig(fake: FakeApiServer, tmp_path: Path,
@@ -521,13 +546,14 @@ def test_api_client_from_the_kubeconfig(fake: FakeApiServer, tmp_path: Path,
     config = tmp_path / "config"
     config.write_text(yaml.safe_dump(fake.kubeconfig()))
     monkeypatch.setenv("KUBECONFIG", str(config))
-    client = rollout.api_client()
+    client = kube_api.api_client()
     assert client.configuration.host == fake.url
-    chosen = rollout.cluster_target("auto", api_client=client, serving=SERVING, namespace="ml")
+    chosen = targets.choose("auto", model_name=NAME, serving_env=lambda: SERVING.env,
+                            api_client=client, namespace="ml")
     assert chosen.live_version() is None
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(MlkubeError) as failed:
-        rollout.api_client()
+        kube_api.api_client()
     assert f"no usable Kubernetes config at {tmp_path / 'missing'}" in one_line(failed)
 
 
@@ -539,11 +565,11 @@ def test_api_client_in_a_pod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
     monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
     with pytest.raises(MlkubeError) as failed:
-        rollout.api_client()
+        kube_api.api_client()
     assert "in-cluster Kubernetes config is unusable" in one_line(failed)
     (tmp_path / "token").write_text("a-token")
     (tmp_path / "ca.crt").write_text("not checked here")
-    assert rollout.api_client().configuration.host == "https://10.96.0.1:443"
+    assert kube_api.api_client().configuration.host == "https://10.96.0.1:443"
 
 
 # --- KServe -----------------------------------------------------------------------------------
@@ -638,13 +664,13 @@ def test_applied_config_is_what_the_manager_owns() -> None:
                            {"port": 81, "protocol": "TCP", "targetPort": 81}]},
         "status": {"loadBalancer": {}},
     }
-    assert rollout.applied_config(live) == {
+    assert applied.applied_config(live) == {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "churn", "namespace": "ml", "labels": {"app": "churn"}},
         "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": "http"}],
                  "selector": {"app": "c"}}}
-    assert rollout.applied_config(live, manager="someone-else") is None
-    fallback = rollout.restorable({**live, "metadata": {**live["metadata"], "managedFields": []}})
+    assert applied.applied_config(live, manager="someone-else") is None
+    fallback = applied.restorable({**live, "metadata": {**live["metadata"], "managedFields": []}})
     assert "clusterIP" not in fallback["spec"] and fallback["spec"]["selector"] == {"app": "c"}
 
 
@@ -663,7 +689,7 @@ def deploy_role() -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("kind", ["deployment", "kserve"])
-def test_the_rendered_deploy_role_is_all_a_rollout_needs(kind: rollout.Kind,
+def test_the_rendered_deploy_role_is_all_a_rollout_needs(kind: targets.Kind,
                                                          crd: Validator) -> None:
     """Roll out, scale (the HPA), roll out again, fail, roll back, and roll a failed first
     rollout back to nothing, as the deploy step's service account: nothing is refused."""
@@ -680,10 +706,10 @@ def test_the_rendered_deploy_role_is_all_a_rollout_needs(kind: rollout.Kind,
             served.roll_out("9", uri("9"))
         served.roll_back("8")
         assert served.live_version() == "8"
-        fraud = dataclasses.replace(SERVING, name="fraud")
-        first = rollout.cluster_target(kind, api_client=api.api_client(), serving=fraud,
-                                       namespace="ml", timeout=5, poll=0.01,
-                                       log=lambda line: None)
+        first = targets.choose(kind, model_name=NAME, service_name="fraud",
+                               serving_env=lambda: SERVING.env, api_client=api.api_client(),
+                               namespace="ml", config=ServingConfig(pod_start_timeout=5),
+                               poll=0.01, log=lambda line: None)
         with pytest.raises(MlkubeError, match="nothing served before"):
             first.roll_out("9", uri("9"))
         first.roll_back(None)
@@ -738,7 +764,7 @@ def _without(objects: list[dict[str, Any]], group: str, resource: str,
     ("kserve", "", "pods", "list"),
     ("kserve", "", "events", "list"),
 ])
-def test_a_verb_the_deploy_role_lacks_fails_in_one_line(kind: rollout.Kind, group: str,
+def test_a_verb_the_deploy_role_lacks_fails_in_one_line(kind: targets.Kind, group: str,
                                                        resource: str, verb: str) -> None:
     """A first rollout whose pods never get ready (its polls read the ReplicaSet and the pods,
     its failure the events), then the roll-back to nothing (deletes): the first call the Role

@@ -1,0 +1,326 @@
+"""What the Deployment and KServe serving targets share: apply, remember, wait, explain.
+
+Both keep the contract of :class:`mlkube.targets.base.ServingTarget`:
+
+- ``roll_out`` remembers the live objects, applies the new ones server-side (field manager
+  ``mlkube``, forced: the same version applied twice changes nothing) and waits until the new
+  *generation* is ready (a status written for an older generation never counts). A Deployment
+  rolls one pod at a time with ``maxUnavailable: 0``, so the old pods serve until new ones are
+  ready, and its replica count belongs to its HPA: set when it is created, never applied again
+  (see :meth:`mlkube.targets.deployment.DeploymentTarget._hand_replicas_over`); KServe keeps
+  routing to the last ready revision. When the new version fails or time runs out, the error
+  says why in the container's own words: the new pods' waiting reasons (CrashLoopBackOff,
+  ImagePullBackOff...) and last termination messages (:mod:`mlkube.kube.diagnosis`), their
+  Warning events (FailedScheduling...), KServe's ``lastFailureInfo`` and condition messages.
+- ``roll_back(previous)`` re-applies what mlkube had applied before (read back from the live
+  objects' ``managedFields`` by :mod:`mlkube.kube.applied`, so nothing the API server or a
+  controller owns is claimed) and waits until it serves; ``roll_back(None)`` deletes what
+  ``roll_out`` created.
+- ``live_version()`` is the version annotation of the serving object once it is ready.
+
+:func:`mlkube.targets.choose` picks the target (KServe where the cluster serves its API) and
+:mod:`mlkube.kube.api` connects. What the rollout may do on the cluster is
+:data:`mlkube.kube.serving.DEPLOY_RULES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client import ApiClient
+from kubernetes.dynamic.exceptions import NotFoundError
+
+from mlkube.errors import MlkubeError
+from mlkube.kube import validation
+from mlkube.kube.api import FIELD_MANAGER, call, dynamic, meta_of
+from mlkube.kube.applied import restorable
+from mlkube.kube.diagnosis import REDUNDANT_EVENTS, last_line, problems_of
+from mlkube.kube.serving import KSERVE_API_VERSION, MODEL_VERSION_ANNOTATION, ModelServing
+from mlkube.targets.base import ServingTarget
+
+DEPLOYMENT = ("apps/v1", "Deployment")
+SERVICE = ("v1", "Service")
+AUTOSCALER = ("autoscaling/v2", "HorizontalPodAutoscaler")
+INFERENCE_SERVICE = (KSERVE_API_VERSION, "InferenceService")
+POD = ("v1", "Pod")
+EVENT = ("v1", "Event")
+REPLICA_SET = ("apps/v1", "ReplicaSet")
+_MAX_PODS = 3  # pods whose statuses and events are read for a reason
+_MAX_REASONS = 4
+
+Log = Callable[[str], Any]
+
+
+def version_of(obj: dict[str, Any] | None) -> str | None:
+    """The model version a serving object carries (its annotation), or ``None``."""
+    if obj is None:
+        return None
+    return (meta_of(obj).get("annotations") or {}).get(MODEL_VERSION_ANNOTATION) or None
+
+
+def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An object's status conditions, by type."""
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+@dataclass
+class Progress:
+    """One read of a serving object: ready, failed for good (``failure``), or still going."""
+
+    ready: bool
+    failure: str | None = None
+    note: str = ""
+
+
+class ClusterTarget(ServingTarget):
+    """What the Deployment and KServe targets share: apply, remember, wait, explain."""
+
+    #: (apiVersion, kind) of the objects, in apply order; the first one serves.
+    kinds: tuple[tuple[str, str], ...]
+
+    def __init__(self, *, api_client: ApiClient, serving: ModelServing, namespace: str,
+                 timeout: float = 600, poll: float = 2, log: Log = print) -> None:
+        """Connect (API discovery); nothing is read or changed yet."""
+        validation.dns1123_label(namespace, "serving namespace")
+        validation.dns1123_label(serving.name, "serving name")
+        self.namespace = namespace
+        self.serving = dataclasses.replace(serving, namespace=namespace)
+        self.timeout = timeout  # one pod's start; see _wait
+        self._budget = (timeout, 1)  # the last wait's: seconds, pod starts
+        self.poll = poll
+        self.log = log
+        self._host = str(api_client.configuration.host)
+        self._client = dynamic(api_client)
+        # The live objects before the last roll_out (None: it did not exist), by kind.
+        self._before: dict[str, dict[str, Any] | None] | None = None
+        self._applied: dict[str, dict[str, Any]] = {}
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name, its name on the V2 server."""
+        return self.serving.model_name
+
+    @property
+    def _main(self) -> tuple[str, str]:
+        return self.kinds[0]
+
+    def _where(self, kind: str) -> str:
+        return f"{kind} {self.namespace}/{self.serving.name}"
+
+    # -- API calls --
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return call(f"find the {kind} API", self._host,
+                    lambda: self._client.resources.get(api_version=api_version, kind=kind))
+
+    def _get(self, which: tuple[str, str]) -> dict[str, Any] | None:
+        resource = self._resource(*which)
+
+        def read() -> dict[str, Any] | None:
+            try:
+                live = resource.get(name=self.serving.name, namespace=self.namespace)
+            except NotFoundError:
+                return None
+            return dict(live.to_dict())
+
+        return call(f"read {self._where(which[1])}", self._host, read)
+
+    def _list(self, which: tuple[str, str], *, labels: dict[str, str] | None = None,
+              fields: str | None = None) -> list[dict[str, Any]]:
+        resource = self._resource(*which)
+        found = call(f"list {which[1]}s in namespace {self.namespace}", self._host,
+                     lambda: resource.get(namespace=self.namespace,
+                                          label_selector=_selector(labels) if labels else None,
+                                          field_selector=fields))
+        return list(found.to_dict().get("items") or [])
+
+    def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        resource = self._resource(body["apiVersion"], body["kind"])
+        self.log(f"applying {self._where(body['kind'])}")
+        live = call(f"apply {self._where(body['kind'])}", self._host,
+                    lambda: resource.server_side_apply(
+                        body=body, name=self.serving.name, namespace=self.namespace,
+                        field_manager=FIELD_MANAGER, force_conflicts=True))
+        return dict(live.to_dict())
+
+    def _delete(self, which: tuple[str, str]) -> None:
+        resource = self._resource(*which)
+
+        def delete() -> None:
+            try:
+                resource.delete(name=self.serving.name, namespace=self.namespace,
+                                propagation_policy="Background")
+            except NotFoundError:
+                return
+            self.log(f"deleted {self._where(which[1])}")
+
+        call(f"delete {self._where(which[1])}", self._host, delete)
+
+    def _events(self, kind: str, name: str) -> list[dict[str, Any]]:
+        found = self._list(EVENT, fields=f"involvedObject.kind={kind},"
+                                          f"involvedObject.name={name},type=Warning")
+        return sorted(found, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
+                                               or meta_of(e).get("creationTimestamp") or ""))
+
+    # -- what the subclasses define --
+
+    def _bodies(self, serving: ModelServing, live: dict[str, dict[str, Any] | None]
+                ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _progress(self, live: dict[str, Any], *, full_traffic: bool = False) -> Progress:
+        raise NotImplementedError
+
+    def _pods(self, live: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The new version's pods, and what else explains the rollout (kind/name for events)."""
+        raise NotImplementedError
+
+    def _object_reasons(self, live: dict[str, Any]) -> list[str]:
+        """What the object's own status says went wrong."""
+        return []
+
+    # -- the contract --
+
+    def live_version(self) -> str | None:
+        """The version the serving object carries, once it is ready; else ``None``."""
+        live = self._get(self._main)
+        if live is None or not self._serves(live):
+            return None
+        return version_of(live)
+
+    def _serves(self, live: dict[str, Any]) -> bool:
+        """Whether the object's current generation serves (a scaling HPA does not matter)."""
+        return self._progress(live).ready
+
+    def roll_out(self, version: str, model_uri: str) -> None:
+        """Apply ``version`` and wait until its own generation is ready (see the module doc)."""
+        target = dataclasses.replace(self.serving, version=str(version),
+                                     model_uri=model_uri).validated()
+        live = {kind: self._get((api_version, kind)) for api_version, kind in self.kinds}
+        if self._before is None or version_of(live[self._main[1]]) != target.version:
+            self._before = live
+        bodies = self._bodies(target, live)
+        for body in bodies:
+            self._apply(body)
+        self._applied = {body["kind"]: body for body in bodies}
+        self._wait(target.version, "roll out")
+
+    def roll_back(self, version: str | None) -> None:
+        """Put back what served before :meth:`roll_out`; ``None``: delete what it created."""
+        main = self._main[1]
+        if self._before is None:
+            live = self._get(self._main)
+            if version is None:
+                self.log(f"nothing to roll back for {self._where(main)}: nothing was rolled out")
+                return
+            if live is not None and version_of(live) == str(version) and self._serves(live):
+                return
+            raise MlkubeError(
+                f"cannot roll {self._where(main)} back to v{version}: this target rolled "
+                "nothing out, so it knows no previous objects; roll that version out instead")
+        before = self._before
+        previous = version_of(before[main])
+        if version is not None and previous != str(version):
+            was = f"v{previous}" if previous else "nothing"
+            self.log(f"rolling back to what was there before the rollout ({was}), "
+                     f"not to v{version}")
+        for _, kind in self.kinds:
+            if before[kind] is not None:
+                self._apply(self._restore_body(before[kind] or {}))
+        for which in reversed(self.kinds):
+            if before[which[1]] is None:
+                self._delete(which)
+        self._applied = {}
+        if version is not None and before[main] is not None:
+            self._wait(previous or "?", "roll back to")
+
+    def _restore_body(self, before: dict[str, Any]) -> dict[str, Any]:
+        return restorable(before)
+
+    # -- waiting and explaining --
+
+    def _pod_starts(self, live: dict[str, Any]) -> int:
+        """How many pod starts one after the other this rollout takes (one, by default)."""
+        return 1
+
+    def _wait(self, version: str, action: str, *, full_traffic: bool = False) -> dict[str, Any]:
+        """Poll until the serving object is ready; else raise with the reason. The wait is
+        ``timeout`` (one pod's start) for each pod started one after the other."""
+        main = self._main[1]
+        first = self._get(self._main)
+        starts = self._pod_starts(first) if first is not None else 1
+        self._budget = (self.timeout * starts, starts)
+        deadline = time.monotonic() + self.timeout * starts
+        last_note = ""
+        while True:
+            live = self._get(self._main)
+            if live is None:
+                raise MlkubeError(f"{self._where(main)} is gone while waiting for "
+                                  f"v{version} to serve: something deleted it")
+            progress = self._progress(live, full_traffic=full_traffic)
+            if progress.ready:
+                self.log(f"{self._where(main)} serves {self.model_name} v{version}")
+                return live
+            if progress.failure or time.monotonic() >= deadline:
+                raise MlkubeError(self._failure(live, version, action, progress))
+            if progress.note and progress.note != last_note:
+                self.log(f"waiting for {self._where(main)}: {progress.note}")
+                last_note = progress.note
+            time.sleep(self.poll)
+
+    def _failure(self, live: dict[str, Any], version: str, action: str,
+                 progress: Progress) -> str:
+        reasons = self._reasons(live)
+        if progress.failure and not any(progress.failure in r for r in reasons):
+            reasons.append(progress.failure)
+        if not progress.failure:
+            budget, starts = self._budget
+            reasons.insert(0, f"not ready after {budget:g}s" + (
+                f" ({starts} pod starts of {self.timeout:g}s)" if starts > 1 else ""))
+            if len(reasons) == 1:
+                reasons.append(progress.note or "no pod, event or condition says why")
+        previous = version_of((self._before or {}).get(self._main[1]))
+        if action == "roll out":
+            after = (f"the previous version (v{previous}) keeps serving" if previous
+                     else "nothing served before")
+        else:
+            after = "check the objects with kubectl describe"
+        return (f"{self._where(self._main[1])} could not {action} {self.model_name} "
+                f"v{version}: {'; '.join(reasons[:_MAX_REASONS + 1])}; {after}")
+
+    def _reasons(self, live: dict[str, Any]) -> list[str]:
+        """Why the new version does not serve: its containers first, then events, then status."""
+        pods, others = self._pods(live)
+        by_problem: dict[str, list[str]] = {}  # the same crash in every replica: said once
+        for pod in pods:
+            for name, problem in problems_of(pod):
+                by_problem.setdefault(problem, []).append(name)
+        reasons = [f"pod {names[0]} {problem}" + (f" (and {len(names) - 1} more pods)"
+                                                   if len(names) > 1 else "")
+                   for problem, names in by_problem.items()]
+        seen: set[tuple[str, str]] = set()
+        involved = [("Pod", meta_of(p).get("name", "")) for p in pods[:_MAX_PODS]]
+        involved += [(kind, name) for kind, name in (o.split("/", 1) for o in others)]
+        for kind, name in involved:
+            for event in self._events(kind, name):
+                reason, message = str(event.get("reason", "")), last_line(event.get("message", ""))
+                said = any(message and message in r for r in reasons)  # a condition said it
+                if reason not in REDUNDANT_EVENTS and (reason, message) not in seen and not said:
+                    seen.add((reason, message))
+                    reasons.append(f"{reason} on {kind.lower()} {name}: {message}")
+        for reason in self._object_reasons(live):
+            if reason not in reasons:
+                reasons.append(reason)
+        return _dedupe(reasons)
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

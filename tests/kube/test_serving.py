@@ -130,6 +130,17 @@ def test_plain_serving_pod_is_restricted() -> None:
     assert container["capabilities"] == {"drop": ["ALL"]}
 
 
+def test_the_verify_batch_is_written_only_when_set(crd: Validator) -> None:
+    assert serving.server_command(SERVING) == COMMAND  # unset: the runtime's default
+    batched = dataclasses.replace(SERVING, verify_batch=500)
+    command = [*COMMAND, "--verify-batch", "500"]
+    isvc = serving.inference_service(batched)
+    assert crd.isvc_errors(isvc) == [] and isvc["spec"]["predictor"]["containers"][0][
+        "command"] == command
+    pod = _valid(serving.deployment(batched))["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == command
+
+
 def test_the_artifact_volume_is_mounted_read_only(crd: Validator) -> None:
     with_pvc = serving.ModelServing(name="churn", model_name="m", version="1",
                                     model_uri=f"{ARTIFACT_MOUNT}/models/1",
@@ -178,6 +189,7 @@ def test_deploy_rbac_is_least_privilege_namespaced_and_validates() -> None:
     ({"min_replicas": 0}, "serving replicas are min 0, max 3"),
     ({"min_replicas": 4}, "serving replicas are min 4, max 3"),
     ({"target_cpu_percent": 0}, "serving target_cpu_percent is 0"),
+    ({"verify_batch": 0}, "serving verify_batch is 0: use a positive number of rows"),
     ({"env": (V1EnvVar(name="AWS_SECRET_ACCESS_KEY", value="abc"),)},
      "serving env AWS_SECRET_ACCESS_KEY is set inline: take it from a Secret"),
     ({"env": (V1EnvVar(name="A", value="1"), V1EnvVar(name="A", value="2"))},

@@ -3,13 +3,14 @@
 Every builder takes a :class:`ModelServing` (what to serve, and how big) and returns the
 object an adapter applies: typed ``kubernetes.client`` models for the built-in kinds, and a
 plain mapping for the KServe ``InferenceService`` (a custom resource the client has no model
-for). Nothing here talks to a cluster (the targets in :mod:`mlkube.targets` do), and nothing is
+for). Nothing here talks to a cluster (:mod:`mlkube.kube.rollout` does), and nothing is
 adapter-specific.
 
 Every target runs mlkube's own serving runtime (``mlkube serve model``, Open Inference Protocol
 V2): it loads ``model_uri`` through MLflow (so it needs ``MLFLOW_TRACKING_URI`` and the store's
-credentials in :attr:`ModelServing.env`), predicts the model's own input example, and only then
-answers 200 on ``/v2/models/<name>/ready``, the readiness probe that gates traffic.
+credentials in :attr:`ModelServing.env`), predicts the model's own input example, a batch of 1
+row and a full batch (:attr:`ModelServing.verify_batch` rows), and only then answers 200 on
+``/v2/models/<name>/ready``, the readiness probe that gates traffic.
 
 Pods run under the "restricted" Pod Security profile (see :mod:`mlkube.kube.security`).
 """
@@ -110,6 +111,9 @@ class ModelServing:
         target_cpu_percent: average CPU utilisation the Deployment's HPA aims for.
         artifact_pvc: a claim holding the model files, mounted read-only at
             ``spec.ARTIFACT_MOUNT`` (for a file artifact store on a shared volume).
+        verify_batch: the full batch (rows) the runtime verifies the model on before the
+            pod is ready (``--verify-batch``), e.g. the rows of a batch clients send;
+            ``None``: the runtime's default (``serve.loaded.VERIFY_BATCH``), not written.
     """
 
     name: str
@@ -125,6 +129,7 @@ class ModelServing:
     max_replicas: int = 3
     target_cpu_percent: int = 70
     artifact_pvc: str | None = None
+    verify_batch: int | None = None
 
     def validated(self) -> ModelServing:
         """Check every field; errors name the field and say what to write."""
@@ -154,6 +159,11 @@ class ModelServing:
             raise MlkubeError(
                 f"serving target_cpu_percent is {self.target_cpu_percent}: use 1 to 100"
             )
+        if self.verify_batch is not None and (isinstance(self.verify_batch, bool) or not
+                                              isinstance(self.verify_batch, int)
+                                              or self.verify_batch < 1):
+            raise MlkubeError(f"serving verify_batch is {self.verify_batch!r}: use a positive "
+                              "number of rows, or none for the runtime's default")
         _check_env(self.env)
         return self
 
@@ -209,13 +219,15 @@ def server_command(serving: ModelServing) -> list[str]:
 
     return ["mlkube", "serve", "model",
             *arguments(model_uri=serving.model_uri, name=serving.model_name,
-                       version=serving.version, host="0.0.0.0", port=SERVER_PORT)]
+                       version=serving.version, host="0.0.0.0", port=SERVER_PORT,
+                       verify_batch=serving.verify_batch)]
 
 
 def _probes(serving: ModelServing, port: int | str) -> dict[str, V1Probe]:
     ready = V1HTTPGetAction(path=ready_path(serving.model_name), port=port)
     return {
-        # Ready only once the runtime has loaded the model and predicted its input example.
+        # Ready only once the runtime has loaded the model and predicted its input example,
+        # 1 row and a full batch.
         "readiness_probe": V1Probe(http_get=ready, period_seconds=5, timeout_seconds=2,
                                    failure_threshold=3),
         # Loading through MLflow may take minutes: up to 10 before the kubelet restarts it.
@@ -243,7 +255,7 @@ def server_container(serving: ModelServing) -> V1Container:
     """The serving runtime on :data:`SERVER_PORT` (port ``http``), for the Deployment.
 
     Its termination message falls back to the log's tail, so a crash's own error line shows
-    in the pod status (what :mod:`mlkube.kube.diagnosis` reports).
+    in the pod status (what :mod:`mlkube.kube.rollout` reports).
     """
     return V1Container(
         name="server",
@@ -383,7 +395,7 @@ def plain_serving(serving: ModelServing) -> list[Any]:
     return [deployment(serving), service(serving), autoscaler(serving)]
 
 
-# What the deploy step's rollout (mlkube.targets.cluster) does, nothing more: apply, read and
+# What the deploy step's rollout (mlkube.kube.rollout) does, nothing more: apply, read and
 # delete its own serving kinds; read the pods, ReplicaSets and events that say why a rollout
 # failed. No pods/exec or logs, no Secrets (the serving pods reference them; the kubelet reads
 # them), nothing cluster-scoped.

@@ -3,7 +3,7 @@
 Every builder takes a :class:`ModelServing` (what to serve, and how big) and returns the
 object an adapter applies: typed ``kubernetes.client`` models for the built-in kinds, and a
 plain mapping for the KServe ``InferenceService`` (a custom resource the client has no model
-for). Nothing here talks to a cluster (:mod:`mlkube.kube.rollout` does), and nothing is
+for). Nothing here talks to a cluster (the targets in :mod:`mlkube.targets` do), and nothing is
 adapter-specific.
 
 Every target runs mlkube's own serving runtime (``mlkube serve model``, Open Inference Protocol
@@ -255,7 +255,7 @@ def server_container(serving: ModelServing) -> V1Container:
     """The serving runtime on :data:`SERVER_PORT` (port ``http``), for the Deployment.
 
     Its termination message falls back to the log's tail, so a crash's own error line shows
-    in the pod status (what :mod:`mlkube.kube.rollout` reports).
+    in the pod status (what :mod:`mlkube.kube.diagnosis` reports).
     """
     return V1Container(
         name="server",
@@ -395,7 +395,7 @@ def plain_serving(serving: ModelServing) -> list[Any]:
     return [deployment(serving), service(serving), autoscaler(serving)]
 
 
-# What the deploy step's rollout (mlkube.kube.rollout) does, nothing more: apply, read and
+# What the deploy step's rollout (mlkube.targets.cluster) does, nothing more: apply, read and
 # delete its own serving kinds; read the pods, ReplicaSets and events that say why a rollout
 # failed. No pods/exec or logs, no Secrets (the serving pods reference them; the kubelet reads
 # them), nothing cluster-scoped.

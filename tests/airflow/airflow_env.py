@@ -15,13 +15,22 @@ LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 
 
 def configure() -> Path:
-    """Set the Airflow environment once per process; returns AIRFLOW_HOME."""
-    if "MLKUBE_TEST_AIRFLOW_HOME" in os.environ:
+    """Set the Airflow environment once per process; returns AIRFLOW_HOME.
+
+    One home (one SQLite database) per pytest-xdist worker: pytest loads the conftest.py of
+    the paths it is given in the controller too, whose environment the workers inherit, and
+    two workers creating one database's tables at once fail. A subprocess of a worker (same
+    worker id) keeps the worker's home.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if ("MLKUBE_TEST_AIRFLOW_HOME" in os.environ
+            and os.environ.get("MLKUBE_TEST_AIRFLOW_WORKER", "") == worker):
         return Path(os.environ["MLKUBE_TEST_AIRFLOW_HOME"])
     home = Path(tempfile.mkdtemp(prefix="mlkube-airflow-"))
     (home / "plugins").mkdir()
     os.environ.update({
         "MLKUBE_TEST_AIRFLOW_HOME": str(home),
+        "MLKUBE_TEST_AIRFLOW_WORKER": worker,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),

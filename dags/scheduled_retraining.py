@@ -7,7 +7,8 @@ decides whether it goes live; deploy serves whatever the champion then is.
 
 Settings from the environment, all optional: ``MLKUBE_DATA`` (CSV/Parquet to train on; unset =
 the bundled demo data), ``MLKUBE_RETRAIN_CRON`` (default ``0 3 * * *``), ``MLKUBE_CONFIG``,
-``MLKUBE_ARTIFACT_PVC``, ``MLKUBE_MLFLOW_CONN_ID`` (see ml_lifecycle.py).
+``MLKUBE_ARTIFACT_PVC``, ``MLKUBE_MLFLOW_CONN_ID`` (see ml_lifecycle.py). register and deploy
+take the model's pool, shared with ml_lifecycle's (see ml_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mlkube.airflow import (
     PrepareDataOperator,
     RegisterModelOperator,
     TrainOperator,
+    model_pool,
 )
 from mlkube.schedule import check_schedule
 
@@ -39,6 +41,7 @@ common = {
     "artifact_pvc": os.environ.get("MLKUBE_ARTIFACT_PVC", "mlkube-artifacts"),
     "mlflow_conn_id": os.environ.get("MLKUBE_MLFLOW_CONN_ID"),
 }
+pool = model_pool(common["config"])  # one slot: one champion gate or rollout of the model
 
 
 @task.short_circuit(ignore_downstream_trigger_rules=False)
@@ -56,8 +59,8 @@ with DAG(dag_id="scheduled_retraining", schedule=schedule, start_date=datetime(2
     train = TrainOperator(task_id="train", dataset=dataset, **common)  # a GPU in a pod
     data_changed(prepare.output["changed"]) >> train
     register = RegisterModelOperator(task_id="register", dataset=dataset,
-                                     run_id=train.output["run_id"], **common)
+                                     run_id=train.output["run_id"], pool=pool, **common)
     # the champion, on every run: idempotent (seconds when it already serves), and a champion
     # whose earlier deploy failed is deployed now
-    register >> DeployModelOperator(task_id="deploy", dataset=dataset,
+    register >> DeployModelOperator(task_id="deploy", dataset=dataset, pool=pool,
                                     trigger_rule="none_failed", **common)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from dag_runs import get_dag, result, small_config, stop_servers, task_states
 
+from mlkube.airflow import pools
+
 pytestmark = pytest.mark.slow
 
 
@@ -34,6 +36,8 @@ def local_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_retraining_skips_unchanged_data(local_lifecycle: Path) -> None:
     dag = get_dag("scheduled_retraining")
+    # register and deploy take the model's pool; it exists, as README.md has users create it
+    assert pools.create_pools([dag]) == ["mlkube-mlkube-demo"]
     first = dag.test()
     assert task_states(first) == {task: "success" for task in (
         "prepare_data", "data_changed", "train", "register", "deploy")}

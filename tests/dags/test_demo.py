@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -81,6 +82,9 @@ def test_demo_reaches_a_live_endpoint(tmp_path: Path) -> None:
 
         # what Airflow recorded of the run: every task succeeded, and the steps' results
         states, results = recorded_run(state / "airflow" / "airflow.db")
+        with sqlite3.connect(state / "airflow" / "airflow.db") as db:  # the demo made the pool
+            assert db.execute("SELECT slots, include_deferred FROM slot_pool WHERE pool = "
+                              "'mlkube-mlkube-demo'").fetchall() == [(1, 1)]
         assert states == {task: "success" for task in (
             "prepare_data", "tune_workers", "tune_select", "train", "register", "deploy")}
         prepared = results[("prepare_data", -1)]

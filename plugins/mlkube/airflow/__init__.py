@@ -22,6 +22,7 @@ _EXPORTS = {
     "DeployModelOperator": "mlkube.airflow.deploy",
     "StepOperator": "mlkube.airflow.base",
     "tune_fan_out": "mlkube.airflow.lifecycle",
+    "model_pool": "mlkube.airflow.pools",
     "MlflowHook": "mlkube.airflow.mlflow_connection",
     "MlflowRunLink": "mlkube.airflow.links",
     "SecretEnv": "mlkube.kube.pod",

@@ -327,6 +327,8 @@ def _run_dag(out: Console, args: argparse.Namespace, *, live: bool) -> Any:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db
 
+    from mlkube.airflow import pools
+
     db.initdb()
     bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors or DAG_ID not in bag.dags:
@@ -334,6 +336,7 @@ def _run_dag(out: Console, args: argparse.Namespace, *, live: bool) -> Any:
                   f"{bag.import_errors or 'no such DAG'}")
         return None
     dag = bag.dags[DAG_ID]
+    pools.create_pools([dag])  # register and deploy take the model's pool: it must exist
     with _task_lines(out, live=live):
         run = dag.test()
     for label, ti_state in _not_run(run, list(dag.task_ids)):

@@ -41,6 +41,14 @@ class MlkubeError(Exception):
     exit_code: int = 1
 
 
+class Busy(MlkubeError):
+    """Another run holds the lock this one needs and kept it while this one waited: nothing
+    was changed, and a retry gets past it (exit 75, EX_TEMPFAIL, which Argo's retry rule and
+    Airflow's retries retry)."""
+
+    exit_code = 75
+
+
 def missing_extra(exc: ModuleNotFoundError) -> MlkubeError | None:
     """The one-line install hint for a missing optional dependency, or ``None`` if not one."""
     top = (exc.name or "").split(".")[0]

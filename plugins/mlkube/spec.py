@@ -55,6 +55,9 @@ NOT_FINISHED_EXIT = 3
 # The lock register and deploy of one model hold, one step at a time across runs, DAGs and
 # workflows: an Argo mutex on the two step templates, an Airflow pool of one slot
 # (:func:`model_lock` names it).
+# Inside deploy the same name is a Lease (cluster) or a flock (local); a second deploy waits
+# this long for it (long enough to take over a killed holder's Lease), then fails, exit 75.
+MODEL_LOCK_WAIT = 45
 MODEL_LOCK_PREFIX = "mlkube-"
 MODEL_LOCK_MAX = 63
 

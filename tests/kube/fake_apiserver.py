@@ -28,6 +28,9 @@ and KubernetesPodOperator use, the way a v1.36 API server does:
   an apply that creates needs RBAC's ``create`` as well as ``patch``;
 - ``deployments/<name>/scale`` (``GET``, ``PUT`` of a Scale, merge ``PATCH``): the autoscaling/v1
   Scale; a write is an Update of ``spec.replicas`` with subresource ``scale``;
+- ``PUT`` of an object (an Update; 409 Conflict when the body's ``resourceVersion`` is no
+  longer the stored one), as the deploy step renews and takes over its ``Lease``
+  (``coordination.k8s.io/v1``, stored, no controller);
 - ``GET`` of one object (what is stored: reading changes nothing) or of a list filtered by
   label and field selectors; ``DELETE`` (cascading to owned ReplicaSets and pods);
 - controllers on their own clock: a thread runs :meth:`FakeApiServer.step` every ``tick``
@@ -177,6 +180,8 @@ KINDS = {k.kind: k for k in (
     Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", ("pvc",)),
     Kind("", "v1", "resourcequotas", "ResourceQuota", ("quota",)),
     Kind("", "v1", "limitranges", "LimitRange", ("limits",)),
+    # what the deploy step holds while it changes what serves (mlkube.kube.lease)
+    Kind("coordination.k8s.io", "v1", "leases", "Lease"),
 )}
 KSERVE_GROUP = "serving.kserve.io"
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -1030,6 +1035,39 @@ class FakeApiServer:
                 record_update(before, dep, manager, "apps/v1", "scale")
                 self._touch(dep)
             return 200, _scale_of(dep)
+
+    def update(self, kind: Kind, namespace: str, name: str, body: dict[str, Any],
+               manager: str) -> tuple[int, dict[str, Any]]:
+        """``PUT``: the object replaced by ``body`` (an Update), only while ``body``'s
+        ``resourceVersion`` (when given) is still the stored one, else 409 Conflict, as the API
+        server's optimistic concurrency answers a writer that read a stale object."""
+        if body.get("kind") not in (None, kind.kind) or (body.get("metadata") or {}).get(
+                "name") != name:
+            return 400, _status(400, "BadRequest", "the name of the body does not match the URL")
+        with self.lock:
+            key = (kind.kind, namespace, name)
+            existing = self.store.get(key)
+            if existing is None:
+                return 404, _status(404, "NotFound", f'{kind.qualified} "{name}" not found')
+            meta = body.get("metadata") or {}
+            if meta.get("resourceVersion") not in (None, existing["metadata"]["resourceVersion"]):
+                return 409, _status(409, "Conflict", (
+                    f'Operation cannot be fulfilled on {kind.qualified} "{name}": the object has '
+                    "been modified; please apply your changes to the latest version and try "
+                    "again"))
+            obj = copy.deepcopy(body)
+            obj["apiVersion"], obj["kind"] = kind.group_version, kind.kind
+            kept = {k: v for k, v in existing["metadata"].items() if k in SYSTEM_METADATA}
+            obj["metadata"] = {**meta, **kept, "namespace": namespace}
+            error = _invalid(kind, name, obj)
+            if error:
+                return 422, _status(422, "Invalid", error)
+            if obj.get("spec") != existing.get("spec") and "generation" in obj["metadata"]:
+                obj["metadata"]["generation"] += 1
+            record_update(existing, obj, manager, kind.group_version)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.store[key] = obj
+            return 200, copy.deepcopy(obj)
 
     def read(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         """``GET`` of one object: what is stored (reading changes nothing)."""
@@ -2117,6 +2155,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*fake.create(kind, namespace, body or {}, self._manager(query)))
         elif method == "PATCH" and name:
             self._send(*self._patch(kind, namespace, name, query, content_type, body))
+        elif method == "PUT" and name:
+            self._send(*fake.update(kind, namespace, name, body or {}, self._manager(query)))
         elif method == "DELETE" and name:
             gone = fake.delete(kind, namespace, name)
             self._send(200, gone) if gone is not None else self._send(404, missing)

@@ -472,10 +472,30 @@ def test_roll_back_without_a_rollout(fake: FakeApiServer) -> None:
     deploy = target(fake)
     deploy.roll_back(None)
     assert fake.applies() == [] and not any(r.method == "DELETE" for r in fake.requests)
-    with pytest.raises(MlkubeError, match="rolled nothing out"):
-        deploy.roll_back("7")
+    applied = len(fake.applies())
     target(fake).roll_out("7", uri("7"))
+    assert len(fake.applies()) > applied
+    applied = len(fake.applies())
     target(fake).roll_back("7")  # already serving: nothing to do
+    assert len(fake.applies()) == applied
+
+
+def test_roll_back_renders_the_version_again_when_the_objects_no_longer_hold_it(
+        fake: FakeApiServer) -> None:
+    """A deploy killed after its apply leaves the broken v8 on the Deployment; its retry knows
+    nothing of v7's objects, and rolls back to v7 (the serving record) by rendering it again."""
+    target(fake).roll_out("7", uri("7"))
+    fake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
+    killed = target(fake)
+    with pytest.raises(MlkubeError):
+        killed.roll_out("8", uri("8"))  # (the step would have been killed here)
+    retry = target(fake)
+    with pytest.raises(MlkubeError, match="the deploy step rolls back"):
+        retry.roll_out("8", uri("8"))
+    retry.roll_back("7")
+    assert retry.live_version() == "7"
+    pods = [p for p in fake.objects("Pod")]
+    assert pods and {version_of(p["spec"]) for p in pods} == {"7"}
 
 
 def test_the_api_servers_refusal_is_one_line(fake: FakeApiServer) -> None:

@@ -157,7 +157,7 @@ def test_any_failure_after_the_swap_rolls_back_then_keeps_its_traceback(
             raise OSError("the promote of this target broke")
 
     chosen = deploy.choose_target
-    monkeypatch.setattr(deploy, "choose_target", lambda ctx, name: PromoteFails(
+    monkeypatch.setattr(deploy, "choose_target", lambda ctx, name, **_: PromoteFails(
         **{k: getattr(chosen(ctx, name), k) for k in ("state_dir", "host", "port",
                                                          "ready_timeout", "log")},
         model_name=name))

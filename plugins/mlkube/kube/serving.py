@@ -407,6 +407,9 @@ DEPLOY_RULES = (
     V1PolicyRule(api_groups=["autoscaling"], resources=["horizontalpodautoscalers"], verbs=_OWN),
     V1PolicyRule(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list"]),
     V1PolicyRule(api_groups=[""], resources=["pods", "events"], verbs=["get", "list"]),
+    # the model's deploy lock (mlkube.kube.lease): taken, renewed, taken over, given up
+    V1PolicyRule(api_groups=["coordination.k8s.io"], resources=["leases"],
+                 verbs=["get", "create", "update"]),
 )
 
 

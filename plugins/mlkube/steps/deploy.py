@@ -5,15 +5,21 @@
 
 The same sequence on every target (:mod:`mlkube.targets`):
 
-1. resolve the alias to a fixed version;
+1. resolve the alias to a fixed version; take the model's deploy lock (a Lease on a cluster, a
+   flock locally: a second deploy of the model waits, then fails with exit 75 naming the
+   holder);
 2. the target loads and verifies that version aside (the runtime predicts the model's own input
-   example) before it takes traffic, then switches without dropping requests;
+   example, 1 row and a batch as large as the test split) before it takes traffic, then
+   switches without dropping requests;
 3. rows of the test split are smoke-tested through the published endpoint;
 4. on any failure the previous version is put back and the step fails with one line naming
    both versions and the reason;
 5. only then MLflow records what serves: the ``serving`` alias moves to the version.
 
-The same version again changes nothing and returns the same result. ``auto`` is the local
+The ``serving`` alias is also the record of what served: a try killed after its apply leaves
+its version on the serving objects and the alias where it was, so the retry smoke-tests and
+promotes that version before recording it, or rolls back to the alias's version, rendered
+again. The same version again changes nothing and returns the same result. ``auto`` is the local
 target outside a cluster; in a pod, KServe where its API is served, else Deployment + Service
 + HPA (:func:`mlkube.targets.choose`). Of the steps, only this one talks to the cluster API,
 through the cluster targets (:mod:`mlkube.targets.deployment`, :mod:`mlkube.targets.kserve`).
@@ -36,6 +42,9 @@ if TYPE_CHECKING:
 
 SPEC = spec.DEPLOY
 SMOKE_ROWS = 5
+# Every version is verified aside, before it takes traffic, on 1 row and on a batch as large as
+# the test split (clients send up to that many rows), at most this many.
+VERIFY_ROWS_MAX = 1024
 SERVING_ALIAS = "serving"
 TAG_REPLACED = "mlkube.replaced_version"
 
@@ -148,7 +157,7 @@ def _serving_env() -> list[Any]:
     return env + [SecretEnv(**ref).to_k8s() for ref in refs]
 
 
-def choose_target(ctx: Context, name: str) -> ServingTarget:
+def choose_target(ctx: Context, name: str, verify_batch: int | None = None) -> ServingTarget:
     """The target, chosen once (:func:`mlkube.targets.choose`): ``--target``, or ``auto``
     (local outside a cluster); a cluster target's serving pods get :func:`_serving_env`."""
     from mlkube import targets
@@ -157,7 +166,8 @@ def choose_target(ctx: Context, name: str) -> ServingTarget:
                           config=ctx.config.serving, serving_env=_serving_env,
                           namespace=ctx.args.namespace, service_name=ctx.args.service_name,
                           server_image=ctx.args.server_image,
-                          canary_percent=ctx.args.canary_percent or None, log=ctx.log)
+                          canary_percent=ctx.args.canary_percent or None,
+                          verify_batch=verify_batch, log=ctx.log)
 
 
 class NotRecorded(MlkubeError):
@@ -202,8 +212,23 @@ def _record_serving(name: str, version: str, replaced: str | None) -> str:
     raise AssertionError("unreachable")
 
 
+def recorded_serving(name: str) -> str | None:
+    """The version MLflow's ``serving`` alias names: what the last finished deploy put in
+    front of the endpoint (``None``: none yet). A deploy killed before its end leaves it as it
+    was, so its retry rolls back to it."""
+    from mlflow.exceptions import MlflowException
+
+    from mlkube import tracking
+
+    try:
+        return str(tracking.client().get_model_version_by_alias(name, SERVING_ALIAS).version)
+    except MlflowException:  # no such alias (or model) yet
+        return None
+
+
 def run(ctx: Context) -> dict[str, Any]:
-    """Roll the version out; put the previous one back when anything fails."""
+    """Roll the version out, holding the model's deploy lock; put the previous one back when
+    anything fails."""
     from mlkube import data, tracking
 
     if ctx.args.canary_percent is not None and not 0 <= ctx.args.canary_percent <= 100:
@@ -211,24 +236,38 @@ def run(ctx: Context) -> dict[str, Any]:
                           "of traffic the new version gets until its smoke test passes; 0 = none)")
     tracking.configure(ctx.state_dir, ctx.config.experiment)
     name = ctx.config.registry.model_name
-    target = choose_target(ctx, name)
-    version = resolve(name, ctx.args.alias, ctx.args.version)
     x_test, _ = data.load_arrays(ctx.args.dataset, "test")
+    target = choose_target(ctx, name, verify_batch=max(1, min(len(x_test), VERIFY_ROWS_MAX)))
+    version = resolve(name, ctx.args.alias, ctx.args.version)
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
-    previous = target.live_version()
-    if previous == version:  # this run's earlier try may have been killed before it finished
-        endpoint = infer_url(target)
-        ctx.log(f"version {version} already serves at {endpoint} ({target.name}); "
+    with target.exclusive():
+        return _deploy(ctx, target, name, version, rows)
+
+
+def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
+            rows: list[list[float]]) -> dict[str, Any]:
+    live = target.live_version()
+    recorded = recorded_serving(name)
+    # What a failure puts back: what serves now, else what the record says served (a killed
+    # try's retry finds its own version on the objects, or nothing ready at all).
+    previous = live if live not in (None, version) else recorded
+    if previous == version:
+        previous = None
+    if live == version:  # an earlier try, killed or failed before the record, put it there
+        ctx.log(f"version {version} already serves at {infer_url(target)} ({target.name}); "
                 "smoke-testing it before it is recorded")
-        smoke_test(target, rows)
-        target.promote()
-        replaced = _record_serving(name, version, None)
-        return {"model_name": name, "version": version, "endpoint": endpoint,
-                "replaced_version": replaced}
-    ctx.log(f"rolling out {name} version {version} on the {target.name} target"
-            + (f", replacing version {previous}" if previous else ""))
+        if recorded == version:  # recorded already: nothing to put back, nothing to undo
+            smoke_test(target, rows)
+            target.promote()
+            return _recorded(ctx, target, name, version, None)
+    else:
+        ctx.log(f"rolling out {name} version {version} on the {target.name} target"
+                + (f", replacing version {previous}" if previous else "")
+                + (" (the serving record's version: the objects hold no other ready one)"
+                   if previous is not None and previous != live else ""))
     try:
-        target.roll_out(version, f"models:/{name}/{version}")
+        if live != version:
+            target.roll_out(version, f"models:/{name}/{version}")
         smoke_test(target, rows)
         target.promote()
     except BaseException as exc:  # any failure, a bug or a stop included: put the old one back
@@ -244,7 +283,12 @@ def run(ctx: Context) -> dict[str, Any]:
         after = (f"rolled back: version {previous} serves at {infer_url(target)}" if previous
                  else "nothing was serving before, and nothing serves now")
         raise MlkubeError(f"version {version} failed its rollout ({reason}); {after}") from None
-    replaced = _record_serving(name, version, previous or "")
+    return _recorded(ctx, target, name, version, previous or "")
+
+
+def _recorded(ctx: Context, target: ServingTarget, name: str, version: str,
+              previous: str | None) -> dict[str, Any]:
+    replaced = _record_serving(name, version, previous)
     endpoint = infer_url(target)  # after the rollout: a cluster target knows its address now
     ctx.log(f"version {version} serves at {endpoint}"
             + (f", replacing version {previous}" if previous else ""))

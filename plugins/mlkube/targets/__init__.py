@@ -46,7 +46,8 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
            config: ServingConfig | None = None,
            serving_env: Callable[[], Iterable[Any]] = tuple, namespace: str | None = None,
            service_name: str | None = None, server_image: str | None = None,
-           canary_percent: int | None = None, api_client: ApiClient | None = None,
+           canary_percent: int | None = None, verify_batch: int | None = None,
+           api_client: ApiClient | None = None,
            poll: float = 2, log: Callable[[str], Any] = print) -> ServingTarget:
     """The target to serve ``model_name`` on, chosen once.
 
@@ -67,6 +68,8 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
         server_image: cluster targets: the serving runtime image (default: the package's).
         canary_percent: KServe only: the share of traffic a new version takes until
             :meth:`~mlkube.targets.base.ServingTarget.promote`.
+        verify_batch: the largest batch (rows) the runtime verifies every version on before
+            it takes traffic, besides 1 row (``None``: the runtime's default).
         api_client: the cluster to serve on (default: :func:`mlkube.kube.api.api_client`);
             given, ``auto`` chooses between the cluster targets.
         poll: cluster targets: seconds between status reads.
@@ -82,7 +85,8 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
 
         return LocalTarget(state_dir=Path(state_dir), model_name=model_name, host=config.host,
                            port=config.port, ready_timeout=config.ready_timeout, log=log,
-                           max_body_bytes=config.max_body_bytes, idle_timeout=config.idle_timeout)
+                           max_body_bytes=config.max_body_bytes, idle_timeout=config.idle_timeout,
+                           verify_batch=verify_batch)
     import re
 
     from mlkube.kube import api
@@ -96,7 +100,7 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
     namespace = namespace or api.own_namespace()
     service = service_name or re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")[:63]
     serving = ModelServing(name=service, model_name=model_name, namespace=namespace, env=env,
-                           image=server_image or SERVER_IMAGE)
+                           image=server_image or SERVER_IMAGE, verify_batch=verify_batch)
     if api_client is None:
         api_client = api.api_client()
     client = api.dynamic(api_client)

@@ -8,6 +8,8 @@ The deploy step drives a target through the same sequence everywhere::
     target.promote()                          # e.g. KServe canary -> 100 %
     # on any failure: target.roll_back(previous), then one error line
 
+all inside ``with target.exclusive():``, so two deploys of one model never interleave.
+
 Invariants each target keeps:
 
 - ``roll_out`` proves the version loads and answers (the serving runtime predicts the model's
@@ -19,12 +21,17 @@ Invariants each target keeps:
 - The switch drops no request: locally the running server swaps models in place; a Deployment
   rolls with ``maxUnavailable: 0`` gated by readiness; KServe moves traffic by revision.
 - ``roll_back(None)`` means nothing served before: stop serving what ``roll_out`` started.
+- ``roll_back(version)`` serves ``version`` whatever the live objects hold: a deploy killed
+  after its apply leaves the new version on them, and its retry rolls back to what MLflow's
+  ``serving`` alias recorded, rendered again.
 - Every method is idempotent: called again with the same arguments it changes nothing.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class ServingTarget(ABC):
@@ -57,4 +64,10 @@ class ServingTarget(ABC):
 
     @abstractmethod
     def roll_back(self, version: str | None) -> None:
-        """Serve ``version`` again (``None``: stop serving what :meth:`roll_out` started)."""
+        """Serve ``version`` again (``None``: nothing served before: stop serving)."""
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this model's deploy lock for the block: a second deploy waits for it, then
+        fails with one line naming the holder (:class:`mlkube.kube.lease.Busy`, exit 75)."""
+        yield

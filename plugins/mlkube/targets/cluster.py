@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from mlkube.kube.api import FIELD_MANAGER, call, dynamic, meta_of
 from mlkube.kube.applied import restorable
 from mlkube.kube.diagnosis import REDUNDANT_EVENTS, last_line, problems_of
 from mlkube.kube.serving import KSERVE_API_VERSION, MODEL_VERSION_ANNOTATION, ModelServing
+from mlkube.spec import model_lock
 from mlkube.targets.base import ServingTarget
 
 DEPLOYMENT = ("apps/v1", "Deployment")
@@ -98,6 +100,7 @@ class ClusterTarget(ServingTarget):
         self.poll = poll
         self.log = log
         self._host = str(api_client.configuration.host)
+        self._api_client = api_client
         self._client = dynamic(api_client)
         # The live objects before the last roll_out (None: it did not exist), by kind.
         self._before: dict[str, dict[str, Any] | None] | None = None
@@ -214,33 +217,52 @@ class ClusterTarget(ServingTarget):
         self._wait(target.version, "roll out")
 
     def roll_back(self, version: str | None) -> None:
-        """Put back what served before :meth:`roll_out`; ``None``: delete what it created."""
+        """Serve ``version`` again: what :meth:`roll_out` found, when that carried ``version``,
+        else ``version`` rendered again (a killed deploy's retry finds the new version on the
+        objects); ``None``: nothing served before: delete the serving objects."""
         main = self._main[1]
-        if self._before is None:
-            live = self._get(self._main)
-            if version is None:
+        if version is None:
+            if self._before is None and self._get(self._main) is None:
                 self.log(f"nothing to roll back for {self._where(main)}: nothing was rolled out")
                 return
+            for which in reversed(self.kinds):
+                self._delete(which)
+            self._applied = {}
+            return
+        before = self._before
+        if before is not None and before[main] is not None and version_of(
+                before[main]) == str(version):
+            for _, kind in self.kinds:
+                if before[kind] is not None:
+                    self._apply(self._restore_body(before[kind] or {}))
+            for which in reversed(self.kinds):
+                if before[which[1]] is None:
+                    self._delete(which)
+        else:
+            live = self._get(self._main)
             if live is not None and version_of(live) == str(version) and self._serves(live):
                 return
-            raise MlkubeError(
-                f"cannot roll {self._where(main)} back to v{version}: this target rolled "
-                "nothing out, so it knows no previous objects; roll that version out instead")
-        before = self._before
-        previous = version_of(before[main])
-        if version is not None and previous != str(version):
-            was = f"v{previous}" if previous else "nothing"
-            self.log(f"rolling back to what was there before the rollout ({was}), "
-                     f"not to v{version}")
-        for _, kind in self.kinds:
-            if before[kind] is not None:
-                self._apply(self._restore_body(before[kind] or {}))
-        for which in reversed(self.kinds):
-            if before[which[1]] is None:
-                self._delete(which)
+            self.log(f"rolling {self._where(main)} back to v{version}, rendered again (the "
+                     "objects no longer hold it)")
+            target = dataclasses.replace(
+                self.serving, version=str(version),
+                model_uri=f"models:/{self.model_name}/{version}").validated()
+            now = {kind: self._get((api_version, kind)) for api_version, kind in self.kinds}
+            for body in self._bodies(target, now):
+                self._apply(body)
         self._applied = {}
-        if version is not None and before[main] is not None:
-            self._wait(previous or "?", "roll back to")
+        self._wait(str(version), "roll back to")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model's Lease (:mod:`mlkube.kube.lease`, named :func:`mlkube.spec.model_lock`)
+        in the serving namespace for the block."""
+        from mlkube.kube.lease import Lease
+
+        lease = Lease(self._api_client, self.namespace, model_lock(self.model_name), log=self.log)
+        with lease.held():
+            yield
+            lease.check()
 
     def _restore_body(self, before: dict[str, Any]) -> dict[str, Any]:
         return restorable(before)
@@ -288,7 +310,9 @@ class ClusterTarget(ServingTarget):
             if len(reasons) == 1:
                 reasons.append(progress.note or "no pod, event or condition says why")
         previous = version_of((self._before or {}).get(self._main[1]))
-        if action == "roll out":
+        if action == "roll out" and previous == str(version):  # a retry: the deploy step knows
+            after = "the deploy step rolls back to what its record says served"
+        elif action == "roll out":
             after = (f"the previous version (v{previous}) keeps serving" if previous
                      else "nothing served before")
         else:

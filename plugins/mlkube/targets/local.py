@@ -17,13 +17,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mlkube.errors import MlkubeError
+from mlkube.errors import Busy, MlkubeError
 from mlkube.result import atomic_write_text
+from mlkube.spec import MODEL_LOCK_WAIT, model_lock
 from mlkube.targets.base import ServingTarget
 
 
@@ -226,7 +228,40 @@ class LocalTarget(ServingTarget):
                 stop(server)
             forget(self.state_dir, self.model_name)
             return
-        if server is not None and self.live_version() != version:
+        if server is None:  # stopped meanwhile: start it again with that version
+            self._start(version, f"models:/{self.model_name}/{version}")
+        elif self.live_version() != version:
             client.load(server.base_url, self.model_name, version,
                         f"models:/{self.model_name}/{version}", timeout=self.ready_timeout,
                         verify_batch=self.verify_batch)
+
+    @contextmanager
+    def exclusive(self, wait: float = MODEL_LOCK_WAIT) -> Iterator[None]:
+        """An exclusive ``flock`` on ``<state_dir>/serving/<model lock>.lock``: the kernel lets
+        go when the holder exits, killed or not, so a killed deploy never blocks the next."""
+        import fcntl
+
+        path = self.state_dir / "serving" / f"{model_lock(self.model_name)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+") as lock:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        lock.seek(0)
+                        holder = lock.read().strip() or "another process"
+                        raise Busy(f"another deploy of {self.model_name} holds {path}: "
+                                   f"{holder}; it was still running after {wait:g} s of "
+                                   "waiting; this one changed nothing: run it again once that "
+                                   "deploy has finished") from None
+                    time.sleep(0.2)
+            lock.truncate(0)
+            lock.write(f"{socket.gethostname()} pid {os.getpid()}")
+            lock.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)

@@ -84,7 +84,7 @@ def call(what: str, where: str, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except DynamicApiError as exc:
-        message = _api_message(exc)
+        message = api_message(exc)
         hint = ""
         if exc.status == 403:
             hint = ("; give the deploy step's service account mlkube's deploy Role "
@@ -95,7 +95,8 @@ def call(what: str, where: str, fn: Callable[[], Any]) -> Any:
                           f"({first_line(exc)})") from None
 
 
-def _api_message(exc: DynamicApiError) -> str:
+def api_message(exc: Any) -> str:
+    """The API server's own message of a refused request (``ApiException``, ``DynamicApiError``)."""
     try:
         body = json.loads(exc.body)
     except (TypeError, ValueError):

@@ -35,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mlkube import spec
 from mlkube.errors import Busy, MlkubeError, first_line
+from mlkube.kube.api import api_message
 
 #: Seconds a holder's Lease stays valid without a renewal; renewed every third of it.
 LEASE_SECONDS = 30
@@ -86,7 +87,7 @@ class Lease:
             hint = ("; give the deploy step's service account mlkube's deploy Role"
                     if exc.status == 403 else "")
             raise MlkubeError(f"could not {what} {self.where} in {self.host}: "
-                              f"{exc.status} {exc.reason}{hint}") from None
+                              f"{api_message(exc)}{hint}") from None
         except HTTPError as exc:
             raise MlkubeError(f"could not {what} {self.where}: the Kubernetes API at {self.host} "
                               f"does not answer ({first_line(exc)})") from None
@@ -106,7 +107,7 @@ class Lease:
 
     def _replace(self, lease: V1Lease, spec: V1LeaseSpec) -> V1Lease | None:
         """Write ``spec`` over ``lease`` as read; ``None`` when someone wrote in between."""
-        body = V1Lease(metadata=V1ObjectMeta(name=self.name, namespace=self.namespace,
+        body = V1Lease(api_version="coordination.k8s.io/v1", kind="Lease", metadata=V1ObjectMeta(name=self.name, namespace=self.namespace,
                                              resource_version=lease.metadata.resource_version),
                        spec=spec)
         try:
@@ -116,7 +117,7 @@ class Lease:
             return None
 
     def _create(self) -> V1Lease:
-        body = V1Lease(metadata=V1ObjectMeta(name=self.name, namespace=self.namespace),
+        body = V1Lease(api_version="coordination.k8s.io/v1", kind="Lease", metadata=V1ObjectMeta(name=self.name, namespace=self.namespace),
                        spec=self._spec(0))
         return self.api.create_namespaced_lease(self.namespace, body)
 
@@ -192,13 +193,15 @@ class Lease:
 
     @contextmanager
     def held(self) -> Iterator[Lease]:
-        """Hold the Lease for the block, renewing it; give it up after."""
+        """Hold the Lease for the block, renewing it; give it up after. A Lease another holder
+        took meanwhile fails the block at its end (:meth:`check`)."""
         self.acquire()
         self._stop.clear()
         renewer = threading.Thread(target=self._renew, name=f"renew {self.name}", daemon=True)
         renewer.start()
         try:
             yield self
+            self.check()
         finally:
             self._stop.set()
             renewer.join()

@@ -262,7 +262,6 @@ class ClusterTarget(ServingTarget):
         lease = Lease(self._api_client, self.namespace, model_lock(self.model_name), log=self.log)
         with lease.held():
             yield
-            lease.check()
 
     def _restore_body(self, before: dict[str, Any]) -> dict[str, Any]:
         return restorable(before)

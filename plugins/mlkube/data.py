@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation", "test")
 SCHEMA_FILE = "schema.json"
+PROFILE_FILE = "profile.json"  # the train split's profile, see mlkube.profile
 
 
 @dataclass(kw_only=True)
@@ -363,6 +364,13 @@ class _Statistics:
         self.min = np.full(len(columns), np.inf)
         self.max = np.full(len(columns), -np.inf)
         self.sample: list[Any] = []
+        self.classes: Any = None  # train rows per class index (the last column), if counted
+
+    def count_classes(self, n: int) -> None:
+        """Also count the last column (a class index) per class, ``n`` classes."""
+        import numpy as np
+
+        self.classes = np.zeros(n, dtype=np.int64)
 
     def add(self, values: Any, sampled: Any) -> None:
         n = len(values)
@@ -375,6 +383,41 @@ class _Statistics:
         self.min = values.min(axis=0).clip(max=self.min)
         self.max = values.max(axis=0).clip(min=self.max)
         self.sample.append(values[sampled])
+        if self.classes is not None:
+            import numpy as np
+
+            self.classes += np.bincount(values[:, -1].astype(np.int64),
+                                        minlength=len(self.classes))
+
+    def profile(self, train: Path, classes: list[Any] | None) -> dict[str, Any]:
+        """The train split's profile (``profile.json``, see :mod:`mlkube.profile`): per feature
+        quantile edges from the sample, exact bin counts (from the sample when it holds every
+        train row, else by one more pass over ``train``, the split's Parquet file, a row group
+        at a time), the exact mean and (sample) variance; the target's class counts or value
+        histogram. ``missing`` is 0: rows missing a value are dropped before the split."""
+        import numpy as np
+
+        from mlkube import profile as profilemod
+
+        sample = np.concatenate(self.sample)
+        edges = [profilemod.quantile_edges(sample[:, i]) for i in range(len(self.columns))]
+        if classes is not None:
+            edges[-1] = []
+        if len(sample) == self.count:
+            counts: list[Any] = [profilemod.bin_counts(e, sample[:, i]) if e else []
+                                 for i, e in enumerate(edges)]
+        else:
+            counts = _bin_pass(train, self.columns, edges)
+        var = self.m2 / (self.count - 1) if self.count > 1 else np.zeros(len(self.columns))
+        features = {column: {"edges": edges[i], "counts": [int(c) for c in counts[i]],
+                             "missing": 0, "mean": float(self.mean[i]), "var": float(var[i])}
+                    for i, column in enumerate(self.columns[:-1])}
+        target: dict[str, Any] = (
+            {"kind": "classes", "labels": list(classes),
+             "counts": [int(c) for c in self.classes]} if classes is not None else
+            {"kind": "values", "edges": edges[-1], "counts": [int(c) for c in counts[-1]]})
+        return {"version": profilemod.PROFILE_VERSION, "rows": int(self.count),
+                "features": features, "target": target}
 
     def table(self) -> dict[str, dict[str, float]]:
         import numpy as np
@@ -388,6 +431,25 @@ class _Statistics:
                 for i, column in enumerate(self.columns)}
 
 
+def _bin_pass(train: Path, columns: list[str], edges: list[list[float]]) -> list[Any]:
+    """Bin counts of every column with edges, over the whole train split (Parquet)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from mlkube import profile as profilemod
+
+    counts: list[Any] = [np.zeros(max(len(e) - 1, 0), dtype=np.int64) for e in edges]
+    source = pq.ParquetFile(train)
+    wanted = [c for c, e in zip(columns, edges, strict=True) if e]
+    for group in range(source.metadata.num_row_groups):
+        table = source.read_row_group(group, columns=wanted)
+        for column in wanted:
+            i = columns.index(column)
+            values = table.column(column).to_numpy().astype(np.float64, copy=False)
+            counts[i] += profilemod.bin_counts(edges[i], values)
+    return counts
+
+
 def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, dict[str, Any]]:
     """Read, validate, clean, split, digest and write the dataset under ``root/datasets``.
 
@@ -397,7 +459,9 @@ def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, d
     and hashes it. Rows with a missing or non-finite (±inf) target or feature value are dropped
     and counted. The result is the dataset directory, its info and the train split's
     statistics. The directory appears only once complete; preparing the same data again
-    reuses it.
+    reuses it. It also holds ``profile.json``, the train split's profile (histogram edges and
+    counts, see :meth:`_Statistics.profile`); a dataset prepared before profiles existed gets
+    one when it is prepared again.
     """
     path, kind, names, block = _open(uri)
     features = _columns(names, cfg, uri)
@@ -408,8 +472,11 @@ def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, d
         classes, index = _classes(seen.labels) if cfg.task == "classification" else (None, {})
         header = {"target": cfg.target, "features": features, "task": cfg.task, "classes": classes}
         labels, train_order = split_labels(seen.kept, cfg, uri)
-        hasher, rows, stats = _second_pass(staged, labels, train_order, index, header, tmp)
+        hasher, rows, profiled = _second_pass(staged, labels, train_order, index, header, tmp)
         staged.unlink()
+        stats = profiled.table()
+        profile = json.dumps(profiled.profile(tmp / "train.parquet", classes), indent=1)
+        (tmp / PROFILE_FILE).write_text(profile)
         info = DatasetInfo(digest=hasher.hexdigest(), source=uri, target=cfg.target,
                            features=features, task=cfg.task, classes=classes, rows=rows,
                            dropped_rows=seen.read - seen.kept)
@@ -421,6 +488,10 @@ def prepare(uri: str, cfg: DataConfig, root: Path) -> tuple[Path, DatasetInfo, d
         except OSError:  # prepared before, or another process finished the same dataset first
             if not (final / SCHEMA_FILE).is_file():
                 raise
+            if not (final / PROFILE_FILE).is_file():  # prepared before profiles existed
+                from mlkube.result import atomic_write_text
+
+                atomic_write_text(final / PROFILE_FILE, profile)
         return final, info, stats
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -459,7 +530,7 @@ def _first_pass(path: Path, kind: str, names: list[str], block: int, features: l
 
 
 def _second_pass(staged: Path, labels: Any, train_order: Any, index: dict[str, int],
-                 header: dict[str, Any], tmp: Path) -> tuple[Any, dict[str, int], dict[str, Any]]:
+                 header: dict[str, Any], tmp: Path) -> tuple[Any, dict[str, int], _Statistics]:
     """Route the staged rows to their splits' Parquet files; hash them; profile train."""
     import numpy as np
     import pandas as pd
@@ -470,6 +541,8 @@ def _second_pass(staged: Path, labels: Any, train_order: Any, index: dict[str, i
     sampled = np.zeros(len(labels), dtype=bool)
     sampled[train_order[:max(1, SAMPLE_VALUES // (len(header["features"]) + 1))]] = True
     stats = _Statistics([*header["features"], target])
+    if index:
+        stats.count_classes(len(header["classes"]))
     hashes: dict[str, list[Any]] = {name: [] for name in SPLITS}
     writers: dict[str, Any] = {}
     offset = 0
@@ -502,7 +575,7 @@ def _second_pass(staged: Path, labels: Any, train_order: Any, index: dict[str, i
         hasher.update(name.encode())
         hasher.update(np.concatenate(hashes[name]).tobytes())
     rows = {name: int(sum(len(h) for h in hashes[name])) for name in SPLITS}
-    return hasher, rows, stats.table()
+    return hasher, rows, stats
 
 
 def load_info(dataset_uri: str) -> DatasetInfo:

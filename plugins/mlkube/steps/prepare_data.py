@@ -70,7 +70,20 @@ def _log_dataset(ctx: Context, experiment_id: str, info: Any, statistics: dict[s
                            | {"dropped_rows": info.dropped_rows})
         mlflow.log_text(json.dumps(statistics, indent=1),
                         "dataset/statistics.json")
+        _log_profile(dataset_uri)
         return str(run.info.run_id)
+
+
+def _log_profile(dataset_uri: str) -> None:
+    """Log the dataset's ``profile.json`` (the train split's histograms) to the active run as
+    ``dataset/profile.json``."""
+    import mlflow
+
+    from mlkube import data
+
+    path = data.local_path(dataset_uri) / data.PROFILE_FILE
+    if path.is_file():
+        mlflow.log_text(path.read_text(), "dataset/profile.json")
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -143,12 +143,14 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
 
 
 def log_model(model: Any, x_example: Any, features: list[str], params: ModelConfig,
-              classes: list[Any] | None = None) -> str:
+              classes: list[Any] | None = None, profile: dict[str, Any] | None = None) -> str:
     """Log the model as a self-contained pt2 program with a tensor signature.
 
     The 5-row input example (≥2 rows keeps the batch dimension dynamic) is what the model is
-    traced with; feature order and, for a classifier, the class labels in the order of its
-    probability columns travel in the model's metadata. Requirements are explicit
+    traced with; feature order, for a classifier the class labels in the order of its
+    probability columns, and the training data's profile (``profile.json`` of the dataset:
+    histogram edges the serving runtime counts live rows on) travel in the model's metadata
+    (keys ``features``, ``classes``, ``profile``). Requirements are explicit
     (inference costs seconds per model and mislabels the CPU build of torch).
     """
     import mlflow
@@ -164,7 +166,8 @@ def log_model(model: Any, x_example: Any, features: list[str], params: ModelConf
     info = mlflow.pytorch.log_model(
         model, name="model", signature=infer_signature(example, output),
         input_example=example, pip_requirements=requirements, params=asdict(params),
-        metadata={"features": features} | ({"classes": classes} if classes else {}),
+        metadata={"features": features} | ({"classes": classes} if classes else {})
+        | ({"profile": profile} if profile else {}),
     )
     return str(info.model_uri)
 
@@ -479,6 +482,15 @@ def _resume(ctx: Context, trainer: Any, directory: Path) -> Path | None:
     return None
 
 
+def _profile(dataset_uri: str) -> dict[str, Any] | None:
+    """The dataset's training profile (``profile.json``), or ``None`` for a dataset prepared
+    before profiles existed."""
+    from mlkube import data
+
+    path = data.local_path(dataset_uri) / data.PROFILE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _lead(ctx: Context, trainer: Any, directory: Path, key: str, checkpoint: Path | None,
           info: Any, params: ModelConfig) -> dict[str, Any]:
     """The leader's part: MLflow run, per-epoch metrics, checkpoints, the logged model."""
@@ -505,7 +517,7 @@ def _lead(ctx: Context, trainer: Any, directory: Path, key: str, checkpoint: Pat
         if math.isnan(value):  # every epoch ran before the restart
             value = trainer.evaluate()
         model_uri = log_model(trainer.model, trainer.splits.x_val, info.features, params,
-                              info.classes)
+                              info.classes, _profile(ctx.args.dataset))
         return {"run_id": active.info.run_id, "model_uri": model_uri, "metric": metric,
                 "value": value, "epochs": trainer.epoch, "device": trainer.device.type}
 

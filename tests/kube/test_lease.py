@@ -82,7 +82,9 @@ def test_a_killed_holders_lease_is_taken_over_once_it_stops_changing(
         assert spec_of(fake)["holderIdentity"] == "retry pid 2"
     waited = time.monotonic() - started
     assert 1 <= waited < 5, "taken after the holder's 1 s lease, as this process observed it"
-    assert lines == [f"taking over Lease ml/{NAME} from killed pid 1: not renewed for 1 s"]
+    assert lines == [f"another deploy holds Lease ml/{NAME} (killed pid 1): waiting up to 10 s "
+                     "for it",
+                     f"taking over Lease ml/{NAME} from killed pid 1: not renewed for 1 s"]
 
 
 def test_of_two_takers_at_once_exactly_one_holds(fake: FakeApiServer) -> None:

@@ -5,12 +5,17 @@ Real parts: models trained and registered by the steps, the real server process,
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -278,3 +283,72 @@ def test_the_contract_check_reads_names_datatypes_shapes_and_labels() -> None:
         "output 'label' holds ['maybe'], not among the model's class labels ['no', 'yes']",
         "output 'extra', which its metadata does not list"]
     assert contract_problems(good[:1], declared, 2) == ["no output 'label'"]
+
+
+KILLED_DEPLOY = Path(__file__).parents[1] / "killed_deploy.py"
+
+
+def _deploy_process(phase: str, *options: str, tmp: Path) -> tuple[int, dict[str, Any] | None,
+                                                                      str]:
+    """The deploy step as its own process, SIGKILLed at ``phase`` (``none``: not killed)."""
+    result = tmp / f"deploy-{phase}.json"
+    result.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, str(KILLED_DEPLOY), phase, *options,
+                           "--result-file", str(result)], capture_output=True, text=True,
+                          timeout=300)
+    return (done.returncode, json.loads(result.read_text()) if result.exists() else None,
+            done.stderr)
+
+
+@pytest.mark.parametrize("phase", ["after_ready", "after_smoke", "after_promote",
+                                   "before_alias"])
+def test_a_deploy_killed_at_any_phase_converges_on_its_rerun_with_no_failed_request(
+        phase: str, dataset: str, train: Callable[..., str], state: Path, tmp_path: Path,
+        config: str) -> None:
+    """v1 serves; the deploy of v2 is SIGKILLed at ``phase`` while clients keep asking; the
+    step run again serves v2, records it, and no request failed at any point."""
+    _champion(dataset, train(epochs=2), tmp_path)
+    code, first, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
+    assert code == 0 and first is not None
+    assert _champion(dataset, train(epochs=6, learning_rate=0.01), tmp_path) == "2"
+    options = ("--config", config, "--dataset", dataset)
+    with Load(_base(first), _rows(dataset)) as load:
+        killed, none, _ = _deploy_process(phase, *options, tmp=tmp_path)
+        assert killed == -signal.SIGKILL and none is None
+        assert _serving() == "1", "the record moves only at the very end"
+        time.sleep(0.5)
+        code, result, err = _deploy_process("none", *options, tmp=tmp_path)
+        time.sleep(0.5)
+    assert code == 0 and result is not None, err
+    assert (result["version"], result["replaced_version"]) == ("2", "1")
+    assert client.metadata(_base(first), NAME)["versions"] == ["2"]
+    assert _serving() == "2"
+    assert load.failed == [] and load.ok > 20, load.failed[:3]
+    assert len(local.servers(state)) == 1
+
+
+def test_two_deploys_of_one_model_at_once_take_turns(
+        dataset: str, train: Callable[..., str], state: Path, tmp_path: Path,
+        config: str) -> None:
+    """Two deploys of one model started together: the second waits for the first's lock, then
+    does its own, so each one's smoke test and record are of its own version."""
+    _champion(dataset, train(epochs=2), tmp_path)
+    assert _champion(dataset, train(epochs=6, learning_rate=0.01), tmp_path) == "2"
+    options = ["--config", config, "--dataset", dataset]
+    processes = []
+    for version in ("1", "2"):
+        result = tmp_path / f"deploy-{version}.json"
+        processes.append((result, subprocess.Popen(
+            [sys.executable, str(KILLED_DEPLOY), "none", *options, "--version", version,
+             "--result-file", str(result)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)))
+        time.sleep(0.2)
+    logs = [process.communicate(timeout=300)[0] for _, process in processes]
+    assert [process.returncode for _, process in processes] == [0, 0], logs
+    assert sum("another deploy of mlkube-demo holds" in log for log in logs) == 1, logs
+    results = [json.loads(result.read_text()) for result, _ in processes]
+    earlier, later = sorted(results, key=lambda r: r["replaced_version"] != "")
+    assert earlier["replaced_version"] == "" and later["replaced_version"] == earlier["version"]
+    assert {earlier["version"], later["version"]} == {"1", "2"}
+    assert client.metadata(_base(later), NAME)["versions"] == [later["version"]]
+    assert _serving() == later["version"]

@@ -125,6 +125,7 @@ class Lease:
         """Take the Lease; wait up to ``wait`` s while another holder renews it, then fail."""
         deadline = time.monotonic() + self.wait
         seen: tuple[str, float] = ("", 0.0)  # the holder's record and when it last changed
+        waiting = False
         while True:
             try:
                 made = self._call("create", self._create)
@@ -151,6 +152,10 @@ class Lease:
                     self._rv = taken.metadata.resource_version
                     return
                 continue
+            if not waiting:
+                self.log(f"another deploy holds {self.where} ({holder}): waiting up to "
+                         f"{self.wait:g} s for it")
+                waiting = True
             if time.monotonic() >= deadline:
                 renewed = spec.renew_time.isoformat() if spec.renew_time else "never"
                 raise Busy(f"another deploy holds {self.where}: {holder} (renewed {renewed}); "

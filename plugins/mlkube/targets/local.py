@@ -245,14 +245,19 @@ class LocalTarget(ServingTarget):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a+") as lock:
             deadline = time.monotonic() + wait
+            waiting = False
             while True:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "another process"
+                    if not waiting:
+                        self.log(f"another deploy of {self.model_name} holds {path} ({holder}):"
+                                 f" waiting up to {wait:g} s for it")
+                        waiting = True
                     if time.monotonic() >= deadline:
-                        lock.seek(0)
-                        holder = lock.read().strip() or "another process"
                         raise Busy(f"another deploy of {self.model_name} holds {path}: "
                                    f"{holder}; it was still running after {wait:g} s of "
                                    "waiting; this one changed nothing: run it again once that "

@@ -284,3 +284,31 @@ def test_inf_cells_dropped_then_trained_and_registered(state: Path, tmp_path: Pa
                               trained["run_id"], tmp=tmp_path)
     assert code == 0 and registered is not None
     assert (registered["version"], registered["promoted"]) == ("1", "true")
+
+
+def test_two_registers_at_once_lose_no_update(dataset: str, train: Callable[..., str],
+                                             tmp_path: Path) -> None:
+    """Two register processes of one model at once (a lifecycle run and a retraining run
+    whose orchestrator lock was bypassed): whichever writes last, the stronger model ends as the
+    champion, and both versions are registered."""
+    import json
+    import subprocess
+    import sys
+
+    weak, strong = train(epochs=1, learning_rate=1e-6, seed=3), train(epochs=6, learning_rate=0.01)
+    processes = []
+    for name, run_id in (("weak", weak), ("strong", strong)):
+        out = tmp_path / f"{name}.json"
+        processes.append((out, subprocess.Popen(
+            [sys.executable, "-m", "mlkube.steps.register", "--dataset", dataset, "--run-id",
+             run_id, "--result-file", str(out)], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)))
+    logs = [process.communicate(timeout=300)[0] for _, process in processes]
+    assert [process.returncode for _, process in processes] == [0, 0], logs
+    results = {r["version"]: r for r in (json.loads(out.read_text()) for out, _ in processes)}
+    assert sorted(results) == ["1", "2"]
+    strong_version = next(v for v, r in results.items()
+                          if r["challenger_value"] == max(x["challenger_value"]
+                                                          for x in results.values()))
+    champion = mlflow.MlflowClient().get_model_version_by_alias("mlkube-demo", "champion")
+    assert str(champion.version) == strong_version

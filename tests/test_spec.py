@@ -11,8 +11,8 @@ from mlkube.errors import MlkubeError
 from mlkube.steps._main import _parser
 
 
-def test_five_steps_in_lifecycle_order() -> None:
-    assert list(spec.STEPS) == ["prepare-data", "tune", "train", "register", "deploy"]
+def test_five_steps_in_lifecycle_order_then_monitor() -> None:
+    assert list(spec.STEPS) == ["prepare-data", "tune", "train", "register", "deploy", "monitor"]
 
 
 @pytest.mark.parametrize("step", list(spec.STEPS.values()), ids=list(spec.STEPS))
@@ -41,8 +41,9 @@ def test_step_modules_import_nothing_heavy() -> None:
     import sys
 
     code = ("import sys, mlkube.cli, mlkube.spec, mlkube.steps.train, mlkube.steps.tune, "
-            "mlkube.steps.register, mlkube.steps.deploy, mlkube.steps.prepare_data;"
+            "mlkube.steps.register, mlkube.steps.deploy, mlkube.steps.prepare_data, "
+            "mlkube.steps.monitor, mlkube.drift;"
             "print(sorted(m for m in ('mlflow','torch','optuna','hera','pandas','airflow',"
-            "'kubernetes') if m in sys.modules))")
+            "'kubernetes','matplotlib','numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

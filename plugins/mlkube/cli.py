@@ -25,7 +25,7 @@ _GROUPS = {"mlkube.local.cli": ("run", "serve"), "mlkube.argo.cli": ("argo",),
 COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "run": ("ml", "serve"),
     "step prepare-data": ("ml",), "step tune": ("ml",), "step train": ("ml",),
-    "step register": ("ml",), "step deploy": ("ml",),
+    "step register": ("ml",), "step deploy": ("ml",), "step monitor": ("ml",),
     "serve model": ("serve",), "serve status": (), "serve stop": (),
     "argo render": ("argo",), "argo lint": ("argo",), "argo submit": ("argo",),
     "platform render": ("kube",),

@@ -113,6 +113,18 @@ class ServingConfig:
 
 
 @dataclass(kw_only=True)
+class MonitorConfig:
+    """The monitor step: live windows against the served version's training profile."""
+
+    # population stability index above which a feature (the predictions) counts as drifted;
+    # 0.2 is the usual rule of thumb (below 0.1: stable, 0.1-0.2: a shift worth watching)
+    psi_threshold: float = 0.2
+    prediction_psi_threshold: float = 0.2
+    min_rows: int = 200  # fewer live rows than this are not judged (drifted: false)
+    sample_rows: int = 10000  # without --windows/--since: newest windows until this many rows
+
+
+@dataclass(kw_only=True)
 class Config:
     """The whole lifecycle."""
 
@@ -123,6 +135,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-able copy (what `from_dict` reads back)."""
@@ -400,3 +413,7 @@ def validate(config: Config) -> None:
         raise MlkubeError(f"config key 'registry.margin' must be >= 0, got {config.registry.margin}")
     _validate_model_name(config.registry.model_name)
     _validate_serving(config.serving)
+    _positive("monitor.psi_threshold", config.monitor.psi_threshold)
+    _positive("monitor.prediction_psi_threshold", config.monitor.prediction_psi_threshold)
+    _positive("monitor.min_rows", config.monitor.min_rows)
+    _positive("monitor.sample_rows", config.monitor.sample_rows)

@@ -300,8 +300,39 @@ DEPLOY = StepSpec(
     termination_grace_period_seconds=180,
 )
 
+MONITOR = StepSpec(
+    name="monitor",
+    module="mlkube.steps.monitor",
+    summary="compare the served version's live windows with its training profile: population "
+            "stability index per feature and for the predictions; log a drift report",
+    options=COMMON_OPTIONS + (
+        Option(flag="--model-name", help="registered model name", config_key="registry.model_name"),
+        Option(flag="--stats-dir", help="where the runtime writes its live windows; default: "
+                                        "<state_dir>/monitoring"),
+        Option(flag="--windows", help="judge the newest N windows (default: newest first until "
+                                      "monitor.sample_rows rows)", kind="int"),
+        Option(flag="--since", help="judge the windows that end at or after this time: ISO 8601 "
+                                    "(UTC unless it says) or an age such as 24h, 30m, 7d"),
+        Option(flag="--psi-threshold", help="a feature drifted when its PSI is above this",
+               kind="float", config_key="monitor.psi_threshold"),
+        Option(flag="--prediction-psi-threshold", help="the predictions drifted when their PSI "
+                                                       "is above this", kind="float",
+               config_key="monitor.prediction_psi_threshold"),
+        Option(flag="--min-rows", help="fewer live rows are not judged (drifted: false)",
+               kind="int", config_key="monitor.min_rows"),
+    ),
+    # drifted: a JSON boolean; psi: feature -> PSI (the highest first where all would not fit);
+    # prediction_psi: null where the windows or the profile hold no predictions/target;
+    # champion_version: the version judged (the `serving` alias, else `champion`);
+    # report_uri: the MLflow artifact URI of drift/report.html ("" when too few rows).
+    result_keys=("model_name", "champion_version", "drifted", "psi", "prediction_psi",
+                 "requests", "rows", "windows", "run_id", "report_uri"),
+    resources=Resources(cpu="500m", memory="1Gi"),
+)
+
+# The lifecycle's steps in order, then monitor (which runs beside it, on live traffic).
 STEPS: dict[str, StepSpec] = {
-    s.name: s for s in (PREPARE_DATA, TUNE, TRAIN, REGISTER, DEPLOY)
+    s.name: s for s in (PREPARE_DATA, TUNE, TRAIN, REGISTER, DEPLOY, MONITOR)
 }
 
 

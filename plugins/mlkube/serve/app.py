@@ -20,6 +20,10 @@ tensor extension), the model-repository extension (``/v2/repository/index``,
 Predictions run on the event loop's thread for batches up to ``INLINE_ROWS`` rows (a
 thread hop costs more than the tiny MLP's forward pass), in a worker thread above that.
 
+Live statistics (:mod:`mlkube.serve.stats`, the repository's ``monitor``): every answered
+request's rows and predictions are counted per model version, on ``/metrics`` and, with a
+stats directory, in windows written to it.
+
 Limits (``Limits``): a request body over ``max_body_bytes`` is answered 413 without being
 parsed, from its Content-Length before a byte of it is read, or as soon as a chunked body
 passes the limit; a body that stalls for ``idle_timeout`` seconds is answered 408. Both close
@@ -62,6 +66,7 @@ from mlkube.serve.protocol import (
     rows_from_mlflow,
 )
 from mlkube.serve.server import IDLE_TIMEOUT, MAX_BODY_BYTES
+from mlkube.serve.stats import Monitor
 
 INLINE_ROWS = 1024
 # How long a body over the limit is read and thrown away before the 413, so that a client
@@ -111,7 +116,11 @@ class Repository:
     loading: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, uri)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
     default: str | None = None  # what /invocations and /ping answer for
+    monitor: Monitor = field(default_factory=Monitor)  # live statistics, see serve.stats
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics.sections.append(self.monitor.render)
 
     def model(self, name: str, version: str | None = None) -> loadedmod.LoadedModel:
         """The model serving ``name`` (at ``version``), or a 404/503 ``RequestError``."""
@@ -153,6 +162,7 @@ class Repository:
             finally:
                 self.loading.pop(name, None)
             self.models[name] = new  # the swap: requests from here on get the new object
+            self.monitor.attach(new, log)
             if self.default is None:
                 self.default = name
             self.refused.pop(name, None)
@@ -180,6 +190,7 @@ class Repository:
         if old is None:
             raise RequestError(404, f"model {name} is not loaded")
         self.metrics.serving.remove((name, old.version))
+        self.monitor.detach(name)
         if self.default == name:
             self.default = next(iter(self.models), None)
         log(f"unloaded {name} version {old.version}")
@@ -239,7 +250,12 @@ class Endpoints:
         else:
             out = await in_thread(model.predict, rows)
         require_finite_outputs(model, out)
+        self.repo.monitor.record(model, rows, out)
         return out
+
+    def _refused(self, model: loadedmod.LoadedModel) -> Callable[[Any], None]:
+        monitor = self.repo.monitor
+        return lambda array: monitor.refused(model, array)
 
     async def infer(self, request: Request) -> Response:
         """``POST /v2/models/{name}[/versions/{version}]/infer``."""
@@ -248,7 +264,7 @@ class Endpoints:
         body, binary = await json_body(request)
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object with inputs")
-        rows = rows_from_inputs(model, body.get("inputs"), binary)
+        rows = rows_from_inputs(model, body.get("inputs"), binary, self._refused(model))
         return infer_response(model, await self._predict(model, rows), body)
 
     async def invocations(self, request: Request) -> Response:
@@ -261,7 +277,7 @@ class Endpoints:
             raise RequestError(415, f"content type {content_type} is not supported; send "
                                     "application/json")
         body, _ = await json_body(request)
-        out = await self._predict(model, rows_from_mlflow(model, body))
+        out = await self._predict(model, rows_from_mlflow(model, body, self._refused(model)))
         return json_response({"predictions": out.tolist()})
 
     async def ping(self, request: Request) -> Response:
@@ -401,9 +417,13 @@ def create_app(repository: Repository | None = None,
                         on_initial_failure(exc)
 
             task = asyncio.create_task(first())
+        ticker = asyncio.create_task(repo.monitor.run()) if repo.monitor.stats_dir else None
         yield
         if task is not None and not task.done():
             task.cancel()
+        if ticker is not None:
+            ticker.cancel()
+        repo.monitor.close()  # the last windows
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)

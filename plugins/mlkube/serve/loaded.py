@@ -3,7 +3,8 @@ sizes clients send, first.
 
 ``load(model_uri, name=, version=)`` returns a ``LoadedModel``: its V2 tensor metadata (from the
 MLflow signature), ``features`` and ``classes`` (from the model's metadata), and
-``predict(rows)`` on a 2-D float32 array. Any flavor loads through ``mlflow.pyfunc``. A PyTorch
+``predict(rows)`` on a 2-D float32 array; ``profile``, the training profile the train step puts
+in the metadata (the histogram edges the live statistics count on, see ``serve.stats``). Any flavor loads through ``mlflow.pyfunc``. A PyTorch
 flavor model (mlkube's pt2 MLP) is also called directly, as a torch module under
 ``torch.inference_mode``, which skips pyfunc's per-call schema enforcement; the direct call is
 used only if it gives pyfunc's answer on the input example and on every batch verified.
@@ -103,6 +104,7 @@ class LoadedModel:
     verified_batches: list[int] = field(default_factory=list)  # every batch size verified
     example_rows: int = 0  # the input example's rows (one of verified_batches)
     columns: list[str] | None = None  # the signature's columns, for a column-based model
+    profile: dict[str, Any] | None = None  # the training profile (metadata "profile"), if any
     _pyfunc: Any = field(default=None, repr=False)
     _module: Any = field(default=None, repr=False)
     _device: Any = field(default=None, repr=False)
@@ -385,12 +387,13 @@ def load(model_uri: str, *, name: str, version: str, fast_path: bool = True,
     extra = dict(meta.metadata or {})
     features = [str(f) for f in extra["features"]] if extra.get("features") else None
     classes = list(extra["classes"]) if extra.get("classes") else None
+    profile = extra["profile"] if isinstance(extra.get("profile"), dict) else None
     flavor = "pytorch" if "pytorch" in meta.flavors else next(
         (f for f in meta.flavors if f != "python_function"), "python_function")
     model = LoadedModel(name=name, version=str(version), model_uri=model_uri, flavor=flavor,
                         inputs=[], outputs=[], features=features, classes=classes,
                         n_features=0, fast_path=False, verified_rows=0, load_seconds=0.0,
-                        _pyfunc=pyfunc_model)
+                        profile=profile, _pyfunc=pyfunc_model)
     try:
         example = meta.load_input_example(local)
     except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -121,12 +122,16 @@ class Metrics:
         self.serving = Gauge("mlkube_serve_model_info",
                              "1 for each model name and the version it serves.",
                              ("model", "version"))
+        # more metrics rendered on each scrape (the live statistics, see serve.stats)
+        self.sections: list[Callable[[], list[str]]] = []
 
     def render(self) -> str:
         """The exposition text."""
         lines: list[str] = []
         for metric in (self.requests, self.latency, self.batch, self.loads, self.serving):
             lines += metric.render()
+        for section in self.sections:
+            lines += section()
         lines += ["# HELP mlkube_serve_start_time_seconds Unix time the server started.",
                   "# TYPE mlkube_serve_start_time_seconds gauge",
                   f"mlkube_serve_start_time_seconds {self.started!r}"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import struct
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -95,11 +96,15 @@ def _non_finite(array: Any) -> tuple[str, tuple[int, ...], int] | None:
     return what, index, len(bad)
 
 
-def require_finite(array: Any, where: str, columns: list[str] | None = None) -> None:
-    """400 naming ``where`` and the first value if ``array`` holds NaN or ±Infinity."""
+def require_finite(array: Any, where: str, columns: list[str] | None = None,
+                   on_refused: Callable[[Any], None] | None = None) -> None:
+    """400 naming ``where`` and the first value if ``array`` holds NaN or ±Infinity (after
+    ``on_refused(array)``: the live statistics count the missing values)."""
     found = _non_finite(array)
     if found is None:
         return
+    if on_refused is not None:
+        on_refused(array)
     what, index, count = found
     spelled = "NaN (JSON null or NaN)" if what == "NaN" else \
         f"{what} (or a number beyond float32's ±3.4e38)"
@@ -160,9 +165,10 @@ def _tensor(spec: Any, binary: memoryview | None, offset: int, where: str) -> tu
     return _numbers(raw, datatype, shape, where), offset + int(size)
 
 
-def rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any,
-                      binary: memoryview | None) -> Any:
-    """The request's inputs as one 2-D float32 array of feature rows."""
+def rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any, binary: memoryview | None,
+                     on_refused: Callable[[Any], None] | None = None) -> Any:
+    """The request's inputs as one 2-D float32 array of feature rows (``on_refused``: given
+    an input of feature rows refused for non-finite values, see ``require_finite``)."""
     import numpy as np
 
     if not isinstance(inputs, list) or not inputs:
@@ -177,7 +183,8 @@ def rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any,
         where = f"input {name or i}"
         tensor, offset = _tensor(spec, binary, offset, where)
         named = tensor.ndim == 2 and tensor.shape[1] == model.n_features
-        require_finite(tensor, where, model.features if named else None)
+        require_finite(tensor, where, model.features if named else None,
+                       on_refused if named else None)
         tensors[str(name)] = tensor
     if model.columns is not None and len(tensors) == len(expected) and set(tensors) == set(
             expected):
@@ -198,7 +205,8 @@ def rows_from_inputs(model: loadedmod.LoadedModel, inputs: Any,
     return rows
 
 
-def rows_from_mlflow(model: loadedmod.LoadedModel, body: Any) -> Any:
+def rows_from_mlflow(model: loadedmod.LoadedModel, body: Any,
+                     on_refused: Callable[[Any], None] | None = None) -> Any:
     """MLflow's scoring formats (inputs / instances / dataframe_split / dataframe_records)."""
     import numpy as np
 
@@ -237,7 +245,7 @@ def rows_from_mlflow(model: loadedmod.LoadedModel, body: Any) -> Any:
     if rows.ndim != 2 or rows.shape[1] != model.n_features:
         raise RequestError(400, f"input shape {list(rows.shape)} does not match "
                                 f"[-1, {model.n_features}]")
-    require_finite(rows, where, order)
+    require_finite(rows, where, order, on_refused)
     return rows
 
 

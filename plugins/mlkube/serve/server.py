@@ -14,6 +14,11 @@ a connection that sends no request for ``--idle-timeout`` seconds (default 75: a
 opens, between keep-alive requests, or while its headers trickle in) is closed, and a request
 body that stalls that long is answered 408.
 
+Live statistics (:mod:`mlkube.serve.stats`): per model version, of the features asked and the
+predictions answered, on ``/metrics``; with ``--stats-dir DIR`` also written there as JSON
+windows every ``--stats-every-requests`` requests or ``--stats-every-seconds`` seconds,
+whichever comes first; ``--no-stats`` turns them off.
+
 ``python -m mlkube.serve.server`` takes the same options.
 """
 
@@ -28,6 +33,7 @@ from typing import Any
 
 from mlkube.errors import MlkubeError
 from mlkube.serve.loaded import VERIFY_BATCH
+from mlkube.serve.stats import EVERY_REQUESTS, EVERY_SECONDS
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # about 50,000 rows of 30 features as JSON
 # Above the 60 s idle timeout of common load balancers and proxies, so that the server is not
@@ -106,7 +112,10 @@ def _closing_idle(idle_timeout: float) -> Any:
 def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
           port: int = 8080, fast_path: bool = True, access_log: bool = False,
           threads: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-          idle_timeout: float = IDLE_TIMEOUT, verify_batch: int = VERIFY_BATCH) -> None:
+          idle_timeout: float = IDLE_TIMEOUT, verify_batch: int = VERIFY_BATCH,
+          stats: bool = True, stats_dir: str | None = None,
+          stats_every_requests: int = EVERY_REQUESTS,
+          stats_every_seconds: float = EVERY_SECONDS) -> None:
     """Serve ``model_uri`` as ``name`` / ``version`` until SIGTERM or SIGINT.
 
     ``threads``: the model's intra-op threads (torch's OpenMP pool); by default
@@ -116,6 +125,7 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
 
     ``max_body_bytes``, ``idle_timeout``: the limits of the module doc. ``verify_batch``: the
     full batch every version is verified on (unless its load request names one).
+    ``stats``, ``stats_dir``, ``stats_every_*``: the live statistics (see the module doc).
 
     Raises ``MlkubeError`` if the port is taken or the model does not load and verify.
     """
@@ -123,9 +133,12 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # read by torch when it is imported
+    from pathlib import Path
+
     import uvicorn
 
     from mlkube.serve.app import Repository, create_app, log
+    from mlkube.serve.stats import Monitor
 
     # A request number beyond float32 becomes ±Infinity, which the request's 400 names: not
     # worth numpy's RuntimeWarning in the log as well.
@@ -138,7 +151,9 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
         server.should_exit = True
 
     sock = _listen(host, port)
-    app = create_app(Repository(fast_path=fast_path, verify_batch=verify_batch),
+    monitor = Monitor(enabled=stats, stats_dir=Path(stats_dir) if stats_dir else None,
+                      every_requests=stats_every_requests, every_seconds=stats_every_seconds)
+    app = create_app(Repository(fast_path=fast_path, verify_batch=verify_batch, monitor=monitor),
                      initial=(model_uri, name, str(version)), on_initial_failure=failed,
                      max_body_bytes=max_body_bytes, idle_timeout=idle_timeout)
     config = uvicorn.Config(app, workers=1, log_level="warning", access_log=access_log,
@@ -155,10 +170,13 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
 
 def arguments(*, model_uri: str, name: str, version: str, host: str, port: int,
               max_body_bytes: int | None = None, idle_timeout: float | None = None,
-              verify_batch: int | None = None) -> list[str]:
+              verify_batch: int | None = None, stats_dir: str | None = None) -> list[str]:
     """The options of ``mlkube serve model`` for one fixed version (what its callers start);
-    a limit or ``verify_batch`` left ``None`` is the server's default (and not written)."""
+    a limit or ``verify_batch`` left ``None`` is the server's default (and not written);
+    ``stats_dir``: where the live statistics' windows go (``None``: not written)."""
     extra = []
+    if stats_dir is not None:
+        extra += ["--stats-dir", stats_dir]
     if max_body_bytes is not None:
         extra += ["--max-body-bytes", str(max_body_bytes)]
     if idle_timeout is not None:
@@ -195,6 +213,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="before a version serves, it predicts its input example, 1 row "
                              "and a batch of this many rows (its example's rows repeated); one "
                              f"that fails is refused (default {VERIFY_BATCH})")
+    parser.add_argument("--stats-dir", metavar="DIR",
+                        help="write windows of the live statistics (features asked, "
+                             "predictions answered) here as JSON, "
+                             "DIR/<model>/<version>/window-<end>.json (default: none written; "
+                             "/metrics has them either way)")
+    parser.add_argument("--stats-every-requests", type=int, default=EVERY_REQUESTS,
+                        metavar="N", help="a window every N requests ... "
+                                          f"(default {EVERY_REQUESTS})")
+    parser.add_argument("--stats-every-seconds", type=float, default=EVERY_SECONDS,
+                        metavar="SECONDS", help="... or every this many seconds, whichever "
+                                                f"comes first (default {EVERY_SECONDS:g})")
+    parser.add_argument("--no-stats", action="store_true",
+                        help="keep no live statistics (nor their /metrics and windows)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,10 +244,15 @@ def run(args: argparse.Namespace) -> int:
     if args.verify_batch < 1:
         raise MlkubeError(f"--verify-batch is {args.verify_batch}; give a positive number of "
                           f"rows (default {VERIFY_BATCH})")
+    if args.stats_every_requests < 1 or not 0 < args.stats_every_seconds < float("inf"):
+        raise MlkubeError("--stats-every-requests and --stats-every-seconds must be positive "
+                          f"(defaults {EVERY_REQUESTS} and {EVERY_SECONDS:g})")
     serve(args.model_uri, name=name, version=version, host=args.host, port=args.port,
           fast_path=not args.no_fast_path, access_log=args.access_log, threads=args.threads,
           max_body_bytes=args.max_body_bytes, idle_timeout=args.idle_timeout,
-          verify_batch=args.verify_batch)
+          verify_batch=args.verify_batch, stats=not args.no_stats, stats_dir=args.stats_dir,
+          stats_every_requests=args.stats_every_requests,
+          stats_every_seconds=args.stats_every_seconds)
     return 0
 
 

@@ -197,7 +197,8 @@ class LocalTarget(ServingTarget):
         command = [sys.executable, "-m", "mlkube.cli", "serve", "model",
                    *arguments(model_uri=model_uri, name=self.model_name, version=version,
                               host=self.host, port=self.port, max_body_bytes=self.max_body_bytes,
-                              idle_timeout=self.idle_timeout, verify_batch=self.verify_batch)]
+                              idle_timeout=self.idle_timeout, verify_batch=self.verify_batch,
+                              stats_dir=str(self.state_dir / "monitoring"))]
         with log.open("a") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)

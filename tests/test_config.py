@@ -43,6 +43,10 @@ def test_yaml_overrides_and_keeps_other_defaults(tmp_path: Path) -> None:
     ("serving:\n  port: 65536\n", "'serving.port' is 65536, not a TCP port; use 1-65535"),
     ("serving:\n  max_body_bytes: 0\n", "'serving.max_body_bytes' must be positive, got 0"),
     ("serving:\n  idle_timeout: -1\n", "'serving.idle_timeout' must be positive, got -1"),
+    ("monitor:\n  psi_threshold: 0\n", "'monitor.psi_threshold' must be positive, got 0.0"),
+    ("monitor:\n  min_rows: -5\n", "'monitor.min_rows' must be positive, got -5"),
+    ("monitor:\n  window: 3\n", "unknown config key 'monitor.window'; known keys here: "
+     "psi_threshold, prediction_psi_threshold, min_rows, sample_rows"),
     ("tune:\n  storage: optuna.db\n", "'tune.storage' is 'optuna.db', not a database URL"),
     ("tune:\n  search_space:\n    hidden_sizes: {type: categorical, choices: ['64', 'wide']}\n",
      "'tune.search_space.hidden_sizes' allows 'wide', which the model rejects"),

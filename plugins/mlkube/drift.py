@@ -227,7 +227,7 @@ def prediction_histogram(target: dict[str, Any] | None,
 
 # -- the report -----------------------------------------------------------------------------------
 
-def _plot(hist: Histogram, title: str, path: Path) -> None:
+def _plot(hist: Histogram, title: str, path: Path, drifted: bool) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     train = [100 * c / sum(hist.training) for c in hist.training]
@@ -241,11 +241,12 @@ def _plot(hist: Histogram, title: str, path: Path) -> None:
     ax.set_xticks(xs, hist.labels, rotation=40 if len(xs) > 4 else 0, ha="right" if len(xs) > 4
                   else "center", fontsize=8)
     ax.set_ylabel("share of rows (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, color="#b00020" if drifted else "#222222",
+                 fontweight="bold" if drifted else "normal")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=80, format="png")
+    fig.savefig(path, dpi=100, format="png")
 
 
 @dataclass(kw_only=True)
@@ -320,13 +321,14 @@ def write_report(verdict: Verdict, out: Path) -> list[str]:
         prediction_png = _file_names(["predictions"], taken)["predictions"]
         mark = " (drifted)" if verdict.prediction_drifted else ""
         _plot(verdict.prediction, f"predictions: PSI {verdict.prediction.psi:.3f}{mark}",
-              out / prediction_png)
+              out / prediction_png, verdict.prediction_drifted)
         written.append(prediction_png)
     pngs = _file_names(plotted, taken)
     for name in plotted:
         hist = verdict.features[name]
-        mark = " (drifted)" if (hist.psi or 0) > verdict.psi_threshold else ""
-        _plot(hist, f"{name}: PSI {hist.psi:.3f}{mark}", out / pngs[name])
+        over = (hist.psi or 0) > verdict.psi_threshold
+        _plot(hist, f"{name}: PSI {hist.psi:.3f}" + (" (drifted)" if over else ""),
+              out / pngs[name], over)
         written.append(pngs[name])
     (out / "report.html").write_text(_page(verdict, prediction_png, pngs), encoding="utf-8")
     return ["report.html", *written]

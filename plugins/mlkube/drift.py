@@ -115,6 +115,9 @@ def read_window(path: Path) -> dict[str, Any]:
         problem = "no whole-number rows and requests"
     elif not isinstance(doc.get("features"), dict):
         problem = "no features"
+    elif not all(isinstance(f, dict) and isinstance(f.get("counts"), list)
+                 for f in doc["features"].values()):
+        problem = "a feature without counts"
     if problem:
         raise MlkubeError(f"window {path} is not a live window ({problem}): remove it")
     parse_time(doc.get("end", ""), f"window {path.name}'s end")

@@ -223,21 +223,28 @@ def test_cli_runs_the_step(state: Path, stats: Path, tmp_path: Path) -> None:
     assert json.loads(result_file.read_text())["drifted"] is False
 
 
-@pytest.mark.parametrize("case", ["no stats dir", "no champion", "no profile", "bad window"])
+@pytest.mark.parametrize("case", ["no stats dir", "no champion", "no profile", "bad window",
+                                  "other features"])
 def test_bad_input_is_one_line_and_logs_nothing(state: Path, stats: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 case: str) -> None:
     expected = {"no stats dir": f"no live statistics at {stats}: pass --stats-dir",
                 "no champion": f"registered model {NAME!r} has no 'serving' or 'champion' version",
                 "no profile": "version 1 carries no training profile",
-                "bad window": "is not a live window (no features): remove it"}[case]
+                "bad window": "is not a live window (no features): remove it",
+                "other features": "the live windows of mlkube-demo v1 name none of its profile's "
+                                  "features (windows: 0, 1, 2; profile: a, b, c)"}[case]
     if case != "no stats dir":
         stats.mkdir()
-    if case in ("no profile", "bad window"):
+    if case in ("no profile", "bad window", "other features"):
         version = _register(None if case == "no profile" else _profile())
         path = _window(stats, version, 300, seed=0)
         if case == "bad window":
             path.write_text(json.dumps({"rows": 300, "requests": 3, "end": "2026-01-01T00:00:00Z"}))
+        if case == "other features":  # a model that records no names: the runtime numbers them
+            doc = json.loads(path.read_text())
+            doc["features"] = {str(i): f for i, f in enumerate(doc["features"].values())}
+            path.write_text(json.dumps(doc))
     if case == "no champion":
         _register(_profile(), aliases=())
     capsys.readouterr()

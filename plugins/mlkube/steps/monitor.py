@@ -177,6 +177,39 @@ def _log(ctx: Context, experiment_id: str, tags: dict[str, str], metrics: dict[s
     return run_id, uri
 
 
+def _judge(ctx: Context, name: str, version: str, profile: dict[str, Any],
+           live: drift.Live) -> drift.Verdict | None:
+    """The PSI of every feature and of the predictions; ``None``: too few rows to judge."""
+    monitor = ctx.config.monitor
+    if live.rows < monitor.min_rows:
+        ctx.log(f"{live.rows} live rows, fewer than monitor.min_rows ({monitor.min_rows}): "
+                "not judged (drifted: false)")
+        return None
+    features: dict[str, drift.Histogram] = {}
+    skipped = []
+    for feature, stats in profile["features"].items():
+        hist = (drift.feature_histogram(feature, stats, live.features[feature])
+                if feature in live.features else None)
+        if hist is None:
+            skipped.append(feature)
+        else:
+            features[feature] = hist
+    if profile["features"] and not set(profile["features"]) & set(live.features):
+        raise MlkubeError(
+            f"the live windows of {name} v{version} name none of its profile's features "
+            f"(windows: {', '.join(list(live.features)[:5])}; profile: "
+            f"{', '.join(list(profile['features'])[:5])}): the runtime serves another model "
+            "than this version, or the model records no feature names")
+    if skipped:
+        ctx.log(f"not judged, no counts on one side: {', '.join(skipped[:10])}"
+                + (" …" if len(skipped) > 10 else ""))
+    return drift.Verdict(
+        model_name=name, version=version, features=features,
+        prediction=drift.prediction_histogram(profile.get("target"), live.predictions),
+        psi_threshold=monitor.psi_threshold,
+        prediction_psi_threshold=monitor.prediction_psi_threshold, live=live, skipped=skipped)
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Select the windows, judge them, log the report."""
     import tempfile
@@ -202,29 +235,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.log(f"{name} v{version} ({alias}): {len(files)} window(s), {live.rows} rows, "
             f"{live.requests} requests" + ("" if files else f" (none under {directory})"))
 
-    verdict = None
-    if live.rows >= monitor.min_rows:
-        features: dict[str, drift.Histogram] = {}
-        skipped = []
-        for feature, stats in profile["features"].items():
-            hist = (drift.feature_histogram(feature, stats, live.features[feature])
-                    if feature in live.features else None)
-            if hist is None:
-                skipped.append(feature)
-            else:
-                features[feature] = hist
-        if skipped:
-            ctx.log(f"not judged, no counts on one side: {', '.join(skipped[:10])}"
-                    + (" …" if len(skipped) > 10 else ""))
-        verdict = drift.Verdict(
-            model_name=name, version=version, features=features,
-            prediction=drift.prediction_histogram(profile.get("target"), live.predictions),
-            psi_threshold=monitor.psi_threshold,
-            prediction_psi_threshold=monitor.prediction_psi_threshold, live=live, skipped=skipped)
-    else:
-        ctx.log(f"{live.rows} live rows, fewer than monitor.min_rows ({monitor.min_rows}): "
-                "not judged (drifted: false)")
-
+    verdict = _judge(ctx, name, version, profile, live)
     drifted = verdict is not None and verdict.drifted
     prediction_psi = (round(verdict.prediction.psi, 6) if verdict is not None and verdict.prediction
                       is not None and verdict.prediction.psi is not None else None)

@@ -10,6 +10,9 @@ it (`models:/mlkube-demo/1`), then, one server at a time on loopback:
 - `mlkube serve model`, V2 infer (`POST /v2/models/mlkube-demo/infer`, JSON tensors);
 - `mlkube serve model`, MLflow's `POST /invocations` (the same request body as the anchor);
 - `mlkube serve model --no-fast-path` (V2 infer through mlflow.pyfunc, no direct torch call);
+- `mlkube serve model --no-stats` (V2 infer without the live statistics; the V2 row above keeps
+  them and writes their windows to a stats directory, as the local target does), for the
+  statistics' cost (issue 17, item 1);
 - with `--kserve-python PY` (a venv with kserve 0.21 and mlflow, see benchmarks/README.md):
   KServe's Python `ModelServer` (1 worker, no gRPC, no latency logging) with a `kserve.Model`
   that predicts through mlflow.pyfunc, V2 infer.
@@ -260,7 +263,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--kserve-python", help="python of a venv with kserve and mlflow")
     parser.add_argument("--only", nargs="*", help="keys of the servers to measure beside the "
-                        "anchor (default all): mlkube-v2 mlkube-invocations mlkube-pyfunc kserve")
+                        "anchor (default all): mlkube-v2 mlkube-invocations mlkube-pyfunc "
+                        "mlkube-nostats kserve")
     args = parser.parse_args()
     mlkube = [sys.executable, "-m", "mlkube.cli", "serve", "model"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,8 +275,11 @@ def main() -> None:
             sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
             "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"], "/ping",
             "/invocations", mlflow_body, mlflow_rows, port))
+        stats = ["--stats-dir", str(Path(tmp) / "monitoring")]  # as the local target runs it
         for key, label, extra, path, body, count in (
-                ("mlkube-v2", "`mlkube serve model`, V2 infer", [],
+                ("mlkube-v2", "`mlkube serve model`, V2 infer", stats,
+                 f"/v2/models/{NAME}/infer", v2_body, v2_rows),
+                ("mlkube-nostats", "`mlkube serve model --no-stats`, V2 infer", ["--no-stats"],
                  f"/v2/models/{NAME}/infer", v2_body, v2_rows),
                 ("mlkube-invocations", "`mlkube serve model`, /invocations", [],
                  "/invocations", mlflow_body, mlflow_rows),
@@ -313,6 +320,19 @@ def main() -> None:
                    "≥ 2× requests/s, ≤ 0.5× p99, 0 errors",
                    throughput >= 2 and p99 <= 0.5 and m["errors"] == 0,
                    f"p99 {p99:.2f}×, {m['errors']} errors, {args.clients} clients",
+                   "benchmarks/serving.py")
+    found = {r["server"]: r for r in reports}
+    on = found.get("`mlkube serve model`, V2 infer")
+    off = found.get("`mlkube serve model --no-stats`, V2 infer")
+    if on and off:  # what the live statistics cost (issue 17, item 1)
+        for n in (1, 64):
+            a, m = off[f"{n}_rows"], on[f"{n}_rows"]
+            throughput = m["requests_per_s"] / a["requests_per_s"]
+            record(f"serving_stats_{n}_rows", f"live statistics, {n}-row requests: requests/s, "
+                   "V2 with them (windows written) / `--no-stats`", throughput, "≥ 0.95×",
+                   throughput >= 0.95 and m["errors"] == 0,
+                   f"{m['requests_per_s']:,.0f} vs {a['requests_per_s']:,.0f} req/s, p99 "
+                   f"{m['p99_ms']:.2f} vs {a['p99_ms']:.2f} ms, {args.clients} clients",
                    "benchmarks/serving.py")
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")

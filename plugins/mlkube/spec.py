@@ -181,6 +181,10 @@ COMMON_OPTIONS = (
 
 DATASET = Option(flag="--dataset", help="prepared dataset URI (prepare-data's dataset_uri)",
                  required=True)
+# Why a retraining run trains ("data changed", "drift: psi x=0.31"): the tag
+# mlkube.retrain_reason on train's run and register's model version; empty = none.
+REASON = Option(flag="--reason", help="why this run retrains, recorded as the tag "
+                                      "mlkube.retrain_reason")
 
 PREPARE_DATA = StepSpec(
     name="prepare-data",
@@ -245,6 +249,7 @@ TRAIN = StepSpec(
         Option(flag="--run-key", help="run identity for resuming; default: derived from inputs"),
         Option(flag="--result-only", help="true: return the finished run's result, train "
                "nothing (after a multi-node job trained it)", choices=("true", "false")),
+        REASON,
     ),
     result_keys=("run_id", "model_uri", "metric", "value", "epochs", "device"),
     image=GPU_IMAGE,
@@ -265,6 +270,7 @@ REGISTER = StepSpec(
         Option(flag="--model-name", help="registered model name", config_key="registry.model_name"),
         Option(flag="--margin", help="how much better the challenger must be", kind="float",
                config_key="registry.margin"),
+        REASON,
     ),
     # champion_uri: the champion version's artifact source (what a cluster server loads).
     result_keys=("model_name", "version", "promoted", "champion_version", "champion_uri",
@@ -320,6 +326,10 @@ MONITOR = StepSpec(
                config_key="monitor.prediction_psi_threshold"),
         Option(flag="--min-rows", help="fewer live rows are not judged (drifted: false)",
                kind="int", config_key="monitor.min_rows"),
+        Option(flag="--no-data", help="a stats directory that does not exist, or a model with "
+                                      "no serving or champion version yet: an error (default), "
+                                      "or nothing served yet, a 0-row result (drifted: false)",
+               choices=("error", "not-drifted")),
     ),
     # drifted: a JSON boolean; psi: feature -> PSI (the highest first where all would not fit);
     # prediction_psi: null where the windows or the profile hold no predictions/target;

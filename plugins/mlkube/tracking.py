@@ -24,6 +24,7 @@ TAG_DIGEST = "mlkube.dataset_digest"
 TAG_PIPELINE_RUN = "mlkube.pipeline_run_id"
 TAG_CODE_VERSION = "mlkube.code_version"
 TAG_RUN_KEY = "mlkube.run_key"
+TAG_REASON = "mlkube.retrain_reason"  # why a retraining run trained (train and register --reason)
 
 
 def embedded_tracking_uri(state_dir: Path) -> str:
@@ -127,6 +128,11 @@ def lineage_tags(step: str, pipeline_run_id: str | None) -> dict[str, str]:
     if pipeline_run_id:
         tags[TAG_PIPELINE_RUN] = pipeline_run_id
     return tags
+
+
+def reason_tags(reason: str | None) -> dict[str, str]:
+    """The retraining reason as a tag (``--reason``), none when it is empty."""
+    return {TAG_REASON: reason[:5000]} if reason else {}
 
 
 def log_history(run_id: str, key: str, history: dict[int, float]) -> None:

@@ -14,6 +14,7 @@ from kubernetes.client import V1ConfigMapVolumeSource as ConfigMapSource
 from mlkube import spec
 from mlkube.airflow import (
     DeployModelOperator,
+    MonitorOperator,
     PrepareDataOperator,
     RegisterModelOperator,
     SecretEnv,
@@ -56,7 +57,18 @@ ALL_OPERATORS = [
     RegisterModelOperator(task_id="register", dataset="/mnt/mlkube/ds", run_id="abc123", margin=0.01),
     DeployModelOperator(task_id="deploy", dataset="/mnt/mlkube/ds", model_name="churn",
                         version="7", target="kserve", canary_percent=10),
+    MonitorOperator(task_id="monitor", stats_dir="/mnt/mlkube/monitoring", since="24h",
+                    psi_threshold=0.3, no_data="not-drifted"),
 ]
+
+
+def test_the_monitor_pod_renders_the_step_description() -> None:
+    op = MonitorOperator(task_id="monitor", windows=3, min_rows=50, no_data="not-drifted")
+    container = base(submitted(op))
+    assert container["command"] == spec.MONITOR.command()
+    args = container["args"]
+    for flag, value in (("--windows", "3"), ("--min-rows", "50"), ("--no-data", "not-drifted")):
+        assert args[args.index(flag) + 1] == value
 
 
 @pytest.mark.parametrize("op", ALL_OPERATORS, ids=lambda op: op.task_id)

@@ -50,8 +50,17 @@ def test_retraining_schedule_and_gate() -> None:
     dag = get_dag("scheduled_retraining")
     assert dag.timetable.timetable.expression == "0 3 * * *"
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["mlkube_training_data"]
-    assert dag.task_dict["train"].upstream_task_ids == {"prepare_data", "data_changed"}
-    assert dag.task_dict["data_changed"].upstream_task_ids == {"prepare_data"}
+    tasks = dag.task_dict
+    # train on changed data or drift: the gate reads prepare-data's and the monitor's results
+    assert tasks["should_retrain"].upstream_task_ids == {"prepare_data", "monitor"}
+    assert tasks["train"].upstream_task_ids == {"prepare_data", "should_retrain"}
+    assert tasks["register"].upstream_task_ids == {"prepare_data", "train", "should_retrain"}
+    assert tasks["deploy"].trigger_rule == "none_failed"
+    assert tasks["monitor"].no_data == "not-drifted"  # a fresh deployment is not drifted
+    # the drift asset's events come from a task of their own, skipped when nothing drifted
+    assert tasks["drift_detected"].upstream_task_ids == {"monitor"}
+    assert [a.name for a in tasks["drift_detected"].outlets] == ["mlkube_drift"]
+    assert not tasks["drift_detected"].downstream_task_ids
 
 
 def test_a_schedule_airflow_or_argo_would_reject_fails_the_parse() -> None:

@@ -257,6 +257,22 @@ def test_bad_input_is_one_line_and_logs_nothing(state: Path, stats: Path, tmp_pa
     assert _monitor_runs() == []
 
 
+def test_no_data_not_drifted_is_a_result(state: Path, stats: Path, tmp_path: Path) -> None:
+    # what the retraining DAG and cron pass: a fresh deployment has served nothing yet
+    code, result, _ = run("monitor", "--no-data", "not-drifted", tmp=tmp_path)
+    assert code == 0 and result is not None
+    assert result["drifted"] is False and (result["rows"], result["requests"]) == (0, 0)
+    assert (result["champion_version"], result["run_id"], result["psi"]) == ("", "", {})
+    assert _monitor_runs() == []
+    # a champion, but no stats directory yet: no windows, judged as such and logged
+    version = _register(_profile())
+    assert not stats.exists()
+    code, result, _ = run("monitor", "--no-data", "not-drifted", tmp=tmp_path)
+    assert code == 0 and result is not None
+    assert (result["champion_version"], result["drifted"], result["windows"]) == (version, False, 0)
+    assert [r.info.run_id for r in _monitor_runs()] == [result["run_id"]]
+
+
 def test_psi_formula() -> None:
     assert drift.psi([10, 20, 30], [10, 20, 30]) == 0.0
     e, a = [0.5, 0.5], [0.9, 0.1]

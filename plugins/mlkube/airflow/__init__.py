@@ -1,4 +1,4 @@
-"""Airflow adapter: five KubernetesPodOperator subclasses, one per lifecycle step.
+"""Airflow adapter: KubernetesPodOperator subclasses, one per step (the lifecycle's five, monitor).
 
 The operators are exported lazily, so ``import mlkube.airflow`` alone costs nothing::
 
@@ -19,6 +19,7 @@ _EXPORTS = {
     "TuneOperator": "mlkube.airflow.operators",
     "TrainOperator": "mlkube.airflow.operators",
     "RegisterModelOperator": "mlkube.airflow.operators",
+    "MonitorOperator": "mlkube.airflow.operators",
     "DeployModelOperator": "mlkube.airflow.deploy",
     "StepOperator": "mlkube.airflow.base",
     "tune_fan_out": "mlkube.airflow.lifecycle",

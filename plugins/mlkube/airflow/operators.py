@@ -1,4 +1,4 @@
-"""The five step operators: typed parameters in, the step's result out.
+"""The step operators: typed parameters in, the step's result out.
 
 DeployModelOperator, which also deploys to clusters without a step pod, lives in
 :mod:`mlkube.airflow.deploy`.
@@ -18,8 +18,8 @@ from mlkube import spec
 from mlkube.airflow.base import StepOperator
 from mlkube.airflow.deploy import DeployModelOperator
 
-__all__ = ["DeployModelOperator", "PrepareDataOperator", "RegisterModelOperator",
-           "TrainOperator", "TuneOperator"]
+__all__ = ["DeployModelOperator", "MonitorOperator", "PrepareDataOperator",
+           "RegisterModelOperator", "TrainOperator", "TuneOperator"]
 
 
 class PrepareDataOperator(StepOperator):
@@ -127,6 +127,8 @@ class TrainOperator(StepOperator):
         hyperparameters: over the config's model section, e.g. tune's ``best_params``.
         epochs: training epochs.
         run_key: run identity for resuming after a lost pod; default: derived from inputs.
+        reason: why this run retrains (e.g. the retraining DAG's gate), recorded as the tag
+            ``mlkube.retrain_reason`` on the MLflow run.
         nodes: nodes to train on at once. More than 1 (kubernetes backend): a small pod of
             the task's (``--result-only``) first returns the result of a run that already
             finished (sync mode); else, after preflight, an Indexed Job of that many pods, each
@@ -141,13 +143,15 @@ class TrainOperator(StepOperator):
     step = spec.TRAIN
     step_fields: ClassVar[dict[str, str]] = {
         "dataset": "dataset", "hyperparameters": "params", "epochs": "epochs", "run_key": "run_key",
+        "reason": "reason",
     }
     template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
     ui_color = "#c9e7c2"
 
     def __init__(self, *, dataset: str | None = None,
                  hyperparameters: dict[str, Any] | None = None, epochs: int | None = None,
-                 run_key: str | None = None, nodes: int = 1, **kwargs: Any) -> None:
+                 run_key: str | None = None, reason: str | None = None, nodes: int = 1,
+                 **kwargs: Any) -> None:
         """Store the parameters; see the class doc."""
         from mlkube.kube.multinode import check_nodes
 
@@ -155,6 +159,7 @@ class TrainOperator(StepOperator):
         self.hyperparameters = hyperparameters
         self.epochs = epochs
         self.run_key = run_key
+        self.reason = reason
         self.nodes = nodes
         super().__init__(**kwargs)
         check_nodes(nodes, f"{self._what}: nodes")
@@ -247,21 +252,74 @@ class RegisterModelOperator(StepOperator):
         run_id: the MLflow run that logged the model (train's ``run_id``).
         model_name: the registered model.
         margin: how much better the challenger must be.
+        reason: why this run retrains, recorded as the tag ``mlkube.retrain_reason`` on the
+            model version.
         **kwargs: see :class:`StepOperator`.
     """
 
     step = spec.REGISTER
     step_fields: ClassVar[dict[str, str]] = {
         "dataset": "dataset", "run_id": "run_id", "model_name": "model_name", "margin": "margin",
+        "reason": "reason",
     }
     template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
 
     def __init__(self, *, dataset: str | None = None, run_id: str | None = None,
                  model_name: str | None = None, margin: float | None = None,
-                 **kwargs: Any) -> None:
+                 reason: str | None = None, **kwargs: Any) -> None:
         """Store the parameters; see the class doc."""
         self.dataset = dataset
         self.run_id = run_id
         self.model_name = model_name
         self.margin = margin
+        self.reason = reason
+        super().__init__(**kwargs)
+
+
+class MonitorOperator(StepOperator):
+    """Judge the served version's live windows against its training profile (PSI); log the
+    drift report to MLflow.
+
+    Result: ``model_name``, ``champion_version`` (the version judged), ``drifted`` (a
+    boolean), ``psi`` (feature → PSI, highest first), ``prediction_psi``, ``requests``,
+    ``rows``, ``windows``, ``run_id``, ``report_uri``.
+
+    Args:
+        model_name: the registered model.
+        stats_dir: where the serving runtime writes its live windows; default:
+            ``<state_dir>/monitoring``.
+        windows: judge the newest N windows.
+        since: judge the windows that end at or after this time (ISO 8601, or an age: ``24h``).
+        psi_threshold: a feature drifted when its PSI is above this.
+        prediction_psi_threshold: the predictions drifted when their PSI is above this.
+        min_rows: fewer live rows are not judged (``drifted`` false).
+        no_data: ``error`` (the step's default) or ``not-drifted``: a missing stats directory
+            or a model not served yet is then a 0-row result (the retraining DAG passes it).
+        **kwargs: see :class:`StepOperator`.
+    """
+
+    step = spec.MONITOR
+    step_fields: ClassVar[dict[str, str]] = {
+        "model_name": "model_name", "stats_dir": "stats_dir", "windows": "windows",
+        "since": "since", "psi_threshold": "psi_threshold",
+        "prediction_psi_threshold": "prediction_psi_threshold", "min_rows": "min_rows",
+        "no_data": "no_data",
+    }
+    template_fields: Sequence[str] = (*StepOperator.template_fields, *step_fields)
+    ui_color = "#f6e3b4"
+
+    def __init__(self, *, model_name: str | None = None, stats_dir: str | None = None,
+                 windows: int | None = None, since: str | None = None,
+                 psi_threshold: float | None = None,
+                 prediction_psi_threshold: float | None = None, min_rows: int | None = None,
+                 no_data: str | None = None, **kwargs: Any) -> None:
+        """Store the parameters; see the class doc."""
+        self.model_name = model_name
+        self.stats_dir = stats_dir
+        self.windows = windows
+        self.since = since
+        self.psi_threshold = psi_threshold
+        self.prediction_psi_threshold = prediction_psi_threshold
+        self.min_rows = min_rows
+        self.no_data = no_data
         super().__init__(**kwargs)

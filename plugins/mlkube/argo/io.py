@@ -34,7 +34,8 @@ CONFIG_INPUT = "config"
 TEMPLATE_SET = frozenset({"config", "artifact_root", "result_file", "pipeline_run_id", "role",
                           "service_name", "result_only"})
 # Optional options whose "not given" has a written form.
-OPTIONAL_DEFAULTS = {"params": "{}", "version": "", "target": "auto", "canary_percent": "0"}
+OPTIONAL_DEFAULTS = {"params": "{}", "version": "", "target": "auto", "canary_percent": "0",
+                     "reason": ""}
 # Optional options left out: the step derives a value every caller agrees on.
 DERIVED = frozenset({"study_name", "run_key", "alias", "namespace", "server_image"})
 

@@ -19,7 +19,10 @@ predictions' are compared with ``monitor.psi_threshold`` and
 than ``monitor.min_rows`` (a version with no windows yet included) is a result, not an
 error: ``drifted`` false, with the counts. A stats directory that does not exist, a model
 with neither alias, or a version without a profile is an error, found before anything is
-logged.
+logged; except with ``--no-data not-drifted`` (the retraining DAG and cron: a fresh deployment
+has served nothing yet), where a missing stats directory is a version with no windows, and a
+model with neither alias a 0-row result logged nowhere (``champion_version`` and ``run_id``
+empty).
 
 The step logs one MLflow run in the experiment (lineage tags, ``psi.<feature>`` metrics,
 ``prediction_psi``, ``rows``, ``requests``, ``drifted``) with the drift report as artifacts
@@ -221,12 +224,22 @@ def run(ctx: Context) -> dict[str, Any]:
         raise MlkubeError(f"--windows is {ctx.args.windows}: pass 1 or more")
     stats_dir = Path(ctx.args.stats_dir).resolve() if ctx.args.stats_dir else \
         ctx.state_dir / "monitoring"
-    if not stats_dir.is_dir():
+    lenient = ctx.args.no_data == "not-drifted"
+    if not stats_dir.is_dir() and not lenient:
         raise MlkubeError(f"no live statistics at {stats_dir}: pass --stats-dir where the "
                           "serving runtime writes its windows")
     experiment_id = tracking.configure(ctx.state_dir, ctx.config.experiment)
     name = ctx.config.registry.model_name
-    version, alias = _version(name)
+    try:
+        version, alias = _version(name)
+    except MlkubeError:
+        if not lenient:
+            raise
+        ctx.log(f"{name} has no {' or '.join(ALIASES)} version yet: nothing served, nothing "
+                "judged (drifted: false)")
+        return {"model_name": name, "champion_version": "", "drifted": False,
+                "prediction_psi": None, "requests": 0, "rows": 0, "windows": 0, "run_id": "",
+                "report_uri": "", "psi": {}}
     profile = _profile(name, version)
     directory = stats_dir / drift.safe_name(name) / version
     files = _windows(ctx, directory)

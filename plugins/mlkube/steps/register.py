@@ -119,7 +119,8 @@ def run(ctx: Context) -> dict[str, Any]:
         ctx.log(f"run {run_id} is already version {version}; not registering it again")
     else:
         tags = {**tracking.lineage_tags(SPEC.name, ctx.pipeline_run_id),
-                tracking.TAG_DIGEST: info.digest, f"test_{metric}": f"{challenger_value:.6f}"}
+                tracking.TAG_DIGEST: info.digest, f"test_{metric}": f"{challenger_value:.6f}",
+                **tracking.reason_tags(ctx.args.reason)}
         version = mlflow.register_model(model_uri, name, tags=tags).version
 
     for attempt in range(1, GATE_ATTEMPTS + 1):  # compare-and-set: the champion judged is

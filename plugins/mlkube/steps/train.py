@@ -77,9 +77,19 @@ class Preempted(BaseException):
     """
 
 
-def run_key(digest: str, params: ModelConfig) -> str:
-    """The default identity of a training run: same data and parameters, same run."""
-    text = json.dumps({"dataset": digest, "params": asdict(params)}, sort_keys=True)
+def run_key(digest: str, params: ModelConfig, reason: str | None = None) -> str:
+    """The default identity of a training run: same data and parameters, same run.
+
+    A retraining on drift (a ``--reason`` that names drift) is a run of its own even on the
+    same data: it trains afresh instead of returning the earlier run; the same reason (a
+    retried task) resumes it.
+    """
+    from mlkube.retrain import names_drift
+
+    identity: dict[str, Any] = {"dataset": digest, "params": asdict(params)}
+    if reason and names_drift(reason):
+        identity["reason"] = reason
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -183,11 +193,14 @@ def _start_run(ctx: Context, directory: Path, key: str, digest: str) -> tuple[An
     if marker.exists():
         run_id = json.loads(marker.read_text())["mlflow_run_id"]
         if tracking.run_exists(run_id):
-            return mlflow.start_run(run_id=run_id), False
+            run = mlflow.start_run(run_id=run_id)
+            mlflow.set_tags(tracking.reason_tags(ctx.args.reason))
+            return run, False
         ctx.log(f"{marker} names MLflow run {run_id}, which the tracking store "
                 f"{mlflow.get_tracking_uri()} does not know; starting a new run there")
     tags = {**tracking.lineage_tags(SPEC.name, ctx.pipeline_run_id),
-            tracking.TAG_DIGEST: digest, tracking.TAG_RUN_KEY: key}
+            tracking.TAG_DIGEST: digest, tracking.TAG_RUN_KEY: key,
+            **tracking.reason_tags(ctx.args.reason)}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{key[:8]}", tags=tags)
     atomic_write_text(marker, json.dumps({"mlflow_run_id": run.info.run_id}))
     return run, True
@@ -439,7 +452,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if ctx.args.epochs is not None:
         overrides = {**overrides, "epochs": ctx.args.epochs}
     params = configmod.model_params(ctx.config.model, overrides)
-    key = ctx.args.run_key or run_key(info.digest, params)
+    key = ctx.args.run_key or run_key(info.digest, params, ctx.args.reason)
     directory = ctx.artifact_root / "checkpoints" / key
     finished = directory / "result.json"
     done = _finished(ctx, finished, key)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from mlkube.argo.lifecycle import SKIP_UNCHANGED
+from mlkube import spec as spec_module
+from mlkube.argo.lifecycle import RETRAIN_REASON, RETRAIN_WHEN
 from mlkube.argo.options import RenderOptions
 from mlkube.argo.render import render
 from mlkube.cli import main
@@ -15,7 +16,13 @@ from mlkube.errors import MlkubeError
 from mlkube.schedule import check_schedule
 
 
-def test_cron_runs_the_lifecycle_on_schedule_one_at_a_time(docs: dict[str, list[dict]]) -> None:
+def _cron_tasks(cron: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (dag,) = [t for t in cron["spec"]["workflowSpec"]["templates"] if "dag" in t]
+    return {t["name"]: t for t in dag["dag"]["tasks"]}
+
+
+def test_cron_runs_the_lifecycle_on_schedule_one_at_a_time(docs: dict[str, list[dict]],
+                                                           lifecycle: dict[str, Any]) -> None:
     (cron,) = docs["mlkube-retrain.yaml"]
     spec = cron["spec"]
     assert cron["metadata"]["name"] == "mlkube-retrain"
@@ -23,21 +30,61 @@ def test_cron_runs_the_lifecycle_on_schedule_one_at_a_time(docs: dict[str, list[
     assert "schedule" not in spec  # removed in Argo Workflows v4
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["successfulJobsHistoryLimit"] == 3 and spec["failedJobsHistoryLimit"] == 3
-    assert spec["workflowSpec"]["workflowTemplateRef"] == {"name": "mlkube-lifecycle"}
+    workflow = spec["workflowSpec"]
+    # the lifecycle's DAG and run policy, with the monitor beside prepare-data
+    for key in ("entrypoint", "serviceAccountName", "activeDeadlineSeconds", "podGC",
+                "ttlStrategy"):
+        assert workflow[key] == lifecycle["spec"][key], key
+    (param,) = workflow["arguments"]["parameters"]
+    assert param["name"] == "config" and param["value"] == "{}"
+    tasks = _cron_tasks(cron)
+    assert list(tasks) == ["preflight", "prepare-data", "monitor", "tune-worker", "select-best",
+                           "train", "register", "deploy"]
+    assert all(t["templateRef"]["name"] == "mlkube-steps" for t in tasks.values())
 
 
-def test_cron_asks_the_lifecycle_to_skip_unchanged_data(docs: dict[str, list[dict]],
-                                                        tasks: dict[str, Any]) -> None:
+def _evaluate(when: str, changed: str, drifted: str) -> bool:
+    """What Argo (govaluate) evaluates once it has substituted the outputs."""
+    text = (when.replace("{{tasks.prepare-data.outputs.parameters.changed}}", changed)
+            .replace("{{tasks.monitor.outputs.parameters.drifted}}", drifted))
+    assert "{{" not in text, text
+    return bool(eval(text.replace("||", " or ").replace("true", "True")
+                     .replace("false", "False")))
+
+
+def test_cron_retrains_on_changed_data_or_drift(docs: dict[str, list[dict]]) -> None:
     (cron,) = docs["mlkube-retrain.yaml"]
-    (param,) = cron["spec"]["workflowSpec"]["arguments"]["parameters"]
-    assert param == {"name": SKIP_UNCHANGED, "value": "true"}
-    when = tasks["train"]["when"]
-    # what Argo evaluates once it has substituted the parameters
-    for changed, runs in (("true", True), ("false", False)):
-        text = (when.replace(f"{{{{workflow.parameters.{SKIP_UNCHANGED}}}}}", "true")
-                .replace("{{tasks.prepare-data.outputs.parameters.changed}}", changed))
-        assert eval(text.replace("||", " or ").replace("true", "True")
-                    .replace("false", "False")) is runs
+    tasks = _cron_tasks(cron)
+    monitor = tasks["monitor"]
+    assert monitor["templateRef"]["template"] == "monitor"
+    assert monitor["depends"] == "preflight.Succeeded"  # beside prepare-data
+    args = {p["name"]: p["value"] for p in monitor["arguments"]["parameters"]}
+    assert args["no-data"] == "not-drifted"  # a fresh deployment is not drifted
+    assert tasks["tune-worker"]["depends"] == "prepare-data.Succeeded && monitor.Succeeded"
+    for name in ("tune-worker", "select-best", "train"):
+        when = tasks[name]["when"]
+        assert when == RETRAIN_WHEN
+        for changed, drifted, runs in (("true", "false", True), ("false", "true", True),
+                                       ("true", "true", True), ("false", "false", False)):
+            assert _evaluate(when, changed, drifted) is runs
+    assert "when" not in tasks["register"]  # it waits on train.Succeeded
+    assert tasks["deploy"]["depends"] == "register.Succeeded || register.Omitted"
+    assert "when" not in tasks["deploy"] and "when" not in tasks["monitor"]
+    for name in ("train", "register"):  # why, as the tag mlkube.retrain_reason
+        reason = {p["name"]: p["value"] for p in tasks[name]["arguments"]["parameters"]}["reason"]
+        assert reason == RETRAIN_REASON
+        assert reason.startswith("{{=") and "tasks['prepare-data']" in reason
+        assert "tasks.monitor.outputs.parameters.psi" in reason
+
+
+def test_the_monitor_template_renders_the_step_description(steps: dict[str, Any]) -> None:
+    template = steps["monitor"]
+    assert template["container"]["command"] == spec_module.MONITOR.command()
+    inputs = {p["name"]: p.get("default") for p in template["inputs"]["parameters"]}
+    assert inputs == {"config": "{}", "stats-dir": "", "no-data": "error"}
+    outputs = [p["name"] for p in template["outputs"]["parameters"]]
+    assert outputs == list(spec_module.MONITOR.result_keys)
+    assert "synchronization" not in template  # it reads; it holds no model lock
 
 
 @pytest.mark.parametrize("schedule", ["0 3 * * *", "*/15 * * * *", "0 0 1,15 * MON-FRI",

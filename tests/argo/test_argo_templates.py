@@ -27,7 +27,7 @@ BY_NAME = {t.name: t for t in STEP_TEMPLATES}
 
 def test_the_steps_template_holds_one_template_per_step(steps: dict[str, Any]) -> None:
     assert list(steps) == ["preflight", "prepare-data", "tune-worker", "select-best", "train",
-                           "register", "deploy"]
+                           "register", "deploy", "monitor"]
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
@@ -183,7 +183,10 @@ def test_preflight_judges_every_step_pod_as_rendered(steps: dict[str, Any]) -> N
         assert container["resources"] == steps[name]["container"]["resources"]
         assert pod["spec"].get("nodeSelector") == steps[name].get("nodeSelector")
         assert "{{" not in yaml.safe_dump(pod)  # nothing for Argo to resolve inside the artifact
-    assert pods[-1]["spec"]["serviceAccountName"] == RenderOptions().deploy_service_account
+    by_name = {p["metadata"]["name"]: p for p in pods}
+    assert by_name["mlkube-steps-deploy"]["spec"]["serviceAccountName"] == \
+        RenderOptions().deploy_service_account
+    assert "serviceAccountName" not in by_name["mlkube-steps-monitor"]["spec"]
 
 
 def test_train_and_deploy_get_a_grace_period_long_enough_to_checkpoint_or_roll_back(

@@ -1,8 +1,11 @@
 """The ``mlkube-retrain`` CronWorkflow.
 
-The cron workflow runs the lifecycle WorkflowTemplate with ``skip-unchanged=true``: when
-prepare-data reports that the dataset digest equals the champion's, tuning and training are
-skipped (a ``when`` on those tasks) and so is everything after them.
+On schedule, the lifecycle's DAG (:func:`mlkube.argo.lifecycle.lifecycle_tasks`) with the
+``monitor`` template beside prepare-data: tuning, training and registration run when
+prepare-data reports the dataset changed OR the monitor says the served version drifted
+(``when``: :data:`~mlkube.argo.lifecycle.RETRAIN_WHEN`); train and register record why as the
+tag ``mlkube.retrain_reason``. Deploy runs every time. A fresh deployment, nothing served
+yet, is not drifted (monitor ``--no-data not-drifted``).
 """
 
 from __future__ import annotations
@@ -16,24 +19,37 @@ if TYPE_CHECKING:
 
     from mlkube.argo.options import RenderOptions
 
-def retrain_cron(options: RenderOptions) -> CronWorkflow:
-    """The CronWorkflow that runs the lifecycle on schedule, skipping unchanged data."""
-    from hera.workflows import CronWorkflow, Parameter
-    from hera.workflows.models import WorkflowTemplateRef
 
-    from mlkube.argo.lifecycle import SKIP_UNCHANGED
+def retrain_cron(options: RenderOptions) -> CronWorkflow:
+    """The CronWorkflow that retrains on schedule when the data changed or the model drifted."""
+    from hera.workflows import DAG, CronWorkflow
+
+    from mlkube.argo.lifecycle import (
+        CONFIG,
+        ENTRYPOINT,
+        config_parameter,
+        lifecycle_tasks,
+        run_policy,
+    )
     from mlkube.argo.options import LABELS
 
-    return CronWorkflow(
+    with CronWorkflow(
         name=options.cron_name,
         namespace=options.namespace,
         labels=dict(LABELS),
+        annotations={"workflows.argoproj.io/description":
+                     "preflight -> prepare + monitor -> (changed or drifted) tune x P -> select "
+                     "-> train (GPU) -> register -> deploy"},
         schedules=[check_schedule(s) for s in options.schedules],
         timezone=options.timezone,
         concurrency_policy="Forbid",
         starting_deadline_seconds=600,
         successful_jobs_history_limit=3,
         failed_jobs_history_limit=3,
-        workflow_template_ref=WorkflowTemplateRef(name=options.lifecycle_name),
-        arguments=[Parameter(name=SKIP_UNCHANGED, value="true")],
-    )
+        entrypoint=ENTRYPOINT,
+        arguments=[config_parameter()],
+        **run_policy(options),
+    ) as cron:
+        with DAG(name=ENTRYPOINT, parallelism=options.parallelism):
+            lifecycle_tasks(options, f"{{{{workflow.parameters.{CONFIG}}}}}", retrain=True)
+    return cron

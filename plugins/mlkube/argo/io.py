@@ -35,9 +35,10 @@ TEMPLATE_SET = frozenset({"config", "artifact_root", "result_file", "pipeline_ru
                           "service_name", "result_only"})
 # Optional options whose "not given" has a written form.
 OPTIONAL_DEFAULTS = {"params": "{}", "version": "", "target": "auto", "canary_percent": "0",
-                     "reason": ""}
+                     "reason": "", "stats_dir": "", "no_data": "error"}
 # Optional options left out: the step derives a value every caller agrees on.
-DERIVED = frozenset({"study_name", "run_key", "alias", "namespace", "server_image"})
+DERIVED = frozenset({"study_name", "run_key", "alias", "namespace", "server_image", "windows",
+                     "since"})
 
 
 def input_name(option: Option) -> str:

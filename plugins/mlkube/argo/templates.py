@@ -63,6 +63,7 @@ STEP_TEMPLATES = (
     StepTemplate(name="train", step=spec.TRAIN),
     StepTemplate(name="register", step=spec.REGISTER, locked=True),
     StepTemplate(name="deploy", step=spec.DEPLOY, deploys=True, locked=True),
+    StepTemplate(name="monitor", step=spec.MONITOR),
 )
 PREFLIGHT_TEMPLATE = "preflight"
 PREFLIGHT_PODS = "/etc/mlkube/preflight-pods.yaml"

@@ -69,7 +69,8 @@ def lifecycle_tasks(options: RenderOptions, config: str, retrain: bool = False) 
     """The lifecycle's tasks, inside a ``DAG`` context; ``retrain``: the cron's, with the
     monitor beside prepare-data and training on changed data or drift."""
     dataset = _out("prepare-data", "dataset_uri")
-    when, reason, ready = TRAINING_WHEN, {}, "prepare-data.Succeeded"
+    when, ready = TRAINING_WHEN, "prepare-data.Succeeded"
+    reason: dict[str, Any] = {}
     _task(options, "preflight")
     _task(options, "prepare-data", depends="preflight.Succeeded", config=config)
     if retrain:

@@ -56,7 +56,7 @@ def test_bad_config_stops_before_any_step(state: Path, tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == (f"mlkube run: error: {config}: unknown config key 'modle'; "
                                    "known keys here: experiment, state_dir, data, model, tune, "
-                                   "registry, serving")
+                                   "registry, serving, monitor")
     assert "==>" not in done.stdout and (state / "mlflow.db").read_bytes() == store
     assert sorted(p.name for p in state.iterdir()) == ["mlflow.db"]  # nothing else either
 

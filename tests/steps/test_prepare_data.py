@@ -29,7 +29,7 @@ def test_demo_data_prepared_logged_and_idempotent(state: Path, tmp_path: Path,
     assert code == 0 and result is not None
     dataset = Path(result["dataset_uri"])
     assert {p.name for p in dataset.iterdir()} == {"train.parquet", "validation.parquet",
-                                                  "test.parquet", "schema.json"}
+                                                  "test.parquet", "schema.json", "profile.json"}
     sizes = [len(pd.read_parquet(dataset / f"{s}.parquet")) for s in ("train", "validation", "test")]
     assert sum(sizes) == result["rows"] == 569 and min(sizes) > 0
     assert result["changed"] == "true" and result["champion_digest"] == ""

@@ -17,12 +17,13 @@ The same sequence on every target (:mod:`mlkube.targets`):
 5. only then MLflow records what serves: the ``serving`` alias moves to the version.
 
 The ``serving`` alias is also the record of what served: a try killed after its apply leaves
-its version on the serving objects and the alias where it was, so the retry smoke-tests and
-promotes that version before recording it, or rolls back to the alias's version, rendered
-again. The same version again changes nothing and returns the same result. ``auto`` is the local
-target outside a cluster; in a pod, KServe where its API is served, else Deployment + Service
-+ HPA (:func:`mlkube.targets.choose`). Of the steps, only this one talks to the cluster API,
-through the cluster targets (:mod:`mlkube.targets.deployment`, :mod:`mlkube.targets.kserve`).
+its version on the serving objects and the alias where it was, so the retry applies it again
+(what the kill left unapplied), smoke-tests and promotes it before recording it, or rolls back
+to the alias's version, rendered again. The same version again changes nothing and returns the
+same result. ``auto`` is the local target outside a cluster; in a pod, KServe where its API is
+served, else Deployment + Service + HPA (:func:`mlkube.targets.choose`). Of the steps, only
+this one talks to the cluster API, through the cluster targets
+(:mod:`mlkube.targets.deployment`, :mod:`mlkube.targets.kserve`).
 """
 
 from __future__ import annotations
@@ -266,8 +267,10 @@ def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
                 + (" (the serving record's version: the objects hold no other ready one)"
                    if previous is not None and previous != live else ""))
     try:
-        if live != version:
-            target.roll_out(version, f"models:/{name}/{version}")
+        # Also where the version serves already: a try killed between its applies left the
+        # rest unapplied (a first deploy's Service and HPA); applied again, the rest changes
+        # nothing (the local server keeps a version it serves).
+        target.roll_out(version, f"models:/{name}/{version}")
         smoke_test(target, rows)
         target.promote()
     except BaseException as exc:  # any failure, a bug or a stop included: put the old one back

@@ -1,0 +1,327 @@
+"""The fake API server's serving pods made real: a kube-proxy in front of real runtimes.
+
+The fake (``fake_apiserver.py``) runs the Deployment and ReplicaSet controllers and a kubelet,
+but its pods run nothing. :class:`KubeProxy` gives them what a cluster gives a client of a
+Service: ``http://<service>.<namespace>.svc.cluster.local/...`` reaches one ready pod of the
+Service, and the pod answers with the model version its own command line names. A process
+uses it as its HTTP proxy (``HTTP_PROXY``; ``NO_PROXY=127.0.0.1,localhost`` keeps MLflow and
+the fake's API direct), which Python's ``urllib`` (the deploy step's smoke test) honours.
+
+For each request the proxy, as kube-proxy would with the Service's endpoints:
+
+- finds the Service in the fake (none: 502, as a name that does not resolve), and the port
+  the request names among its ports (none: 502, a refused connection);
+- takes the Service's endpoints: the pods its selector matches whose ``Ready`` condition is
+  ``True`` (none: 503 ``no endpoints available for service``, where a real Service refuses
+  the connection);
+- picks one of them round-robin, and forwards the request to a real ``mlkube serve model``
+  process running that pod's container command (its ``--model-uri``, ``--name``,
+  ``--version``, ``--verify-batch``...; ``--host``/``--port`` replaced by a loopback port) with
+  the container's plain ``env`` values (its ``MLFLOW_TRACKING_URI``). One process serves every
+  pod with the same command and env; it is started when a pod first needs it (the request
+  waits until the container's readiness probe path answers 200) and kept until :meth:`close`.
+
+Where it differs from kube-proxy:
+
+- endpoints are read from the fake at each request: no EndpointSlice controller and no lag,
+  so a pod that stops being ready (or is deleted: the fake deletes at once, without a grace
+  period or ``preStop``) takes no request after that instant;
+- round-robin over the ready pods (IPVS's default), not iptables' random choice; no session
+  affinity, no ``internalTrafficPolicy``, no topology;
+- pods with the same command and env share one process, so a pod's own state (its restarts,
+  its memory) is not modelled; the fake's readiness (its ``outcome``) is taken as given: a pod
+  the fake says is ready may still be loading its process here, and the request waits;
+- it is an HTTP proxy (absolute-URI requests, HTTP/1.0, one request a connection), not packet
+  forwarding; no ``CONNECT``/TLS, only ``*.svc.cluster.local`` names.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fake_apiserver import FakeApiServer, version_of
+
+from mlkube_testing import free_port
+
+SERVICE_HOST = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+                          r"\.svc\.cluster\.local")
+PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY",
+                   "no_proxy", "ALL_PROXY", "all_proxy")
+START_TIMEOUT = 180.0  # a runtime's start: its imports, the model's download, load and verify
+
+
+@dataclass
+class Route:
+    """One request the proxy forwarded (or answered itself: ``pod`` empty)."""
+
+    service: str
+    pod: str
+    version: str
+    method: str
+    path: str
+    status: int
+
+
+class Unavailable(Exception):
+    """No answer from the pod's process (it exited, or never got ready): the proxy's 502."""
+
+
+@dataclass
+class Runtime:
+    """One ``mlkube serve model`` process standing in for the pods of one container spec."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    ready_path: str
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Until the readiness probe's path answers 200; :class:`Unavailable` if it exits."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:  # not listening yet, or not ready (an HTTPError)
+                pass
+            if self.process.poll() is not None:
+                raise Unavailable(f"the container exited ({self.process.returncode}): "
+                                  f"{self.output()[-500:]}")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"{self.ready_path} never answered 200 in {timeout:g} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Gone (SIGKILL: a test's process keeps nothing worth a graceful stop)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def _option(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command[:-1] else None
+
+
+@dataclass
+class Runtimes:
+    """The processes behind the pods, one per (container command, env), started on demand."""
+
+    workdir: Path
+    #: the environment every process starts from (a pod's own env values go over it)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    started: dict[tuple[Any, ...], Runtime] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starting: dict[tuple[Any, ...], threading.Lock] = {}
+        self.env = {k: v for k, v in self.env.items() if k not in PROXY_VARIABLES}
+
+    def for_pod(self, pod: dict[str, Any]) -> Runtime:
+        """The ready process running ``pod``'s container (started now if none runs it)."""
+        runtime = self.start(pod)
+        runtime.wait_ready()
+        return runtime
+
+    def start(self, pod: dict[str, Any]) -> Runtime:
+        """The process running ``pod``'s container, started now if none runs it (not waited
+        for: a test starts the ones it will need ahead, and the first request waits)."""
+        container = pod["spec"]["containers"][0]
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        if command[:3] != ["mlkube", "serve", "model"]:
+            raise Unavailable(f"the pod runs {command[:3]}, not mlkube's serving runtime")
+        env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+        kept = [a for i, a in enumerate(command) if a not in ("--host", "--port")
+                and command[i - 1] not in ("--host", "--port")]
+        key = (tuple(kept), tuple(sorted(env.items())))
+        with self._lock:
+            gate = self._starting.setdefault(key, threading.Lock())
+        with gate:
+            runtime = self.started.get(key)
+            if runtime is None or runtime.process.poll() is not None:
+                runtime = self._start(kept, env, container)
+                self.started[key] = runtime
+        return runtime
+
+    def _start(self, command: list[str], env: dict[str, str],
+               container: dict[str, Any]) -> Runtime:
+        port = free_port()
+        probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+        name = _option(command, "--name") or "model"
+        version = _option(command, "--version") or ""
+        log = self.workdir / f"runtime-{re.sub(r'[^a-z0-9]+', '-', name.lower())}-v{version}-" \
+                             f"{len(self.started)}.log"
+        argv = [sys.executable, "-m", "mlkube.cli", *command[1:], "--host", "127.0.0.1",
+                "--port", str(port)]
+        with log.open("wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**self.env, **env}, cwd=self.workdir,
+                                       start_new_session=True)
+        return Runtime(process=process, port=port, log=log,
+                       ready_path=probe or f"/v2/models/{name}/ready")
+
+    def close(self) -> None:
+        for runtime in self.started.values():
+            runtime.stop()
+
+
+class KubeProxy:
+    """An HTTP proxy on loopback that routes ``*.svc.cluster.local`` to the fake's pods (see
+    the module doc). :attr:`fake` is the cluster it reads; a test sets it."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.fake: FakeApiServer | None = None
+        self.runtimes = Runtimes(workdir, dict(os.environ if env is None else env))
+        self.routes: list[Route] = []
+        self._turn = itertools.count()
+        self._http: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> KubeProxy:
+        handler = type("Handler", (_Handler,), {"proxy": self})
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._http.daemon_threads = True
+        self._thread = threading.Thread(target=self._http.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name="kube-proxy")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.runtimes.close()
+
+    @property
+    def url(self) -> str:
+        assert self._http is not None, "start the proxy first (with KubeProxy(...) as proxy)"
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
+
+    def endpoints(self, service: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Service's ready pods (its selector, the ``Ready`` condition), by name."""
+        assert self.fake is not None
+        meta = service["metadata"]
+        selector = (service.get("spec") or {}).get("selector") or {}
+        ready = []
+        for pod in self.fake.objects("Pod", meta["namespace"]):
+            labels = pod["metadata"].get("labels") or {}
+            conditions = {c.get("type"): c.get("status")
+                          for c in (pod.get("status") or {}).get("conditions") or []}
+            if selector and all(labels.get(k) == v for k, v in selector.items()) \
+                    and conditions.get("Ready") == "True":
+                ready.append(pod)
+        return ready
+
+    def route(self, method: str, host: str, port: int, path: str, body: bytes | None,
+              headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """Where kube-proxy would send the request, and that pod's answer."""
+        match = SERVICE_HOST.fullmatch(host)
+        fake = self.fake
+        if match is None or fake is None:
+            return _text(502, f"{host}: no such host (only <service>.<namespace>.svc.cluster."
+                              "local names are routed)")
+        name, namespace = match.group(1), match.group(3)
+        service = fake.get("Service", name, namespace)
+        if service is None:
+            return _text(502, f"{host}: no such host (no Service {namespace}/{name})")
+        ports = [p.get("port") for p in (service.get("spec") or {}).get("ports") or []]
+        if port not in ports:
+            return _text(502, f"{host}:{port}: connection refused (the Service serves {ports})")
+        ready = self.endpoints(service)
+        if not ready:
+            self.routes.append(Route(name, "", "", method, path, 503))
+            return _text(503, f'no endpoints available for service "{namespace}/{name}"')
+        pod = ready[next(self._turn) % len(ready)]
+        pod_name, version = pod["metadata"]["name"], version_of(pod["spec"])
+        try:
+            runtime = self.runtimes.for_pod(pod)
+            answer = _forward(runtime.port, method, path, body, headers)
+        except (Unavailable, OSError, http.client.HTTPException) as exc:
+            answer = _text(502, f"pod {pod_name}: {exc}")
+        self.routes.append(Route(name, pod_name, version, method, path, answer[0]))
+        return answer
+
+    def get(self, url: str, timeout: float = 30) -> tuple[int, bytes]:
+        """``GET url`` through the proxy, from this process (its environment untouched)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": self.url}))
+        try:
+            with opener.open(url, timeout=timeout) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+
+def _text(code: int, message: str) -> tuple[int, dict[str, str], bytes]:
+    return code, {"Content-Type": "text/plain"}, (message + "\n").encode()
+
+
+def _forward(port: int, method: str, path: str, body: bytes | None,
+             headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        kept = {k: v for k, v in response.getheaders() if k.lower() == "content-type"}
+        return response.status, kept, data
+    finally:
+        connection.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    proxy: KubeProxy
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return None
+
+    def _handle(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        host = parts.hostname or (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() in ("content-type", "accept", "content-length")}
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        code, answer_headers, data = self.proxy.route(method, host, parts.port or 80, path,
+                                                      body, headers)
+        self.send_response(code)
+        for key, value in answer_headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")

@@ -10,7 +10,8 @@ The training profile (the train step puts it in the model's MLflow metadata unde
              | {"kind": "values", "edges": [...], "counts": [...]}}
 
 A live window (the serving runtime writes one every N requests or T seconds to
-``<stats dir>/<safe model name>/<version>/window-<%Y%m%dT%H%M%S%fZ>.json``) counts the same
+``<stats dir>/<safe model name>/<version>/window-<%Y%m%dT%H%M%S%fZ>-<host>.json``, the host
+part naming the replica that wrote it, absent in names written before it) counts the same
 bins: ``{"version": 1, "model", "model_version", "start", "end", "requests", "rows",
 "features": {"<feature>": {"edges", "counts", "missing", "count", "mean", "var"}},
 "predictions": {"kind": "classes", "labels", "counts"} | {"kind": "values", "edges", "counts"}}``.
@@ -43,7 +44,8 @@ from mlkube.errors import MlkubeError
 
 EPSILON = 1e-4
 PLOTTED = 12  # features plotted in the report: the highest PSI first
-WINDOW_NAME = re.compile(r"^window-\d{8}T\d{6}\d{6}Z\.json$")
+# window-<end>[-<host>].json: sorted by name, by end time first (the end is fixed width)
+WINDOW_NAME = re.compile(r"^window-\d{8}T\d{6}\d{6}Z(?:-[A-Za-z0-9_.-]+)?\.json$")
 MISSING = "missing"
 
 

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from serve_env import NAME, Registry, Server, start_server
 
+from mlkube import drift
 from mlkube.serve import client
+from mlkube.serve import stats as stats_module
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -96,7 +98,9 @@ def test_requests_show_up_on_metrics_and_in_a_window(registry: Registry, tmp_pat
         assert window["version"] == 1 and window["model"] == NAME
         assert window["model_version"] == version
         assert window["requests"] == 5 and window["rows"] == len(rows) == 23
-        assert path.name == "window-" + re.sub(r"[-:.]", "", window["end"]) + ".json"
+        assert path.name == ("window-" + re.sub(r"[-:.]", "", window["end"]) + "-"
+                             + stats_module.host_name() + ".json")
+        assert drift.WINDOW_NAME.match(path.name)
         assert window["start"] < window["end"] and window["end"].endswith("Z")
         profile = _model_profile(registry, "trained")
         assert list(window["features"]) == registry.features

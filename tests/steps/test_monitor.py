@@ -273,6 +273,55 @@ def test_no_data_not_drifted_is_a_result(state: Path, stats: Path, tmp_path: Pat
     assert [r.info.run_id for r in _monitor_runs()] == [result["run_id"]]
 
 
+def _replica(stats: Path, host: str, version: str, rows: int, seed: int) -> None:
+    """One serving replica (the runtime's own statistics, named by its pod) answering
+    ``rows`` rows in 4 requests, then writing its window (as at its exit)."""
+    from types import SimpleNamespace
+
+    from mlkube.serve.stats import Monitor
+
+    model = SimpleNamespace(name=NAME, version=version, n_features=len(FEATURES),
+                            features=list(FEATURES), columns=list(FEATURES),
+                            profile=_profile(), classifier=True, classes=["0", "1"])
+    monitor = Monitor(stats_dir=stats, host=host, every_seconds=3600)
+    monitor.attach(model)
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.normal(m, sd, rows) for m, sd in FEATURES.values()])
+    p = rng.random(rows)
+    for part, probs in zip(np.array_split(x, 4), np.array_split(p, 4), strict=True):
+        monitor.record(model, part, np.column_stack([1 - probs, probs]))
+    monitor.close()
+
+
+def test_replicas_ending_a_window_at_once_write_two_windows(state: Path, stats: Path,
+                                                            tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            ) -> None:
+    """Two pods of one Deployment share the stats directory (the artifact claim's monitoring
+    sub-path) and may end a window in the same microsecond: the host in the name keeps both,
+    and monitor counts both."""
+    from mlkube.serve import stats as runtime_stats
+
+    version = _register(_profile())
+    instant = datetime.now(UTC)
+    monkeypatch.setattr(runtime_stats, "_now", lambda: instant)  # the same end, to the µs
+    _replica(stats, "serving-7d9f-abcde", version, 300, seed=1)
+    _replica(stats, "serving-7d9f-fghij", version, 200, seed=2)
+    written = sorted((stats / drift.safe_name(NAME) / version).glob("window-*.json"))
+    stamp = instant.strftime("%Y%m%dT%H%M%S%fZ")
+    assert [p.name for p in written] == [f"window-{stamp}-serving-7d9f-abcde.json",
+                                         f"window-{stamp}-serving-7d9f-fghij.json"]
+    assert all(drift.WINDOW_NAME.match(p.name) for p in written)
+    # a window named before the host was part of the name still counts, in time order
+    older = _window(stats, version, 100, seed=3, end=instant - timedelta(minutes=1))
+    files = sorted(p.name for p in older.parent.iterdir() if drift.WINDOW_NAME.match(p.name))
+    assert files[0] == older.name
+    code, result, _ = run("monitor", "--min-rows", "10", tmp=tmp_path)
+    assert code == 0 and result is not None
+    assert (result["windows"], result["rows"], result["requests"]) == (3, 600, 58)
+    assert result["drifted"] is False
+
+
 def test_psi_formula() -> None:
     assert drift.psi([10, 20, 30], [10, 20, 30]) == 0.0
     e, a = [0.5, 0.5], [0.9, 0.1]

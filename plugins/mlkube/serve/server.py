@@ -216,8 +216,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-dir", metavar="DIR",
                         help="write windows of the live statistics (features asked, "
                              "predictions answered) here as JSON, "
-                             "DIR/<model>/<version>/window-<end>.json (default: none written; "
-                             "/metrics has them either way)")
+                             "DIR/<model>/<version>/window-<end>-<host>.json (default: none "
+                             "written; /metrics has them either way)")
     parser.add_argument("--stats-every-requests", type=int, default=EVERY_REQUESTS,
                         metavar="N", help="a window every N requests ... "
                                           f"(default {EVERY_REQUESTS})")

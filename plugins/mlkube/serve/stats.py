@@ -21,7 +21,10 @@ window (the statistics since the last one) is written every ``every_requests`` r
 ``every_seconds`` seconds, whichever comes first, and when a version stops serving (a swap, an
 unload, the server's exit); a window with no request is not written. Its JSON is written in a
 background thread, atomically (a temporary file renamed), to
-``<stats dir>/<model name as a file name>/<version>/window-<end: %Y%m%dT%H%M%S%fZ>.json``::
+``<stats dir>/<model name as a file name>/<version>/window-<end: %Y%m%dT%H%M%S%fZ>-<host>.json``
+(``<host>``: the host name, a pod's name on a cluster, as a file name: the replicas of one
+Deployment write to one shared directory, and two of them may end a window in the same
+microsecond; the names still sort by time first, and match ``window-*.json``)::
 
     {"version": 1, "model": "mlkube-demo", "model_version": "3",
      "start": "2026-12-06T10:00:00.000000Z", "end": "2026-12-06T10:01:00.000000Z",
@@ -40,7 +43,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,16 @@ FOLD_ROWS = 4096  # ... and rows
 def safe_name(model_name: str) -> str:
     """The model name as a file name (the local target's rule)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+
+
+def host_name() -> str:
+    """This runtime's host name as a file name part (a pod's name on a cluster: ``HOSTNAME``)."""
+    return safe_name(os.environ.get("HOSTNAME") or socket.gethostname() or "host")[:63]
+
+
+def window_name(end: str, host: str) -> str:
+    """The file name of a window that ends at ``end`` (its ISO text), written on ``host``."""
+    return f"window-{re.sub(r'[-:.]', '', end)}-{host}.json"
 
 
 def _now() -> dt.datetime:
@@ -247,8 +262,9 @@ class Monitor:
 
     def __init__(self, *, enabled: bool = True, stats_dir: Path | None = None,
                  every_requests: int = EVERY_REQUESTS,
-                 every_seconds: float = EVERY_SECONDS) -> None:
+                 every_seconds: float = EVERY_SECONDS, host: str | None = None) -> None:
         self.enabled = enabled
+        self.host = safe_name(host) if host else host_name()
         self.stats_dir = stats_dir if enabled else None
         self.every_requests = every_requests
         self.every_seconds = every_seconds
@@ -310,8 +326,7 @@ class Monitor:
             return
         stats.windows_written += 1
         path = (self.stats_dir / safe_name(stats.name) / safe_name(stats.version)
-                / f"window-{document['end'].replace('-', '').replace(':', '').replace('.', '')}"
-                ".json")
+                / window_name(document["end"], self.host))
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="mlkube-stats")
         self._writes = [f for f in self._writes if not f.done()]

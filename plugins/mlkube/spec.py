@@ -47,6 +47,15 @@ GPUS_ENV = "MLKUBE_GPUS"
 ARTIFACT_CLAIM = "mlkube-artifacts"
 # Where a container finds the shared artifact volume, and where it writes its result.
 ARTIFACT_MOUNT = "/mnt/mlkube"
+# The claim a step pod mounts there (kube.pod sets it): the deploy step mounts the same claim in
+# the serving pods it creates, so that they write their live windows where the monitor reads.
+ARTIFACT_CLAIM_ENV = "MLKUBE_ARTIFACT_CLAIM"
+# Where live-statistics windows live on a cluster: this sub-directory of the artifact claim.
+# The serving runtime writes them there (kube.serving mounts only it read-write, the rest of the
+# claim read-only, and passes --stats-dir MONITORING_DIR); the monitor step reads them there
+# (its --stats-dir in a pod that mounts the claim). Locally both use <state_dir>/monitoring.
+MONITORING_SUBPATH = "monitoring"
+MONITORING_DIR = f"{ARTIFACT_MOUNT}/{MONITORING_SUBPATH}"
 RESULT_PATH = "/tmp/mlkube/result.json"
 # torchrun, ending in one line and a single process's exit status (mlkube/torchrun.py)
 TORCHRUN = "mlkube.torchrun"
@@ -89,6 +98,9 @@ class Option:
     required: bool = False
     config_key: str | None = None  # the Config field this option sets, e.g. "data.target"
     choices: tuple[str, ...] | None = None
+    # Its value in a pod that mounts the artifact claim at ARTIFACT_MOUNT where none is given
+    # (kube.pod; the Argo template input's default); None: the step's own default everywhere.
+    pod_default: str | None = None
 
     @property
     def dest(self) -> str:
@@ -314,7 +326,9 @@ MONITOR = StepSpec(
     options=COMMON_OPTIONS + (
         Option(flag="--model-name", help="registered model name", config_key="registry.model_name"),
         Option(flag="--stats-dir", help="where the runtime writes its live windows; default: "
-                                        "<state_dir>/monitoring"),
+                                        "<state_dir>/monitoring, in a pod with the artifact "
+                                        f"volume {MONITORING_DIR}",
+               pod_default=MONITORING_DIR),
         Option(flag="--windows", help="judge the newest N windows (default: newest first until "
                                       "monitor.sample_rows rows)", kind="int"),
         Option(flag="--since", help="judge the windows that end at or after this time: ISO 8601 "

@@ -71,6 +71,16 @@ def test_the_monitor_pod_renders_the_step_description() -> None:
         assert args[args.index(flag) + 1] == value
 
 
+def test_the_monitor_pod_reads_where_the_serving_pods_write() -> None:
+    """On the artifact volume, --stats-dir defaults to spec.MONITORING_DIR (the serving pods'
+    windows); the local backend keeps the step's own default (<state_dir>/monitoring)."""
+    op = MonitorOperator(task_id="monitor", artifact_pvc="mlkube-artifacts",
+                         no_data="not-drifted")
+    args = base(submitted(op))["args"]
+    assert args[args.index("--stats-dir") + 1] == spec.MONITORING_DIR
+    assert "stats_dir" not in op.step_values(op.mlflow_settings())  # what the local backend runs
+
+
 @pytest.mark.parametrize("op", ALL_OPERATORS, ids=lambda op: op.task_id)
 def test_every_pod_is_valid_restricted_and_sidecar_free(op: StepOperator) -> None:
     pod = submitted(op)

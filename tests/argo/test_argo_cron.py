@@ -81,10 +81,36 @@ def test_the_monitor_template_renders_the_step_description(steps: dict[str, Any]
     template = steps["monitor"]
     assert template["container"]["command"] == spec_module.MONITOR.command()
     inputs = {p["name"]: p.get("default") for p in template["inputs"]["parameters"]}
-    assert inputs == {"config": "{}", "stats-dir": "", "no-data": "error"}
+    assert inputs == {"config": "{}", "stats-dir": spec_module.MONITORING_DIR, "no-data": "error"}
     outputs = [p["name"] for p in template["outputs"]["parameters"]]
     assert outputs == list(spec_module.MONITOR.result_keys)
     assert "synchronization" not in template  # it reads; it holds no model lock
+
+
+def test_the_monitor_reads_where_the_serving_pods_write(steps: dict[str, Any]) -> None:
+    """The monitor template's stats dir, by default, is the directory the serving pods the
+    deploy step creates write their windows to: the same claim, the same place on it."""
+    from mlkube.kube import serving
+
+    container = steps["monitor"]["container"]
+    args = container["args"]
+    assert args[args.index("--stats-dir") + 1] == "{{inputs.parameters.stats-dir}}"
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == spec_module.ARTIFACT_MOUNT]
+    assert "subPath" not in mount
+    (volume,) = [v for v in steps["monitor"]["volumes"] if v["name"] == mount["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[spec_module.ARTIFACT_CLAIM_ENV] == claim == RenderOptions().artifact_pvc
+    served = serving.ModelServing(name="m", model_name="m", version="1", model_uri="models:/m/1",
+                                  artifact_pvc=claim)
+    pod = serving.to_dict(serving.deployment(served))["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    written = command[command.index("--stats-dir") + 1]
+    inputs = {p["name"]: p.get("default") for p in steps["monitor"]["inputs"]["parameters"]}
+    assert written == inputs["stats-dir"] == spec_module.MONITORING_DIR
+    (rw,) = [m for m in pod["containers"][0]["volumeMounts"] if not m["readOnly"]]
+    assert rw["mountPath"] == written
+    assert spec_module.ARTIFACT_MOUNT + "/" + rw["subPath"] == written  # the same place on it
 
 
 @pytest.mark.parametrize("schedule", ["0 3 * * *", "*/15 * * * *", "0 0 1,15 * MON-FRI",

@@ -37,7 +37,8 @@ def test_inputs_match_the_step_options(steps: dict[str, Any], name: str) -> None
     # the config document (--config, from a file) plus each option a caller sets itself
     expected = {"config"} | {o.flag.removeprefix("--") for o in step.options
                              if o.config_key is None and o.dest not in io.TEMPLATE_SET
-                             and (o.required or o.dest in io.OPTIONAL_DEFAULTS)}
+                             and (o.required or o.dest in io.OPTIONAL_DEFAULTS
+                                  or o.pod_default is not None)}
     assert set(params) == expected
     # every other option is accounted for: a config key, set by the template, or derived
     for option in step.options:

@@ -179,3 +179,31 @@ def test_airflow_pods_carry_their_gpus() -> None:
         kubernetes_validate.validate(pod, "1.33", strict=True)
         (base,) = [c for c in pod["spec"]["containers"] if c["name"] == "base"]
         assert _gpus_env(base) == (gpus, gpus), op.task_id
+
+
+def _args(container: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    args = container["args"]
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def test_the_monitor_pod_reads_the_live_windows_on_the_artifact_claim() -> None:
+    """With the artifact volume, monitor's stats dir defaults to where the serving pods write
+    (spec.MONITORING_DIR, on the same claim); a value given wins; without it, the step's own
+    default (<state_dir>/monitoring)."""
+    pod = _pod(spec.MONITOR, Placement(artifact_pvc="mlkube-artifacts"))
+    (container,) = pod["spec"]["containers"]
+    assert _args(container)["--stats-dir"] == spec.MONITORING_DIR == "/mnt/mlkube/monitoring"
+    assert {"name": "mlkube-artifacts", "mountPath": spec.ARTIFACT_MOUNT} in container[
+        "volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[spec.ARTIFACT_CLAIM_ENV] == "mlkube-artifacts"
+    given = step_pod(spec.MONITOR, {"stats_dir": "/data/stats"},
+                     Placement(artifact_pvc="mlkube-artifacts"))
+    assert given.container.args[given.container.args.index("--stats-dir") + 1] == "/data/stats"
+    bare = _pod(spec.MONITOR, Placement())["spec"]["containers"][0]
+    assert "--stats-dir" not in bare["args"]
+    assert spec.ARTIFACT_CLAIM_ENV not in {e["name"] for e in bare.get("env") or ()}
+    # no other step has a pod default: their arguments are as before
+    for step in spec.STEPS.values():
+        if step is not spec.MONITOR:
+            assert all(o.pod_default is None for o in step.options), step.name

@@ -12,7 +12,7 @@ from kubernetes.client import V1EnvVar, V1EnvVarSource, V1SecretKeySelector
 from mlkube.argo.schema import ARGO_SCHEMA_FILE, KSERVE_CRD_FILE, Validator, packaged_schema
 from mlkube.errors import MlkubeError
 from mlkube.kube import serving
-from mlkube.spec import ARTIFACT_MOUNT, SERVER_IMAGE
+from mlkube.spec import ARTIFACT_MOUNT, MONITORING_DIR, SERVER_IMAGE
 
 SECRET = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name="mlflow", key="password"))
 ENV = (V1EnvVar(name="MLFLOW_TRACKING_URI", value="http://mlflow.ml.svc.cluster.local:5000"),
@@ -122,6 +122,7 @@ def test_plain_serving_objects_validate_and_fit_together() -> None:
 def test_plain_serving_pod_is_restricted() -> None:
     deployment = _valid(serving.deployment(SERVING))
     pod = deployment["spec"]["template"]["spec"]
+    _assert_restricted(pod)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
@@ -141,19 +142,72 @@ def test_the_verify_batch_is_written_only_when_set(crd: Validator) -> None:
     assert pod["containers"][0]["command"] == command
 
 
-def test_the_artifact_volume_is_mounted_read_only(crd: Validator) -> None:
-    with_pvc = serving.ModelServing(name="churn", model_name="m", version="1",
-                                    model_uri=f"{ARTIFACT_MOUNT}/models/1",
-                                    artifact_pvc="mlkube-artifacts")
-    volumes = [{"name": "artifacts", "persistentVolumeClaim": {
-        "claimName": "mlkube-artifacts", "readOnly": True}}]
-    mounts = [{"name": "artifacts", "mountPath": ARTIFACT_MOUNT, "readOnly": True}]
-    pod = _valid(serving.deployment(with_pvc))["spec"]["template"]["spec"]
-    assert pod["volumes"] == volumes and pod["containers"][0]["volumeMounts"] == mounts
-    isvc = serving.inference_service(with_pvc)
+# The volume types the "restricted" Pod Security profile allows (Kubernetes' pod security
+# standards: no hostPath, no NFS/iSCSI/... inline volumes).
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+
+def _assert_restricted(pod: dict[str, Any]) -> None:
+    """The "restricted" profile's checks on a pod spec (or a KServe predictor)."""
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True and context.get("runAsUser", 1) != 0
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not any(pod.get(f) for f in ("hostNetwork", "hostPID", "hostIPC"))
+    for volume in pod.get("volumes") or ():
+        assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, volume
+    for container in pod["containers"]:
+        own = container["securityContext"]
+        assert own["allowPrivilegeEscalation"] is False
+        assert own["capabilities"] == {"drop": ["ALL"]}
+        assert own.get("privileged") is not True and own.get("runAsUser", 1) != 0
+        assert not any(p.get("hostPort") for p in container.get("ports") or ())
+
+
+WITH_PVC = serving.ModelServing(name="churn", model_name="m", version="1",
+                                model_uri=f"{ARTIFACT_MOUNT}/models/1",
+                                artifact_pvc="mlkube-artifacts")
+# the claim, read-write as a volume; its mounts: the models read-only, the live windows'
+# sub-directory alone read-write
+PVC_VOLUMES = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": "mlkube-artifacts"}}]
+PVC_MOUNTS = [{"name": "artifacts", "mountPath": ARTIFACT_MOUNT, "readOnly": True},
+              {"name": "artifacts", "mountPath": MONITORING_DIR, "subPath": "monitoring",
+               "readOnly": False}]
+
+
+def test_the_artifact_claim_is_read_only_but_for_the_live_windows(crd: Validator) -> None:
+    assert MONITORING_DIR == f"{ARTIFACT_MOUNT}/monitoring"
+    command = ["mlkube", "serve", "model", "--model-uri", f"{ARTIFACT_MOUNT}/models/1", "--name",
+               "m", "--version", "1", "--host", "0.0.0.0", "--port", "8080",
+               "--stats-dir", MONITORING_DIR]
+    pod = _valid(serving.deployment(WITH_PVC))["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["volumes"] == PVC_VOLUMES and container["volumeMounts"] == PVC_MOUNTS
+    assert container["command"] == command
+    _assert_restricted(pod)
+    isvc = serving.inference_service(WITH_PVC)
     assert crd.isvc_errors(isvc) == []
     predictor = isvc["spec"]["predictor"]
-    assert predictor["volumes"] == volumes and predictor["containers"][0]["volumeMounts"] == mounts
+    (container,) = predictor["containers"]
+    assert predictor["volumes"] == PVC_VOLUMES and container["volumeMounts"] == PVC_MOUNTS
+    assert container["command"] == command
+    _assert_restricted(predictor)
+
+
+def test_without_a_claim_no_volume_and_no_windows_written(crd: Validator) -> None:
+    pod = _valid(serving.deployment(SERVING))["spec"]["template"]["spec"]
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]
+    assert "--stats-dir" not in pod["containers"][0]["command"]
+    predictor = serving.inference_service(SERVING)["spec"]["predictor"]
+    assert "volumes" not in predictor and "volumeMounts" not in predictor["containers"][0]
+    assert "--stats-dir" not in predictor["containers"][0]["command"]
+
+
+def test_the_restricted_check_catches_a_host_path() -> None:
+    pod = _valid(serving.deployment(WITH_PVC))["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/var"}})
+    with pytest.raises(AssertionError):
+        _assert_restricted(pod)
 
 
 def test_kubernetes_validation_is_strict() -> None:

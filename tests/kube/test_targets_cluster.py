@@ -542,6 +542,51 @@ def test_auto_picks_kserve_where_its_api_is_served(kfake: FakeApiServer,
     assert "rolls its pods over instead of a 10% canary" in lines[0]
 
 
+def test_serving_pods_mount_the_deploy_pods_claim_and_write_live_windows_on_it(
+        fake: FakeApiServer, kfake: FakeApiServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a step pod (kube.pod sets MLKUBE_ARTIFACT_CLAIM), the serving pods mount the same
+    claim: the models read-only, the monitoring sub-path read-write, --stats-dir on it; the
+    deploy pod makes that directory first (as the images' user). Serving in another namespace,
+    where the claim is not, they mount nothing."""
+    from mlkube import spec
+
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    monkeypatch.setattr(spec, "ARTIFACT_MOUNT", str(mount))
+    monkeypatch.setattr(spec, "MONITORING_DIR", str(mount / "monitoring"))
+    monkeypatch.setenv(spec.ARTIFACT_CLAIM_ENV, "mlkube-artifacts")
+    monkeypatch.setattr(kube_api, "own_namespace", lambda: "ml")
+    deploy = target(fake)
+    assert isinstance(deploy, DeploymentTarget)
+    assert deploy.serving.artifact_pvc == "mlkube-artifacts"
+    assert (mount / "monitoring").is_dir()
+    deploy.roll_out("7", uri("7"))
+    live = fake.get("Deployment", "churn")
+    assert live is not None
+    pod = live["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "artifacts", "persistentVolumeClaim": {
+        "claimName": "mlkube-artifacts"}}]
+    (container,) = pod["containers"]
+    assert [(m["mountPath"], m.get("subPath"), m["readOnly"]) for m in container[
+        "volumeMounts"]] == [("/mnt/mlkube", None, True),
+                             ("/mnt/mlkube/monitoring", "monitoring", False)]
+    assert container["command"][-2:] == ["--stats-dir", "/mnt/mlkube/monitoring"]
+    isvc = target(kfake)
+    assert isinstance(isvc, KServeTarget) and isvc.serving.artifact_pvc == "mlkube-artifacts"
+    explicit = target(fake, artifact_pvc="other-claim")
+    assert explicit.serving.artifact_pvc == "other-claim"  # type: ignore[attr-defined]
+
+    lines: list[str] = []
+    elsewhere = targets.choose("deployment", model_name=NAME, service_name="churn",
+                               serving_env=lambda: SERVING.env, api_client=fake.api_client(),
+                               namespace="team-b", log=lines.append)
+    assert elsewhere.serving.artifact_pvc is None  # type: ignore[attr-defined]
+    assert "not this pod's" in lines[0] and "no live windows" in lines[0]
+    monkeypatch.delenv(spec.ARTIFACT_CLAIM_ENV)
+    assert target(fake).serving.artifact_pvc is None  # type: ignore[attr-defined]
+
+
 def test_auto_is_local_outside_a_cluster_and_a_refused_env_stops_before_the_cluster(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlkube.targets.local import LocalTarget

@@ -9,7 +9,9 @@ Which options become input parameters follows one rule, so that a new option in
   parameter per config key would always override the document with its default;
 - other required options: inputs without a default (``--run-id`` → ``run-id``);
 - other optional options: inputs when omitting them has a written form
-  (:data:`OPTIONAL_DEFAULTS`), left to the step's own default otherwise (:data:`DERIVED`).
+  (:data:`OPTIONAL_DEFAULTS`) or the option has a value in a pod with the artifact volume (its
+  ``pod_default``, the input's default: every template mounts the volume), left to the step's
+  own default otherwise (:data:`DERIVED`).
 
 Outputs: one output parameter per result key, read from the file the step writes for it
 under :data:`OUTPUTS_DIR` (``MLKUBE_OUTPUTS_DIR``).
@@ -35,7 +37,7 @@ TEMPLATE_SET = frozenset({"config", "artifact_root", "result_file", "pipeline_ru
                           "service_name", "result_only"})
 # Optional options whose "not given" has a written form.
 OPTIONAL_DEFAULTS = {"params": "{}", "version": "", "target": "auto", "canary_percent": "0",
-                     "reason": "", "stats_dir": "", "no_data": "error"}
+                     "reason": "", "no_data": "error"}
 # Optional options left out: the step derives a value every caller agrees on.
 DERIVED = frozenset({"study_name", "run_key", "alias", "namespace", "server_image", "windows",
                      "since"})
@@ -52,7 +54,7 @@ def input_options(spec: StepSpec) -> list[Option]:
     for option in spec.options:
         if option.dest in TEMPLATE_SET or option.config_key:
             continue
-        if option.required or option.dest in OPTIONAL_DEFAULTS:
+        if option.required or option.dest in OPTIONAL_DEFAULTS or option.pod_default is not None:
             chosen.append(option)
         elif option.dest not in DERIVED:
             raise MlkubeError(
@@ -78,7 +80,7 @@ def step_inputs(spec: StepSpec) -> Inputs:
                         description="lifecycle config (YAML); its defaults apply where it is silent")]
     for option in input_options(spec):
         params.append(Parameter(name=input_name(option), description=option.help,
-                                default=OPTIONAL_DEFAULTS.get(option.dest)))
+                                default=OPTIONAL_DEFAULTS.get(option.dest, option.pod_default)))
     return Inputs(parameters=params, artifacts=[config_artifact()])
 
 

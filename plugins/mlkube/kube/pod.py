@@ -35,6 +35,7 @@ from kubernetes.client import (
 from mlkube.errors import MlkubeError
 from mlkube.kube import gpu, security, validation
 from mlkube.spec import (
+    ARTIFACT_CLAIM_ENV,
     ARTIFACT_MOUNT,
     CLUSTER_DATABASE,
     CLUSTER_MLFLOW_URI,
@@ -194,11 +195,16 @@ def grace_period(spec: StepSpec, placement: Placement) -> int | None:
 
 
 def step_arguments(spec: StepSpec, values: Mapping[str, Any], placement: Placement) -> list[str]:
-    """The step program's arguments inside a container."""
+    """The step program's arguments inside a container; with the artifact volume, the
+    options' pod defaults (:attr:`~mlkube.spec.Option.pod_default`) where ``values`` gives none."""
     extra: dict[str, Any] = {"result_file": RESULT_PATH}
     if placement.artifact_pvc:
         extra["artifact_root"] = ARTIFACT_MOUNT
-    return spec.arguments({**extra, **values})
+    merged = {**extra, **values}
+    if placement.artifact_pvc:
+        merged |= {o.dest: o.pod_default for o in spec.options
+                   if o.pod_default is not None and merged.get(o.dest) is None}
+    return spec.arguments(merged)
 
 
 def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
@@ -230,6 +236,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
         volumes.append(V1Volume(name=ARTIFACT_VOLUME, persistent_volume_claim=claim))
         mounts.append(V1VolumeMount(name=ARTIFACT_VOLUME, mount_path=ARTIFACT_MOUNT))
         env.append(V1EnvVar(name="MLKUBE_STATE_DIR", value=STATE_DIR))
+        env.append(V1EnvVar(name=ARTIFACT_CLAIM_ENV, value=placement.artifact_pvc))
     tolerations: list[V1Toleration] = []
     selector: dict[str, str] = {}
     if gpu.GPU_RESOURCE in (reqs.limits or {}):

@@ -12,6 +12,14 @@ credentials in :attr:`ModelServing.env`), predicts the model's own input example
 row and a full batch (:attr:`ModelServing.verify_batch` rows), and only then answers 200 on
 ``/v2/models/<name>/ready``, the readiness probe that gates traffic.
 
+With an artifact claim (:attr:`ModelServing.artifact_pvc`) the pods mount it read-only at
+``spec.ARTIFACT_MOUNT`` and its ``spec.MONITORING_SUBPATH`` sub-directory, alone, read-write at
+``spec.MONITORING_DIR``, where the runtime writes its live-statistics windows
+(``--stats-dir``) and the monitor step reads them. Every replica writes to the same directory:
+the runtime puts its host name (the pod's) in each window's name. On KServe's serverless mode
+Knative must allow writable claims (``config-features``: ``kubernetes.podspec-persistent-volume-claim``
+and ``kubernetes.podspec-persistent-volume-write`` enabled).
+
 Pods run under the "restricted" Pod Security profile (see :mod:`mlkube.kube.security`).
 """
 
@@ -64,7 +72,7 @@ from kubernetes.client import (
 
 from mlkube.errors import MlkubeError
 from mlkube.kube import security, validation
-from mlkube.spec import ARTIFACT_MOUNT, SERVER_IMAGE
+from mlkube.spec import ARTIFACT_MOUNT, MONITORING_DIR, MONITORING_SUBPATH, SERVER_IMAGE
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 MANAGED_BY = "mlkube"
@@ -109,8 +117,11 @@ class ModelServing:
         min_replicas: replicas kept running.
         max_replicas: the autoscaler's upper bound.
         target_cpu_percent: average CPU utilisation the Deployment's HPA aims for.
-        artifact_pvc: a claim holding the model files, mounted read-only at
-            ``spec.ARTIFACT_MOUNT`` (for a file artifact store on a shared volume).
+        artifact_pvc: the shared artifact claim: mounted read-only at ``spec.ARTIFACT_MOUNT``
+            (the model files of a file artifact store on a shared volume), and its
+            ``monitoring`` sub-directory read-write at ``spec.MONITORING_DIR``, where the
+            runtime writes its live windows (``--stats-dir``); ``None``: no volume, no
+            windows written.
         verify_batch: the full batch (rows) the runtime verifies the model on before the
             pod is ready (``--verify-batch``), e.g. the rows of a batch clients send;
             ``None``: the runtime's default (``serve.loaded.VERIFY_BATCH``), not written.
@@ -220,7 +231,8 @@ def server_command(serving: ModelServing) -> list[str]:
     return ["mlkube", "serve", "model",
             *arguments(model_uri=serving.model_uri, name=serving.model_name,
                        version=serving.version, host="0.0.0.0", port=SERVER_PORT,
-                       verify_batch=serving.verify_batch)]
+                       verify_batch=serving.verify_batch,
+                       stats_dir=MONITORING_DIR if serving.artifact_pvc else None)]
 
 
 def _probes(serving: ModelServing, port: int | str) -> dict[str, V1Probe]:
@@ -241,13 +253,18 @@ def _probes(serving: ModelServing, port: int | str) -> dict[str, V1Probe]:
 def _mounts(serving: ModelServing) -> list[V1VolumeMount] | None:
     if not serving.artifact_pvc:
         return None
-    return [V1VolumeMount(name="artifacts", mount_path=ARTIFACT_MOUNT, read_only=True)]
+    # the model files read-only; the live windows' sub-directory, alone, read-write (mounted
+    # after, over the read-only view: the kubelet creates the sub-directory in the claim)
+    return [V1VolumeMount(name="artifacts", mount_path=ARTIFACT_MOUNT, read_only=True),
+            V1VolumeMount(name="artifacts", mount_path=MONITORING_DIR,
+                          sub_path=MONITORING_SUBPATH, read_only=False)]
 
 
 def _volumes(serving: ModelServing) -> list[V1Volume] | None:
     if not serving.artifact_pvc:
         return None
-    claim = V1PersistentVolumeClaimVolumeSource(claim_name=serving.artifact_pvc, read_only=True)
+    # not read-only as a whole (that would make every mount read-only): each mount says
+    claim = V1PersistentVolumeClaimVolumeSource(claim_name=serving.artifact_pvc)
     return [V1Volume(name="artifacts", persistent_volume_claim=claim)]
 
 

@@ -5,8 +5,9 @@
 The version judged is the one that serves: the ``serving`` alias (deploy moves it), else the
 ``champion`` alias. Its training profile is the ``profile`` entry of its MLflow model metadata.
 Its live windows are ``<stats dir>/<safe model name>/<version>/window-*.json`` (the serving
-runtime writes them; ``--stats-dir`` defaults to ``<state_dir>/monitoring``). Which windows
-count as the latest:
+runtime writes them, every replica its own; ``--stats-dir`` defaults to
+``<state_dir>/monitoring``, and in a pod with the artifact volume to ``spec.MONITORING_DIR``,
+where the cluster's serving pods write them). Which windows count as the latest:
 
 - ``--windows N``: the newest N;
 - ``--since T``: those that end at or after T (an ISO 8601 time, or an age: ``24h``, ``30m``,

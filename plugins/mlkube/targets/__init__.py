@@ -42,12 +42,34 @@ def serves_locally(kind: str) -> bool:
     return kind == "local" or (kind == "auto" and not in_cluster())
 
 
+def _own_claim(namespace: str, log: Callable[[str], Any]) -> str | None:
+    """The artifact claim this pod mounts, for serving pods in ``namespace``; ``None`` where
+    it mounts none or they live elsewhere. Makes the live windows' directory on it (as the
+    images' user, whom the serving pods run as too) before any serving pod mounts it."""
+    from mlkube.kube import api
+    from mlkube.spec import ARTIFACT_CLAIM_ENV, ARTIFACT_MOUNT, MONITORING_DIR
+
+    claim = os.environ.get(ARTIFACT_CLAIM_ENV) or None
+    if claim is None:
+        return None
+    if namespace != api.own_namespace():
+        log(f"serving in namespace {namespace}, not this pod's: its pods mount no artifact "
+            f"claim ({claim} lives here), so they write no live windows for the monitor")
+        return None
+    if Path(ARTIFACT_MOUNT).is_dir():
+        try:
+            Path(MONITORING_DIR).mkdir(exist_ok=True)
+        except OSError:  # the kubelet makes it when it mounts the sub-path
+            pass
+    return claim
+
+
 def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlkube",
            config: ServingConfig | None = None,
            serving_env: Callable[[], Iterable[Any]] = tuple, namespace: str | None = None,
            service_name: str | None = None, server_image: str | None = None,
            canary_percent: int | None = None, verify_batch: int | None = None,
-           api_client: ApiClient | None = None,
+           artifact_pvc: str | None = None, api_client: ApiClient | None = None,
            poll: float = 2, log: Callable[[str], Any] = print) -> ServingTarget:
     """The target to serve ``model_name`` on, chosen once.
 
@@ -70,6 +92,11 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
             :meth:`~mlkube.targets.base.ServingTarget.promote`.
         verify_batch: the largest batch (rows) the runtime verifies every version on before
             it takes traffic, besides 1 row (``None``: the runtime's default).
+        artifact_pvc: cluster targets: the artifact claim the serving pods mount, so that
+            they write their live windows to ``spec.MONITORING_DIR`` where the monitor step
+            reads them (:class:`~mlkube.kube.serving.ModelServing`); default: the claim this
+            pod mounts (``spec.ARTIFACT_CLAIM_ENV``, which step pods get), where the serving
+            namespace is this pod's own (a claim is namespaced).
         api_client: the cluster to serve on (default: :func:`mlkube.kube.api.api_client`);
             given, ``auto`` chooses between the cluster targets.
         poll: cluster targets: seconds between status reads.
@@ -98,9 +125,12 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
 
     env = tuple(serving_env())  # before any cluster call: a local store is refused at once
     namespace = namespace or api.own_namespace()
+    if artifact_pvc is None:
+        artifact_pvc = _own_claim(namespace, log)
     service = service_name or re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")[:63]
     serving = ModelServing(name=service, model_name=model_name, namespace=namespace, env=env,
-                           image=server_image or SERVER_IMAGE, verify_batch=verify_batch)
+                           image=server_image or SERVER_IMAGE, verify_batch=verify_batch,
+                           artifact_pvc=artifact_pvc or None)
     if api_client is None:
         api_client = api.api_client()
     client = api.dynamic(api_client)

@@ -545,10 +545,10 @@ def test_auto_picks_kserve_where_its_api_is_served(kfake: FakeApiServer,
 def test_serving_pods_mount_the_deploy_pods_claim_and_write_live_windows_on_it(
         fake: FakeApiServer, kfake: FakeApiServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a step pod (kube.pod sets MLKUBE_ARTIFACT_CLAIM), the serving pods mount the same
-    claim: the models read-only, the monitoring sub-path read-write, --stats-dir on it; the
-    deploy pod makes that directory first (as the images' user). Serving in another namespace,
-    where the claim is not, they mount nothing."""
+    """In a step pod (kube.pod sets MLKUBE_ARTIFACT_CLAIM), a Deployment's serving pods mount
+    the same claim: the models read-only, the monitoring sub-path read-write, --stats-dir on
+    it; the deploy pod makes that directory first (as the images' user). KServe's mount it only
+    when asked; serving in another namespace, where the claim is not, they mount nothing."""
     from mlkube import spec
 
     mount = tmp_path / "mnt"
@@ -572,8 +572,12 @@ def test_serving_pods_mount_the_deploy_pods_claim_and_write_live_windows_on_it(
         "volumeMounts"]] == [("/mnt/mlkube", None, True),
                              ("/mnt/mlkube/monitoring", "monitoring", False)]
     assert container["command"][-2:] == ["--stats-dir", "/mnt/mlkube/monitoring"]
-    isvc = target(kfake)
-    assert isinstance(isvc, KServeTarget) and isvc.serving.artifact_pvc == "mlkube-artifacts"
+    said: list[str] = []
+    isvc = target(kfake, log=said.append)  # Knative refuses a claim unless its features are on
+    assert isinstance(isvc, KServeTarget) and isvc.serving.artifact_pvc is None
+    assert "KServe's serving pods mount no artifact claim unless one is given" in said[0]
+    asked = target(kfake, artifact_pvc="mlkube-artifacts")
+    assert asked.serving.artifact_pvc == "mlkube-artifacts"  # type: ignore[attr-defined]
     explicit = target(fake, artifact_pvc="other-claim")
     assert explicit.serving.artifact_pvc == "other-claim"  # type: ignore[attr-defined]
 

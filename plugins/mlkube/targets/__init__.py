@@ -96,7 +96,8 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
             they write their live windows to ``spec.MONITORING_DIR`` where the monitor step
             reads them (:class:`~mlkube.kube.serving.ModelServing`); default: the claim this
             pod mounts (``spec.ARTIFACT_CLAIM_ENV``, which step pods get), where the serving
-            namespace is this pod's own (a claim is namespaced).
+            namespace is this pod's own (a claim is namespaced), on a Deployment only: KServe's
+            (Knative's) pods mount a claim only when one is given.
         api_client: the cluster to serve on (default: :func:`mlkube.kube.api.api_client`);
             given, ``auto`` chooses between the cluster targets.
         poll: cluster targets: seconds between status reads.
@@ -125,12 +126,7 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
 
     env = tuple(serving_env())  # before any cluster call: a local store is refused at once
     namespace = namespace or api.own_namespace()
-    if artifact_pvc is None:
-        artifact_pvc = _own_claim(namespace, log)
     service = service_name or re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")[:63]
-    serving = ModelServing(name=service, model_name=model_name, namespace=namespace, env=env,
-                           image=server_image or SERVER_IMAGE, verify_batch=verify_batch,
-                           artifact_pvc=artifact_pvc or None)
     if api_client is None:
         api_client = api.api_client()
     client = api.dynamic(api_client)
@@ -142,10 +138,21 @@ def choose(kind: str = "auto", *, model_name: str, state_dir: Path | str = ".mlk
             f"{INFERENCE_SERVICE[0]} InferenceService (KServe is not installed): install KServe, "
             "or use the 'deployment' or 'auto' target"
         )
+    kserve = kind == "kserve" or (kind == "auto" and served)
+    if artifact_pvc is None and kserve:
+        # Knative refuses pods with a claim unless its PVC features are on: only when asked
+        log("KServe's serving pods mount no artifact claim unless one is given (Knative needs "
+            "kubernetes.podspec-persistent-volume-claim and -write for it): they write no live "
+            "windows for the monitor; /metrics still has their statistics")
+    elif artifact_pvc is None:
+        artifact_pvc = _own_claim(namespace, log)
+    serving = ModelServing(name=service, model_name=model_name, namespace=namespace, env=env,
+                           image=server_image or SERVER_IMAGE, verify_batch=verify_batch,
+                           artifact_pvc=artifact_pvc or None)
     common: dict[str, Any] = {"api_client": api_client, "serving": serving,
                               "namespace": namespace, "timeout": config.pod_start_timeout,
                               "poll": poll, "log": log}
-    if kind == "kserve" or (kind == "auto" and served):
+    if kserve:
         return KServeTarget(canary_percent=canary_percent, **common)
     if canary_percent is not None:
         if kind == "deployment":

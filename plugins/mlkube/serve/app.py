@@ -24,6 +24,18 @@ Live statistics (:mod:`mlkube.serve.stats`, the repository's ``monitor``): every
 request's rows and predictions are counted per model version, on ``/metrics`` and, with a
 stats directory, in windows written to it.
 
+Slots beside the main model (:mod:`mlkube.serve.live`): the load request's ``parameters.role``
+``canary`` or ``shadow`` (with ``parameters.share``, 0-1) loads and verifies a version aside
+exactly as the main load does, then puts it in that slot; it must take the main model's inputs
+and answer its outputs. A canary answers ``share`` of the requests that name no version; a
+shadow gets ``share`` of the requests the main model answered, mirrored after the answer was
+sent, off the request path. ``POST /v2/repository/models/{name}/promote`` (``parameters.role``,
+default ``canary``) makes that slot's version the main model in one step, as a swap does;
+``.../unload`` with ``parameters.role`` empties only that slot. ``GET /v2/models/{name}/live``:
+each slot's version, requests, errors, p50/p99 latency, and the shadow's agreement with the
+main model (also on ``/metrics``). Every answer names the version that gave it
+(``model_version``).
+
 Limits (``Limits``): a request body over ``max_body_bytes`` is answered 413 without being
 parsed, from its Content-Length before a byte of it is read, or as soon as a chunked body
 passes the limit; a body that stalls for ``idle_timeout`` seconds is answered 408. Both close
@@ -45,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -52,6 +65,7 @@ from starlette.routing import Route
 
 from mlkube import __version__
 from mlkube.errors import MlkubeError, first_line
+from mlkube.serve import live as livemod
 from mlkube.serve import loaded as loadedmod
 from mlkube.serve.metrics import CONTENT_TYPE, Metrics
 from mlkube.serve.protocol import (
@@ -106,6 +120,28 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 @dataclass
+class Slot:
+    """A version beside a name's main model: a canary or a shadow (see the module doc)."""
+
+    role: str
+    model: loadedmod.LoadedModel
+    share: float
+    stats: livemod.SlotStats
+    split: livemod.Split
+
+
+def _compatible(main: loadedmod.LoadedModel, new: loadedmod.LoadedModel) -> str | None:
+    """Why ``new`` cannot stand beside ``main`` (its clients' contract), or ``None``."""
+    if new.n_features != main.n_features:
+        return f"it takes {new.n_features} features, the main version {main.n_features}"
+    mine = [t.metadata() for t in new.outputs]
+    theirs = [t.metadata() for t in main.outputs]
+    if mine != theirs:
+        return f"its outputs {mine} differ from the main version's {theirs}"
+    return None
+
+
+@dataclass
 class Repository:
     """The model slots, the loads in progress and the last refused load of each name."""
 
@@ -117,16 +153,27 @@ class Repository:
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
     default: str | None = None  # what /invocations and /ping answer for
     monitor: Monitor = field(default_factory=Monitor)  # live statistics, see serve.stats
+    slots: dict[str, dict[str, Slot]] = field(default_factory=dict)  # name -> role -> slot
+    main_stats: dict[str, livemod.SlotStats] = field(default_factory=dict)  # name -> its main's
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics.sections.append(self.monitor.render)
+        self.metrics.sections.append(self.render_live)
+        self.mirror = livemod.Mirror(log)
+
+    def slot(self, name: str, role: str) -> Slot | None:
+        """The ``role`` slot of ``name`` (``None``: empty)."""
+        return self.slots.get(name, {}).get(role)
 
     def model(self, name: str, version: str | None = None) -> loadedmod.LoadedModel:
         """The model serving ``name`` (at ``version``), or a 404/503 ``RequestError``."""
         found = self.models.get(name)
         if found is not None and (version is None or version == found.version):
             return found
+        for slot in self.slots.get(name, {}).values():
+            if version == slot.model.version:
+                return slot.model
         if name in self.loading and (found is None or version == self.loading[name][0]):
             raise RequestError(503, f"model {name} version {self.loading[name][0]} is loading")
         if found is not None:
@@ -135,15 +182,20 @@ class Repository:
         raise RequestError(404, f"model {name} is not loaded")
 
     async def load(self, name: str, version: str, model_uri: str,
-                   verify_batch: int | None = None) -> dict[str, Any]:
+                   verify_batch: int | None = None, role: str | None = None,
+                   share: float = 1.0) -> dict[str, Any]:
         """Load and verify ``model_uri`` aside, then make it ``name``'s model in one step.
 
         ``verify_batch``: the full batch it is verified on (``None``: the repository's). The
         version already serving is kept as it is if it was verified on a batch as large.
+        ``role`` (``canary`` or ``shadow``): put it in that slot beside the main model instead,
+        taking ``share`` of the requests.
         """
         batch = self.verify_batch if verify_batch is None else verify_batch
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            if role is not None:
+                return await self._load_slot(name, version, model_uri, batch, role, share)
             old = self.models.get(name)
             if old is not None and old.version == version and old.model_uri == model_uri \
                     and old.verified_rows >= batch:
@@ -162,6 +214,7 @@ class Repository:
             finally:
                 self.loading.pop(name, None)
             self.models[name] = new  # the swap: requests from here on get the new object
+            self.main_stats[name] = livemod.SlotStats(new.version)
             self.monitor.attach(new, log)
             if self.default is None:
                 self.default = name
@@ -184,11 +237,135 @@ class Repository:
         return loadedmod.load(model_uri, name=name, version=version, fast_path=self.fast_path,
                               verify_batch=verify_batch)
 
+    async def _load_slot(self, name: str, version: str, model_uri: str, batch: int, role: str,
+                         share: float) -> dict[str, Any]:
+        """``load`` into the ``role`` slot (the name's lock held)."""
+        main = self.models.get(name)
+        if main is None:
+            raise RequestError(409, f"model {name} has no main version to put a {role} beside; "
+                                    "load it first (without parameters.role)")
+        old = self.slot(name, role)
+        if old is not None and old.model.version == version and \
+                old.model.model_uri == model_uri and old.model.verified_rows >= batch:
+            old.share = share
+            old.split = livemod.Split(share)
+            return {"name": name, "version": version, "model_uri": model_uri, "role": role,
+                    "share": share, "unchanged": True,
+                    "verified_batches": old.model.verified_batches}
+        try:
+            new = await in_thread(self._load, model_uri, name, version, batch)
+            why = _compatible(main, new)
+            if why is not None:
+                raise MlkubeError(f"model {name} version {version} cannot be the {role} of "
+                                  f"version {main.version}: {why}")
+        except MlkubeError as exc:
+            self.metrics.loads.inc((name, "failed"))
+            log(f"refused {name} version {version} as {role}: {exc}")
+            raise
+        self.slots.setdefault(name, {})[role] = Slot(role, new, share,
+                                                     livemod.SlotStats(new.version),
+                                                     livemod.Split(share))
+        self.metrics.loads.inc((name, "loaded"))
+        log(f"{name} version {version} ({model_uri}) ready as the {role} of version "
+            f"{main.version}, taking {share:.0%} of the requests: verified on {new.verified()}"
+            + (f"; replaced {role} version {old.model.version}" if old is not None else ""))
+        return {"name": name, "version": version, "model_uri": model_uri, "role": role,
+                "share": share, "replaced_version": old.model.version if old else "",
+                "load_seconds": new.load_seconds, "verify_batch": batch,
+                "verified_batches": new.verified_batches}
+
+    def unload_slot(self, name: str, role: str) -> str:
+        """Empty the ``role`` slot of ``name``; the version it held."""
+        slot = self.slots.get(name, {}).pop(role, None)
+        if slot is None:
+            raise RequestError(404, f"model {name} has no {role}")
+        log(f"unloaded the {role} of {name}, version {slot.model.version}")
+        return slot.model.version
+
+    async def promote(self, name: str, role: str) -> dict[str, Any]:
+        """Make the ``role`` slot's version ``name``'s main model, in one step (a swap)."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            slot = self.slot(name, role)
+            if slot is None:
+                raise RequestError(404, f"model {name} has no {role} to promote")
+            old = self.models.get(name)
+            del self.slots[name][role]
+            new = slot.model
+            self.models[name] = new
+            self.main_stats[name] = livemod.SlotStats(new.version)
+            self.monitor.attach(new, log)
+            if old is not None:
+                self.metrics.serving.remove((name, old.version))
+            self.metrics.serving.set((name, new.version), 1)
+            log(f"promoted the {role} of {name}: version {new.version} serves"
+                + (f", replacing version {old.version}" if old is not None else ""))
+            return {"name": name, "version": new.version, "role": role,
+                    "replaced_version": old.version if old is not None else ""}
+
+    def live(self, name: str) -> dict[str, Any]:
+        """The live numbers of ``name``'s main model and of its slots."""
+        main = self.models.get(name)
+        if main is None:
+            raise RequestError(404, f"model {name} is not loaded")
+        stats = self.main_stats.get(name) or livemod.SlotStats(main.version)
+        found: dict[str, Any] = {"name": name, "main": stats.document("main")}
+        for role in livemod.ROLES:
+            slot = self.slot(name, role)
+            found[role] = None if slot is None else {**slot.stats.document(role),
+                                                     "share": slot.share}
+        found["mirror_pending"] = self.mirror.pending()
+        return found
+
+    def render_live(self) -> list[str]:
+        """The slots' live numbers in the exposition format."""
+        from mlkube.serve.metrics import Gauge
+
+        requests = Gauge("mlkube_serve_slot_requests", "Requests answered per model slot "
+                         "(main, canary; shadow: mirrored) since its version was loaded.",
+                         ("model", "role", "version"))
+        errors = Gauge("mlkube_serve_slot_errors", "Requests the slot's model failed (5xx).",
+                       ("model", "role", "version"))
+        p99 = Gauge("mlkube_serve_slot_p99_seconds", "p99 latency of the slot's model over its "
+                    "last requests.", ("model", "role", "version"))
+        agreement = Gauge("mlkube_serve_shadow_agreement", "Share of mirrored rows where the "
+                          "shadow predicted the main model's label.", ("model", "version"))
+        diff = Gauge("mlkube_serve_shadow_mean_abs_diff", "Mean absolute difference of the "
+                     "shadow's predictions from the main model's.", ("model", "version"))
+        dropped = Gauge("mlkube_serve_shadow_dropped", "Mirrors dropped for a full queue.",
+                        ("model", "version"))
+        for name in sorted(self.models):
+            entries = [("main", self.main_stats.get(name))] + [
+                (role, slot.stats if (slot := self.slot(name, role)) else None)
+                for role in livemod.ROLES]
+            for role, stats in entries:
+                if stats is None:
+                    continue
+                doc = stats.document(role)
+                labels = (name, role, stats.version)
+                requests.set(labels, doc["requests"])
+                errors.set(labels, doc["errors"])
+                if doc["p99_ms"] is not None:
+                    p99.set(labels, doc["p99_ms"] / 1000)
+                if role == "shadow":
+                    if doc["agreement"] is not None:
+                        agreement.set((name, stats.version), doc["agreement"])
+                    if doc["mean_abs_diff"] is not None:
+                        diff.set((name, stats.version), doc["mean_abs_diff"])
+                    dropped.set((name, stats.version), doc["dropped"])
+        lines: list[str] = []
+        for metric in (requests, errors, p99, agreement, diff, dropped):
+            if metric.series:
+                lines += metric.render()
+        return lines
+
     def unload(self, name: str) -> None:
         """Stop serving ``name``."""
         old = self.models.pop(name, None)
         if old is None:
             raise RequestError(404, f"model {name} is not loaded")
+        self.slots.pop(name, None)
+        self.main_stats.pop(name, None)
         self.metrics.serving.remove((name, old.version))
         self.monitor.detach(name)
         if self.default == name:
@@ -257,28 +434,75 @@ class Endpoints:
         monitor = self.repo.monitor
         return lambda array: monitor.refused(model, array)
 
+    def _choose(self, name: str, version: str | None) -> tuple[loadedmod.LoadedModel,
+                                                              livemod.SlotStats | None]:
+        """The model that answers (the canary for its share of the requests naming no version)
+        and the live numbers it counts in."""
+        model = self.repo.model(name, version)
+        if version is None:
+            canary = self.repo.slot(name, "canary")
+            if canary is not None and canary.split.take():
+                return canary.model, canary.stats
+            return model, self.repo.main_stats.get(name)
+        for slot in self.repo.slots.get(name, {}).values():
+            if slot.model is model:
+                return model, slot.stats
+        return model, self.repo.main_stats.get(name)
+
+    async def _answer(self, model: loadedmod.LoadedModel, stats: livemod.SlotStats | None,
+                      rows: Any, respond: Callable[[Any], Response]) -> Response:
+        """Predict ``rows``, counting the slot's live numbers; after a main model's answer, a
+        share of the requests is mirrored to the shadow (once the answer was sent)."""
+        started = time.perf_counter()
+        try:
+            out = await self._predict(model, rows)
+            response = respond(out)
+        except RequestError as exc:
+            if stats is not None and exc.status >= 500:
+                stats.observe(time.perf_counter() - started, int(rows.shape[0]), True)
+            raise
+        except Exception:
+            if stats is not None:
+                stats.observe(time.perf_counter() - started, int(rows.shape[0]), True)
+            raise
+        if stats is not None:
+            stats.observe(time.perf_counter() - started, int(rows.shape[0]), False)
+        shadow = self.repo.slot(model.name, "shadow")
+        if shadow is not None and self.repo.models.get(model.name) is model \
+                and shadow.split.take():
+            mirror = self.repo.mirror
+            classifier = model.classifier
+
+            async def mirrored() -> None:
+                mirror.submit(shadow.model, shadow.stats, rows, out, classifier)
+
+            response.background = BackgroundTask(mirrored)
+        return response
+
     async def infer(self, request: Request) -> Response:
         """``POST /v2/models/{name}[/versions/{version}]/infer``."""
         params = request.path_params
-        model = self.repo.model(params["name"], params.get("version"))
+        model, stats = self._choose(params["name"], params.get("version"))
         body, binary = await json_body(request)
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object with inputs")
         rows = rows_from_inputs(model, body.get("inputs"), binary, self._refused(model))
-        return infer_response(model, await self._predict(model, rows), body)
+        return await self._answer(model, stats, rows,
+                                  lambda out: infer_response(model, out, body))
 
     async def invocations(self, request: Request) -> Response:
         """MLflow's ``POST /invocations``: ``{"predictions": ...}`` from the default model."""
         if self.repo.default is None:
             raise RequestError(503, "no model is loaded yet")
-        model = self.repo.model(self.repo.default)
+        model, stats = self._choose(self.repo.default, None)
         content_type = request.headers.get("content-type", JSON)
         if "json" not in content_type:
             raise RequestError(415, f"content type {content_type} is not supported; send "
                                     "application/json")
         body, _ = await json_body(request)
-        out = await self._predict(model, rows_from_mlflow(model, body, self._refused(model)))
-        return json_response({"predictions": out.tolist()})
+        rows = rows_from_mlflow(model, body, self._refused(model))
+        return await self._answer(model, stats, rows,
+                                  lambda out: json_response({"predictions": out.tolist()}))
 
     async def ping(self, request: Request) -> Response:
         """MLflow's ``GET /ping``: 200 once the default model serves."""
@@ -323,9 +547,25 @@ class Endpoints:
                 entries = [e for e in entries if e["state"] == "READY"]
         return json_response(entries)
 
+    async def _parameters(self, request: Request) -> dict[str, Any]:
+        """The body's ``parameters`` (an empty body: none)."""
+        body, _ = await json_body(request)
+        return dict((body.get("parameters") if isinstance(body, dict) else None) or {})
+
+    @staticmethod
+    def _role(params: dict[str, Any], default: str | None) -> str | None:
+        role = params.get("role", default)
+        if role in (None, "", "main"):
+            return None
+        if role not in livemod.ROLES:
+            raise RequestError(400, f"parameters.role is {json.dumps(role)[:40]}; give canary or "
+                                    "shadow (or leave it out for the main model)")
+        return str(role)
+
     async def load(self, request: Request) -> Response:
         """``POST /v2/repository/models/{name}/load``: hot swap to ``parameters.model_uri``
-        (``version``, and optionally ``verify_batch``: the full batch to verify it on)."""
+        (``version``, and optionally ``verify_batch``: the full batch to verify it on;
+        ``role`` canary or shadow with ``share``: into that slot, see the module doc)."""
         name = request.path_params["name"]
         body, _ = await json_body(request)
         params = dict((body.get("parameters") if isinstance(body, dict) else None) or {})
@@ -347,12 +587,38 @@ class Endpoints:
             raise RequestError(400, f"parameters.verify_batch is {json.dumps(batch)[:40]}; give a "
                                     "positive number of rows (or leave it out for the "
                                     f"server's {self.repo.verify_batch})")
-        return json_response(await self.repo.load(name, str(version), uri, batch))
+        role = self._role(params, None)
+        share = params.get("share", 1.0)
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise RequestError(400, f"parameters.share is {json.dumps(share)[:40]}; give the "
+                                    "share of requests, 0-1")
+        return json_response(await self.repo.load(name, str(version), uri, batch, role,
+                                                  float(share)))
 
     async def unload(self, request: Request) -> Response:
-        """``POST /v2/repository/models/{name}/unload``."""
-        self.repo.unload(request.path_params["name"])
-        return json_response({"name": request.path_params["name"], "unloaded": True})
+        """``POST /v2/repository/models/{name}/unload`` (``parameters.role``: only that slot)."""
+        name = request.path_params["name"]
+        role = self._role(await self._parameters(request), None)
+        if role is not None:
+            version = self.repo.unload_slot(name, role)
+            return json_response({"name": name, "role": role, "version": version,
+                                  "unloaded": True})
+        self.repo.unload(name)
+        return json_response({"name": name, "unloaded": True})
+
+    async def promote(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{name}/promote``: the ``parameters.role`` slot's version
+        (default the canary) becomes the main model."""
+        name = request.path_params["name"]
+        role = self._role(await self._parameters(request), "canary")
+        if role is None:
+            raise RequestError(400, "the main model is promoted already; give role canary or "
+                                    "shadow")
+        return json_response(await self.repo.promote(name, role))
+
+    async def live_numbers(self, request: Request) -> Response:
+        """``GET /v2/models/{name}/live``: each slot's live numbers."""
+        return json_response(self.repo.live(request.path_params["name"]))
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text format."""
@@ -376,10 +642,12 @@ class Endpoints:
             Route(model, _guarded(self.model_metadata), methods=get),
             Route(versioned, _guarded(self.model_metadata), methods=get),
             Route(f"{model}/ready", _guarded(self.model_ready), methods=get),
+            Route(f"{model}/live", _guarded(self.live_numbers), methods=get),
             Route(f"{versioned}/ready", _guarded(self.model_ready), methods=get),
             Route("/v2/repository/index", _guarded(self.index), methods=["GET", "POST"]),
             Route("/v2/repository/models/{name}/load", _guarded(self.load), methods=post),
             Route("/v2/repository/models/{name}/unload", _guarded(self.unload), methods=post),
+            Route("/v2/repository/models/{name}/promote", _guarded(self.promote), methods=post),
         ]
 
 

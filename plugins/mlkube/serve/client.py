@@ -105,17 +105,24 @@ def ready(base_url: str, name: str, *, timeout: float = 2.0) -> bool:
 
 
 def load(base_url: str, name: str, version: str, model_uri: str,
-         timeout: float = 300.0, verify_batch: int | None = None) -> dict[str, Any]:
+         timeout: float = 300.0, verify_batch: int | None = None, role: str | None = None,
+         share: float | None = None) -> dict[str, Any]:
     """Hot-swap ``name`` to ``model_uri`` as ``version``; returns once it serves.
 
     The server loads and verifies it aside: its input example, a batch of 1 row and a full
     batch of ``verify_batch`` rows (``None``: the server's ``--verify-batch``). On failure (an
     ``MlkubeError`` here, naming the batch size that failed) the version it served before goes
     on serving. The answer names the ``replaced_version`` and the ``verified_batches``.
+    ``role`` (``canary`` or ``shadow``): load it into that slot beside the main model, taking
+    ``share`` (0-1) of the requests.
     """
     parameters: dict[str, Any] = {"model_uri": model_uri, "version": str(version)}
     if verify_batch is not None:
         parameters["verify_batch"] = verify_batch
+    if role is not None:
+        parameters["role"] = role
+    if share is not None:
+        parameters["share"] = share
     body = {"parameters": parameters}
     found: dict[str, Any] = _call(_url(base_url, "v2", "repository", "models", name, "load"),
                                   body, timeout)
@@ -126,4 +133,28 @@ def index(base_url: str, *, timeout: float = 30.0) -> list[dict[str, Any]]:
     """The repository index: each model's versions and their states."""
     found: list[dict[str, Any]] = _call(_url(base_url, "v2", "repository", "index"),
                                         timeout=timeout)
+    return found
+
+
+def unload(base_url: str, name: str, role: str | None = None,
+           timeout: float = 30.0) -> dict[str, Any]:
+    """Stop serving ``name`` (``role``: only its canary or shadow)."""
+    body = {"parameters": {"role": role}} if role else {}
+    found: dict[str, Any] = _call(_url(base_url, "v2", "repository", "models", name, "unload"),
+                                  body, timeout)
+    return found
+
+
+def promote(base_url: str, name: str, role: str = "canary",
+            timeout: float = 30.0) -> dict[str, Any]:
+    """Make ``name``'s ``role`` slot its main model, in one step."""
+    found: dict[str, Any] = _call(_url(base_url, "v2", "repository", "models", name,
+                                       "promote"), {"parameters": {"role": role}}, timeout)
+    return found
+
+
+def live_numbers(base_url: str, name: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    """``GET /v2/models/{name}/live``: the main model's, the canary's and the shadow's live
+    numbers (requests, errors, p99_ms; the shadow's agreement or mean_abs_diff)."""
+    found: dict[str, Any] = _call(_url(base_url, "v2", "models", name, "live"), timeout=timeout)
     return found

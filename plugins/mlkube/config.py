@@ -96,6 +96,12 @@ class RegistryConfig:
 
     model_name: str = "mlkube-demo"
     margin: float = 0.0  # the challenger must beat the champion by more than this
+    # the live half of the gate (issue 17, item 4): > 0: a challenger better offline takes the
+    # champion alias only after deploy shadowed it beside the serving champion for at least
+    # this many live requests, agreeing with it ...
+    min_live_requests: int = 0
+    min_agreement: float = 0.9  # ... on at least this share of rows (a classifier's labels)
+    max_mean_abs_diff: float | None = None  # ... or within this mean |difference| (regression)
 
 
 @dataclass(kw_only=True)
@@ -110,6 +116,15 @@ class ServingConfig:
     pod_start_timeout: float = 660.0
     max_body_bytes: int = 16 * 1024 * 1024  # a larger request body is answered 413 unread
     idle_timeout: float = 75.0  # seconds an idle connection (or a stalled body) is kept
+    # the canary phase (issue 17, item 5; the local target): > 0: a new version first answers
+    # this share of the live requests, and is promoted only within the bounds below
+    canary_share: float = 0.0
+    canary_requests: int = 200  # the window: the canary's live requests judged ...
+    canary_seconds: float = 300.0  # ... within this time; fewer by then: rolled back
+    canary_max_error_rate: float = 0.01  # failed (5xx) share of the canary's requests, at most
+    canary_max_p99_ms: float = 250.0  # the canary's p99 latency (its model's answer), at most
+    shadow_share: float = 1.0  # the share of live requests mirrored to a shadowed challenger
+    shadow_seconds: float = 300.0  # how long deploy waits for registry.min_live_requests
 
 
 @dataclass(kw_only=True)
@@ -356,11 +371,41 @@ def _validate_serving(serving: ServingConfig) -> None:
     _positive("serving.max_body_bytes", serving.max_body_bytes)
     _positive("serving.pod_start_timeout", serving.pod_start_timeout)
     _positive("serving.idle_timeout", serving.idle_timeout)
+    if not 0 <= serving.canary_share < 1:
+        raise MlkubeError(f"config key 'serving.canary_share' is {serving.canary_share}; give the "
+                          "share of live requests a new version answers first, in [0, 1) (0 = no "
+                          "canary phase)")
+    if not 0 < serving.shadow_share <= 1:
+        raise MlkubeError(f"config key 'serving.shadow_share' is {serving.shadow_share}; give the "
+                          "share of live requests mirrored to a shadow, in (0, 1]")
+    if not 0 <= serving.canary_max_error_rate <= 1:
+        raise MlkubeError("config key 'serving.canary_max_error_rate' must be in [0, 1], got "
+                          f"{serving.canary_max_error_rate}")
+    for key in ("canary_requests", "canary_seconds", "canary_max_p99_ms", "shadow_seconds"):
+        _positive(f"serving.{key}", getattr(serving, key))
     if serving.host not in ("127.0.0.1", "localhost", "::1"):
         raise MlkubeError(
             f"config key 'serving.host' is {serving.host!r}; the local server binds to "
             "loopback only (127.0.0.1)"
         )
+
+
+def _validate_live_gate(config: Config) -> None:
+    registry = config.registry
+    if registry.min_live_requests < 0:
+        raise MlkubeError("config key 'registry.min_live_requests' must be >= 0 (0 = no live "
+                          f"gate), got {registry.min_live_requests}")
+    if not 0 <= registry.min_agreement <= 1:
+        raise MlkubeError(f"config key 'registry.min_agreement' must be in [0, 1], got "
+                          f"{registry.min_agreement}")
+    if registry.max_mean_abs_diff is not None and registry.max_mean_abs_diff < 0:
+        raise MlkubeError(f"config key 'registry.max_mean_abs_diff' must be >= 0, got "
+                          f"{registry.max_mean_abs_diff}")
+    if (registry.min_live_requests and config.data.task == "regression"
+            and registry.max_mean_abs_diff is None):
+        raise MlkubeError("config key 'registry.min_live_requests' asks for a live gate, but a "
+                          "regression's is judged by 'registry.max_mean_abs_diff', which is not "
+                          "set: set it (the largest mean |difference| from the champion)")
 
 
 def _validate_storage(url: str | None) -> None:
@@ -412,6 +457,7 @@ def validate(config: Config) -> None:
     if config.registry.margin < 0:
         raise MlkubeError(f"config key 'registry.margin' must be >= 0, got {config.registry.margin}")
     _validate_model_name(config.registry.model_name)
+    _validate_live_gate(config)
     _validate_serving(config.serving)
     _positive("monitor.psi_threshold", config.monitor.psi_threshold)
     _positive("monitor.prediction_psi_threshold", config.monitor.prediction_psi_threshold)

@@ -110,13 +110,14 @@ def contract_problems(outputs: list[dict[str, Any]], declared: list[dict[str, An
     return problems
 
 
-def smoke_test(target: ServingTarget, rows: list[list[float]]) -> None:
+def smoke_test(target: ServingTarget, rows: list[list[float]], version: str | None = None) -> None:
     """One finite answer per row, through the published endpoint, within the model's own
-    contract (its V2 metadata: output names, datatypes, shapes, class labels)."""
+    contract (its V2 metadata: output names, datatypes, shapes, class labels); ``version``: by
+    that version's URL (a canary beside the serving version)."""
     from mlkube.serve import client
 
     declared = client.metadata(target.base_url, target.model_name)
-    answer = client.infer_answer(target.base_url, target.model_name, rows,
+    answer = client.infer_answer(target.base_url, target.model_name, rows, version=version,
                                  input_name=str(declared["inputs"][0]["name"]))
     broken = contract_problems(answer["outputs"], declared["outputs"], len(rows))
     if broken:
@@ -242,6 +243,13 @@ def run(ctx: Context) -> dict[str, Any]:
     version = resolve(name, ctx.args.alias, ctx.args.version)
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
     with target.exclusive():
+        if ctx.config.registry.min_live_requests and target.live_slots and not ctx.args.version \
+                and (ctx.args.alias or "champion") == "champion":
+            from mlkube import rollout  # the shadow gate may move the champion alias first
+
+            if rollout.judge_shadow(target, name, ctx.config.registry, ctx.config.serving,
+                                    ctx.log):
+                version = resolve(name, ctx.args.alias, None)
         return _deploy(ctx, target, name, version, rows)
 
 
@@ -270,9 +278,19 @@ def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
         # Also where the version serves already: a try killed between its applies left the
         # rest unapplied (a first deploy's Service and HPA); applied again, the rest changes
         # nothing (the local server keeps a version it serves).
-        target.roll_out(version, f"models:/{name}/{version}")
-        smoke_test(target, rows)
-        target.promote()
+        serving = ctx.config.serving
+        if serving.canary_share > 0 and target.live_slots and live not in (None, version):
+            from mlkube import rollout  # the canary phase: promoted only within its bounds
+
+            rollout.canary(target, version, f"models:/{name}/{version}", serving,
+                           lambda: smoke_test(target, rows, version), ctx.log)
+        else:
+            if serving.canary_share > 0 and live not in (None, version):
+                ctx.log(f"serving.canary_share: the {target.name} target has no live canary "
+                        "phase; rolling out at once")
+            target.roll_out(version, f"models:/{name}/{version}")
+            smoke_test(target, rows)
+            target.promote()
     except BaseException as exc:  # any failure, a bug or a stop included: put the old one back
         reason = first_line(exc) or type(exc).__name__
         try:

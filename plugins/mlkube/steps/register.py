@@ -9,6 +9,11 @@ version. The alias is written by compare-and-set: if another run moved ``champio
 one evaluated, the new champion is judged instead (up to ``GATE_ATTEMPTS`` times). MLflow has
 no atomic alias swap, so a move between that last read and the write can still be lost:
 register and deploy are meant to be serialised per model as well (issue 16, item 7).
+
+With ``registry.min_live_requests`` > 0 the gate has a live half: a challenger better offline
+than a champion that can defend gets ``challenger``, tagged ``mlkube.gate: awaiting live
+evidence ...``, and takes ``champion`` only once deploy shadowed it beside the serving champion
+for that many live requests with enough agreement (:mod:`mlkube.rollout`).
 """
 
 from __future__ import annotations
@@ -140,7 +145,21 @@ def run(ctx: Context) -> dict[str, Any]:
     promote = (champion is None or champion_value is None or is_champion
                or modelmod.is_better(challenger_value, champion_value, direction,
                                      ctx.config.registry.margin))
-    if is_champion:  # a rerun: the alias is where it was
+    live_gate = (promote and not is_champion and champion is not None
+                 and champion_value is not None and ctx.config.registry.min_live_requests > 0)
+    if live_gate:  # better offline; the live half of the gate is deploy's (mlkube.rollout)
+        from mlkube import rollout
+
+        assert champion is not None and champion_value is not None
+        promote = False
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
+        client.set_model_version_tag(name, str(version), rollout.TAG_GATE, rollout.awaiting(
+            f"{metric} {challenger_value:.4f} vs {champion_value:.4f}", ctx.config.registry))
+        ctx.log(f"version {version} is better than champion v{champion.version} offline: tagged "
+                f"{CHALLENGER}; it takes {CHAMPION} after "
+                f"{ctx.config.registry.min_live_requests} live requests shadowed beside it "
+                "(deploy)")
+    elif is_champion:  # a rerun: the alias is where it was
         ctx.log(f"version {version} is already the champion; nothing changed")
     elif promote:
         client.set_registered_model_alias(name, CHAMPION, str(version))

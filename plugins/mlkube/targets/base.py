@@ -32,6 +32,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from mlkube.errors import MlkubeError
 
 
 class ServingTarget(ABC):
@@ -65,6 +68,32 @@ class ServingTarget(ABC):
     @abstractmethod
     def roll_back(self, version: str | None) -> None:
         """Serve ``version`` again (``None``: nothing served before: stop serving)."""
+
+    # -- slots beside the serving version (issue 17, items 4 and 5) -------------------------
+    #: Whether the runtime behind the endpoint holds a canary and a shadow beside the serving
+    #: version and reports their live numbers (the methods below); only the local target does
+    #: (a cluster's replicas each count their own).
+    live_slots: bool = False
+
+    def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
+        """Load and verify ``version`` aside into the ``canary`` or ``shadow`` slot, taking
+        ``share`` of the live requests (a canary answers them; a shadow gets mirrors)."""
+        raise MlkubeError(f"the {self.name} target has no {role} slot beside the serving "
+                          "version")
+
+    def unload_slot(self, role: str) -> None:
+        """Empty the ``role`` slot (nothing there: nothing to do)."""
+        return None
+
+    def promote_slot(self, role: str) -> None:
+        """Make the ``role`` slot's version the serving one, in one step."""
+        raise MlkubeError(f"the {self.name} target has no {role} slot to promote")
+
+    def live_numbers(self) -> dict[str, Any]:
+        """The runtime's live numbers (``GET /v2/models/{name}/live``): ``main``, ``canary``,
+        ``shadow``, each ``None`` or its version, requests, errors, p99_ms (and a shadow's
+        agreement or mean_abs_diff)."""
+        raise MlkubeError(f"the {self.name} target reports no live numbers")
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

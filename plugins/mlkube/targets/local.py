@@ -219,11 +219,57 @@ class LocalTarget(ServingTarget):
             time.sleep(0.2)
         atomic_write_text(_record(self.state_dir, self.model_name), json.dumps(asdict(server)))
 
-    def roll_back(self, version: str | None) -> None:
-        """Load ``version`` again, or stop the server when nothing served before."""
+    live_slots = True
+
+    def _running(self) -> Server:
+        server = self._server()
+        if server is None:
+            raise MlkubeError(f"no server of {self.model_name} runs on {self.base_url}")
+        return server
+
+    def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
+        """Load ``version`` into the running server's ``role`` slot (verified aside)."""
+        from mlkube.serve import client
+
+        server = self._running()
+        self.log(f"loading version {version} as the {role} ({share:.0%} of the live requests) "
+                 f"into the server at {server.base_url}")
+        client.load(server.base_url, self.model_name, version, model_uri,
+                    timeout=self.ready_timeout, verify_batch=self.verify_batch, role=role,
+                    share=share)
+
+    def unload_slot(self, role: str) -> None:
+        """Empty the running server's ``role`` slot, if it holds one."""
         from mlkube.serve import client
 
         server = self._server()
+        if server is not None and (client.live_numbers(server.base_url, self.model_name)
+                                   .get(role)) is not None:
+            client.unload(server.base_url, self.model_name, role)
+
+    def promote_slot(self, role: str) -> None:
+        """The ``role`` slot's version serves, in one step."""
+        from mlkube.serve import client
+
+        client.promote(self._running().base_url, self.model_name, role)
+
+    def live_numbers(self) -> dict[str, Any]:
+        """The running server's live numbers of the model."""
+        from mlkube.serve import client
+
+        return client.live_numbers(self._running().base_url, self.model_name)
+
+    def roll_back(self, version: str | None) -> None:
+        """Load ``version`` again, or stop the server when nothing served before; a canary
+        beside it is unloaded."""
+        from mlkube.serve import client
+
+        server = self._server()
+        if server is not None and version is not None:
+            try:
+                self.unload_slot("canary")
+            except MlkubeError:  # the server going away: what follows handles it
+                pass
         if version is None:
             if server is not None:
                 stop(server)

@@ -62,3 +62,49 @@ def run(step: str, *args: str, tmp: Path, capsys: pytest.CaptureFixture[str] | N
 def error_lines(stderr: str) -> list[str]:
     """The lines the step wrote on stderr that are its own (not library warnings)."""
     return [line for line in stderr.splitlines() if line.startswith("mlkube ")]
+
+
+class Load:
+    """Clients asking a model's published V2 URL in a loop, for at most 300 s: how many
+    answers, which versions gave them, and every failure (its message)."""
+
+    def __init__(self, base_url: str, name: str, rows: list[list[float]], clients: int = 8,
+                 pause: float = 0.0) -> None:
+        import threading
+        from collections import Counter
+
+        self.base_url, self.name, self.rows, self.pause = base_url, name, rows, pause
+        self.ok = 0
+        self.versions: Counter[str] = Counter()
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(clients)]
+
+    def _ask(self) -> None:
+        import time
+
+        from mlkube.serve import client
+
+        deadline = time.monotonic() + 300
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                answer = client.infer_answer(self.base_url, self.name, self.rows,
+                                             input_name="input")
+                rows = {o["name"]: o["shape"][0] for o in answer["outputs"]}
+                assert set(rows.values()) == {len(self.rows)}, f"rows answered: {rows}"
+                self.versions[answer["model_version"]] += 1
+                self.ok += 1
+            except Exception as exc:  # every failure counts, whatever its kind
+                self.failed.append(str(exc) or repr(exc))
+            if self.pause:
+                time.sleep(self.pause)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)

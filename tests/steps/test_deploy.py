@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ import pytest
 
 from mlkube.serve import client
 from mlkube.targets import local
-from mlkube_testing import error_lines, free_port, run, write_config
+from mlkube_testing import Load, error_lines, free_port, run, write_config
 
 NAME = "mlkube-demo"
 
@@ -52,36 +51,6 @@ def _serving() -> str:
     return str(mlflow.MlflowClient().get_model_version_by_alias(NAME, "serving").version)
 
 
-class Load:
-    """Clients asking the published URL in a loop, counting what fails (bounded in time)."""
-
-    def __init__(self, base_url: str, rows: list[list[float]], clients: int = 8) -> None:
-        self.base_url, self.rows = base_url, rows
-        self.ok, self.failed, self.versions = 0, [], set()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(clients)]
-
-    def _ask(self) -> None:
-        deadline = time.monotonic() + 300
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                outputs = client.infer(self.base_url, NAME, self.rows, input_name="input")
-                assert len(outputs["label"]) == len(self.rows)
-                self.ok += 1
-            except Exception as exc:  # every failure counts, whatever its kind
-                self.failed.append(repr(exc))
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-
 def test_serves_then_swaps_the_next_version_in_place_under_load(
         dataset: str, train: Callable[..., str], state: Path, tmp_path: Path, config: str) -> None:
     _champion(dataset, train(epochs=2, learning_rate=1e-4), tmp_path)
@@ -101,7 +70,7 @@ def test_serves_then_swaps_the_next_version_in_place_under_load(
     assert again == 0 and same == first  # nothing changes, the same result
 
     assert _champion(dataset, train(epochs=6, learning_rate=0.01), tmp_path) == "2"
-    with Load(_base(first), _rows(dataset)) as load:
+    with Load(_base(first), NAME, _rows(dataset)) as load:
         time.sleep(1.0)
         code, second, _ = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
         time.sleep(1.0)
@@ -312,7 +281,7 @@ def test_a_deploy_killed_at_any_phase_converges_on_its_rerun_with_no_failed_requ
     assert code == 0 and first is not None
     assert _champion(dataset, train(epochs=6, learning_rate=0.01), tmp_path) == "2"
     options = ("--config", config, "--dataset", dataset)
-    with Load(_base(first), _rows(dataset)) as load:
+    with Load(_base(first), NAME, _rows(dataset)) as load:
         killed, none, _ = _deploy_process(phase, *options, tmp=tmp_path)
         assert killed == -signal.SIGKILL and none is None
         assert _serving() == "1", "the record moves only at the very end"

@@ -8,9 +8,7 @@ the real server process, clients asking the published URL while the step runs.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pandas as pd
 import pytest
 
 from mlkube.serve import client
-from mlkube_testing import error_lines, run, write_config
+from mlkube_testing import Load, error_lines, run, write_config
 
 NAME = "mlkube-demo"
 PYFUNC = Path(__file__).parents[1] / "serve" / "pyfunc_models.py"
@@ -63,37 +61,6 @@ def _pyfunc(dataset: str, config: dict[str, Any]) -> str:
     return str(mlflow.register_model(info.model_uri, NAME).version)
 
 
-class Load:
-    """Clients asking the published URL in a loop: the versions that answered, the failures."""
-
-    def __init__(self, base_url: str, rows: list[list[float]], clients: int = 3) -> None:
-        self.base_url, self.rows = base_url, rows
-        self.versions: Counter[str] = Counter()
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._ask, daemon=True) for _ in range(clients)]
-
-    def _ask(self) -> None:
-        deadline = time.monotonic() + 300
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                answer = client.infer_answer(self.base_url, NAME, self.rows, input_name="input")
-                self.versions[answer["model_version"]] += 1
-            except Exception as exc:  # every failure counts, whatever its kind
-                self.failed.append(str(exc))
-            time.sleep(0.005)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-
 def _canary_config(tmp_path: Path, **serving: Any) -> str:
     return str(write_config(tmp_path / "canary.yaml", serving={
         "canary_share": 0.5, "canary_requests": 30, "canary_seconds": 60,
@@ -115,7 +82,7 @@ def test_a_good_canary_takes_its_share_then_is_promoted_and_the_alias_follows(
     first = _first(dataset, train, tmp_path, config)
     assert _register(dataset, train(epochs=6, learning_rate=0.01), tmp_path)[
         "champion_version"] == "2"
-    with Load(_base(first), _rows(dataset)) as load:
+    with Load(_base(first), NAME, _rows(dataset), clients=3, pause=0.005) as load:
         code, second, err = run("deploy", "--config", config, "--dataset", dataset,
                                 tmp=tmp_path)
         time.sleep(0.3)
@@ -143,7 +110,7 @@ def test_a_canary_over_a_bound_is_rolled_back_in_one_line_naming_it(
     bad = _pyfunc(dataset, model)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", bad)
     capsys.readouterr()
-    with Load(_base(first), _rows(dataset)) as load:
+    with Load(_base(first), NAME, _rows(dataset), clients=3, pause=0.005) as load:
         code, result, err = run("deploy", "--config", config, "--dataset", dataset,
                                 tmp=tmp_path, capsys=capsys)
     lines = error_lines(err)
@@ -156,7 +123,7 @@ def test_a_canary_over_a_bound_is_rolled_back_in_one_line_naming_it(
     assert client.metadata(_base(first), NAME)["versions"] == ["1"]
     assert client.live_numbers(_base(first), NAME)["canary"] is None
     assert _alias("serving") == "1"
-    with Load(_base(first), _rows(dataset)) as after:
+    with Load(_base(first), NAME, _rows(dataset), clients=3, pause=0.005) as after:
         time.sleep(1.0)
     assert after.failed == [] and set(after.versions) == {"1"}
 
@@ -187,7 +154,7 @@ def test_a_challenger_takes_champion_only_after_enough_live_agreement_in_the_sha
     assert (gated["version"], gated["promoted"], gated["champion_version"]) == ("2", "false",
                                                                                 "1")
     assert _alias("challenger") == "2" and _alias("champion") == "1"
-    with Load(_base(first), _rows(dataset)) as load:
+    with Load(_base(first), NAME, _rows(dataset), clients=3, pause=0.005) as load:
         code, second, err = run("deploy", *options, tmp=tmp_path)
     assert code == 0 and second is not None, err
     assert load.failed == [] and set(load.versions) <= {"1", "2"}
@@ -209,7 +176,7 @@ def test_a_challenger_takes_champion_only_after_enough_live_agreement_in_the_sha
                               registry={"min_live_requests": 20, "min_agreement": 0.99},
                               serving={"shadow_seconds": 60, "port": int(_base(first)
                                                                          .rsplit(":", 1)[1])}))
-    with Load(_base(first), _rows(dataset, 20)) as load:
+    with Load(_base(first), NAME, _rows(dataset, 20), clients=3, pause=0.005) as load:
         code, third, err = run("deploy", "--config", strict, "--dataset", dataset,
                                tmp=tmp_path)
     assert code == 0 and third is not None, err

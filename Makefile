@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo run test lint render stop bench clean
+.PHONY: setup demo run drift-demo test lint render stop bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: setup
 # The same five steps without Airflow: the local runner.
 run: setup
 	$(VENV)/bin/mlkube run $(if $(CONFIG),--config $(CONFIG))
+
+# After `make run` or `make demo` (it runs the lifecycle first if nothing serves): shifted
+# traffic, the monitor, retraining on drift, a shadowed challenger, its canary (README.md).
+drift-demo: setup
+	$(VENV)/bin/mlkube demo drift $(if $(CONFIG),--config $(CONFIG))
 
 # The suite in TEST_WORKERS processes (pytest-xdist; work stealing evens out the long
 # end-to-end tests); TEST_WORKERS=0 runs it in this one process.

@@ -16,14 +16,14 @@ from mlkube.errors import MlkubeError, missing_extra, needs_extras
 
 # Subcommand groups that live beside their adapter: module with add_parser(subparsers), and the
 # commands it registers (listed here so a group whose dependencies are missing can say so).
-_GROUPS = {"mlkube.local.cli": ("run", "serve"), "mlkube.argo.cli": ("argo",),
+_GROUPS = {"mlkube.local.cli": ("run", "demo", "serve"), "mlkube.argo.cli": ("argo",),
            "mlkube.kube.cli": ("preflight",), "mlkube.kube.platform": ("platform",)}
 
 # The extras (pyproject.toml) each command needs beyond the core, checked before it runs so that
 # one line names them all; README.md's table "Which extra each command needs" is this one.
 # `step deploy` also needs serve for the local target or kube for a cluster one (_extras).
 COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
-    "run": ("ml", "serve"),
+    "run": ("ml", "serve"), "demo drift": ("ml", "serve"),
     "step prepare-data": ("ml",), "step tune": ("ml",), "step train": ("ml",),
     "step register": ("ml",), "step deploy": ("ml",), "step monitor": ("ml",),
     "serve model": ("serve",), "serve status": (), "serve stop": (),

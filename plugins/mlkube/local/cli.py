@@ -1,4 +1,4 @@
-"""``mlkube run`` and ``mlkube serve status|stop|model``."""
+"""``mlkube run``, ``mlkube demo drift`` and ``mlkube serve status|stop|model``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def _run(args: argparse.Namespace) -> int:
     from mlkube.local import runner
 
     runner.print_summary(runner.lifecycle(args.config))
+    return 0
+
+
+def _demo_drift(args: argparse.Namespace) -> int:
+    from mlkube.local import drift_demo
+
+    drift_demo.drift_demo(args.config)
     return 0
 
 
@@ -51,10 +58,16 @@ def _serve_model(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``run`` and ``serve``."""
+    """Register ``run``, ``demo`` and ``serve``."""
     run = sub.add_parser("run", help="run the whole lifecycle locally (embedded default)")
     run.add_argument("--config", help="lifecycle config (YAML); none = the demo defaults")
     run.set_defaults(handler=_run)
+    demo = sub.add_parser("demo", help="demonstrations on the local mode")
+    demos = demo.add_subparsers(dest="verb", required=True)
+    drift = demos.add_parser("drift", help="after the lifecycle: shifted traffic, the monitor, "
+                                           "retraining on drift, shadow, canary, promotion")
+    drift.add_argument("--config", help="lifecycle config (YAML); none = the demo defaults")
+    drift.set_defaults(handler=_demo_drift)
     serve = sub.add_parser("serve", help="the local model servers")
     verbs = serve.add_subparsers(dest="verb", required=True)
     status = verbs.add_parser("status", help="list local deployments and whether they answer")

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo run drift-demo test lint render stop bench clean
+.PHONY: setup demo run drift-demo test lint render stop bench bench-mlserver bench-mlserver-venv clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,26 @@ bench: setup
 	$(PY) benchmarks/train_vs_loop.py
 	$(PY) benchmarks/tune_storage.py
 	$(PY) benchmarks/ratios.py
+
+# MLServer (the runtime KServe uses for MLflow models) against mlkube's runtime and the echo
+# ceiling, medians of 3 passes (benchmarks/README.md). MLServer 1.7.1 needs older fastapi and
+# starlette than Airflow accepts, so it gets its own venv, which CI never builds. mlflow is
+# pinned to the main venv's (it loads the model the benchmark logs), numpy and pandas too;
+# torch pinned, so pip takes the CPU wheel on disk.
+MLSERVER_VENV ?= .venv-mlserver
+bench-mlserver-venv: $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_VENV)/.installed:
+	python3 -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q --upgrade pip uv
+	$(MLSERVER_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(MLSERVER_VENV)/bin/uv pip install -q --python $(MLSERVER_VENV)/bin/python mlserver==1.7.1 \
+		mlserver-mlflow==1.7.1 mlflow==3.17.2 torch==2.13.0 numpy==2.4.6 pandas==3.1.1
+	touch $@
+
+bench-mlserver: setup bench-mlserver-venv
+	$(PY) benchmarks/serving.py --passes 3 --only mlkube-v2 mlserver echo \
+		--mlserver-python $(MLSERVER_VENV)/bin/python
 
 clean:
 	-$(VENV)/bin/mlkube serve stop

@@ -60,7 +60,7 @@ bench: setup
 	$(PY) benchmarks/redeploy.py
 	$(PY) benchmarks/prepare_wide.py
 	$(PY) benchmarks/prepare_scale.py --sizes-gb 0.5 1 2 5
-	$(PY) benchmarks/tune_vs_grid.py
+	$(PY) benchmarks/tune_vs_grid.py --repeats 10
 	$(PY) benchmarks/train_vs_loop.py
 	$(PY) benchmarks/tune_storage.py
 	$(PY) benchmarks/ratios.py

@@ -69,7 +69,8 @@ bench: setup
 # ceiling, medians of 3 passes (benchmarks/README.md). MLServer 1.7.1 needs older fastapi and
 # starlette than Airflow accepts, so it gets its own venv, which CI never builds. mlflow is
 # pinned to the main venv's (it loads the model the benchmark logs), numpy and pandas too;
-# torch pinned, so pip takes the CPU wheel on disk.
+# torch pinned, so pip takes the CPU wheel on disk; uvloop 0.21: with 0.22 and later MLServer's
+# parallel worker process dies at start (asyncio.get_event_loop raises in it).
 MLSERVER_VENV ?= .venv-mlserver
 bench-mlserver-venv: $(MLSERVER_VENV)/.installed
 
@@ -78,12 +79,13 @@ $(MLSERVER_VENV)/.installed:
 	$(MLSERVER_VENV)/bin/python -m pip install -q --upgrade pip uv
 	$(MLSERVER_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(MLSERVER_VENV)/bin/uv pip install -q --python $(MLSERVER_VENV)/bin/python mlserver==1.7.1 \
-		mlserver-mlflow==1.7.1 mlflow==3.17.2 torch==2.13.0 numpy==2.4.6 pandas==3.1.1
+		mlserver-mlflow==1.7.1 mlflow==3.17.2 torch==2.13.0 numpy==2.4.6 pandas==3.1.1 \
+		uvloop==0.21.0
 	touch $@
 
 bench-mlserver: setup bench-mlserver-venv
 	$(PY) benchmarks/serving.py --passes 3 --only mlkube-v2 mlserver echo \
-		--mlserver-python $(MLSERVER_VENV)/bin/python
+		--mlserver-python $(MLSERVER_VENV)/bin/python --mlserver-configs 0 0/1 1
 
 clean:
 	-$(VENV)/bin/mlkube serve stop

@@ -384,9 +384,10 @@ def table(reports: list[dict[str, Any]]) -> str:
             cpu = m.get("server_cpu_ms_per_request")
             per_core = m.get("requests_per_s_per_core")
             loads = m.get("load_averages") or [m.get("load_average")]
+            p50 = f"{m['p50_ms']:.2f} ms" if m["p50_ms"] is not None else "–"  # all failed
             lines.append(
                 f"| {r['server']} | {r['ready_s']:.1f} s | {n} | {m['requests_per_s']:,.0f}"
-                f" | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms | {m['errors']} | "
+                f" | {p50} | {m['p99_ms']:.2f} ms | {m['errors']} | "
                 f"{f'{cpu:.3f} ms' if cpu is not None else ''} | "
                 f"{f'{per_core:,.0f}' if per_core is not None else ''} | {r['rss_mb']:.0f} MB | "
                 + ", ".join(f"{a:.1f} → {b:.1f}" for a, b in loads if a is not None) + " |")
@@ -396,10 +397,21 @@ def table(reports: list[dict[str, Any]]) -> str:
     for r in reports[1:]:
         for n in (1, 64):
             a, m = anchor[f"{n}_rows"], r[f"{n}_rows"]
+            if not a["requests_per_s"] or not a["p99_ms"]:
+                continue
             lines.append(f"| {r['server']} | {r['ready_s'] / anchor['ready_s']:.2f}× | {n} | "
                          f"{m['requests_per_s'] / a['requests_per_s']:.2f}× | "
                          f"{m['p99_ms'] / a['p99_ms']:.2f}× |")
     return "\n".join(lines)
+
+
+def mlserver_config(text: str) -> tuple[int, int | None]:
+    """``W`` or ``W/T``: MLServer's parallel_workers and, if given, OMP_NUM_THREADS."""
+    workers, _, threads = text.partition("/")
+    try:
+        return int(workers), int(threads) if threads else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected W or W/T (numbers)") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -415,9 +427,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mlserver-python",
                         help="python of a venv with mlserver and mlserver-mlflow 1.7.1 "
                         "(make bench-mlserver-venv: .venv-mlserver/bin/python)")
-    parser.add_argument("--mlserver-parallel-workers", type=int, default=0,
-                        help="MLServer's parallel_workers (default 0: inference in the server "
-                        "process; MLServer's own default, 1, crashed under load)")
+    parser.add_argument("--mlserver-configs", nargs="+", default=[(0, None)], type=mlserver_config,
+                        help="one MLServer row each: W (parallel_workers W, torch's default "
+                        "threads) or W/T (and OMP_NUM_THREADS=T); default 0: inference in the "
+                        "server process (1, MLServer's default, needs uvloop < 0.22: Makefile)")
     parser.add_argument("--only", nargs="*", help="keys of the servers to measure beside the "
                         "anchor (default all): mlkube-v2 mlkube-invocations mlkube-pyfunc "
                         "mlkube-nostats kserve mlserver echo")
@@ -427,16 +440,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_note(m: dict[str, Any]) -> str:
+    """The load averages before → after each pass of a measurement, in words."""
+    pairs = m.get("load_averages") or [m["load_average"]]
+    return "load " + ", ".join(f"{a:.1f}→{b:.1f}" for a, b in pairs)
+
+
+def record_mlserver(record: Any, key: str, mlserver: dict[str, Any], mlkube: dict[str, Any],
+                    args: argparse.Namespace) -> None:
+    """The ratios of mlkube's V2 infer to one MLServer configuration."""
+    config = mlserver["server"].split("mlserver-mlflow, ")[1].split(")")[0]
+    passes = f", median of {args.passes} passes" if args.passes > 1 else ""
+    for n in (1, 64):
+        a, m = mlserver[f"{n}_rows"], mlkube[f"{n}_rows"]
+        if not a["requests_per_s"] or not a["p99_ms"]:  # every request failed
+            continue
+        throughput = m["requests_per_s"] / a["requests_per_s"]
+        p99 = m["p99_ms"] / a["p99_ms"]
+        errors = m["errors"] + a["errors"]
+        record(f"serving_{key.replace('-', '_')}_{n}_rows", f"model server, {n}-row "
+               "requests: requests/s, mlkube V2 / MLServer 1.7.1 (mlserver-mlflow, "
+               f"{config})", throughput,
+               "≥ 2× requests/s, ≤ 0.5× p99, 0 errors",
+               throughput >= 2 and p99 <= 0.5 and errors == 0,
+               f"{m['requests_per_s']:,.0f} vs {a['requests_per_s']:,.0f} req/s, p99 "
+               f"{p99:.2f}× ({m['p99_ms']:.2f} vs {a['p99_ms']:.2f} ms), {errors} errors, "
+               f"{args.clients} clients{passes}, {load_note(m)}", "make bench-mlserver")
+
+
 def ratio_rows(reports: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Record the headline ratios in benchmarks/results/ratios.json (benchmarks/ratios.py)."""
     from ratios import record  # benchmarks/ratios.py
 
     found = {r["key"]: r for r in reports}
     detail_passes = f", median of {args.passes} passes" if args.passes > 1 else ""
-
-    def loads(m: dict[str, Any]) -> str:
-        pairs = m.get("load_averages") or [m["load_average"]]
-        return "load " + ", ".join(f"{a:.1f}→{b:.1f}" for a, b in pairs)
 
     anchor, mlkube = found.get("mlflow"), found.get("mlkube-v2")
     if anchor and mlkube:
@@ -450,21 +487,9 @@ def ratio_rows(reports: list[dict[str, Any]], args: argparse.Namespace) -> None:
                    throughput >= 2 and p99 <= 0.5 and m["errors"] == 0,
                    f"p99 {p99:.2f}×, {m['errors']} errors, {args.clients} clients"
                    f"{detail_passes}", "benchmarks/serving.py")
-    mlserver = found.get("mlserver")
-    if mlserver and mlkube:
-        for n in (1, 64):
-            a, m = mlserver[f"{n}_rows"], mlkube[f"{n}_rows"]
-            throughput = m["requests_per_s"] / a["requests_per_s"]
-            p99 = m["p99_ms"] / a["p99_ms"]
-            errors = m["errors"] + a["errors"]
-            record(f"serving_mlserver_{n}_rows", f"model server, {n}-row requests: requests/s, "
-                   "mlkube V2 / MLServer 1.7.1 (mlserver-mlflow)", throughput,
-                   "≥ 2× requests/s, ≤ 0.5× p99, 0 errors",
-                   throughput >= 2 and p99 <= 0.5 and errors == 0,
-                   f"{m['requests_per_s']:,.0f} vs {a['requests_per_s']:,.0f} req/s, p99 "
-                   f"{p99:.2f}× ({m['p99_ms']:.2f} vs {a['p99_ms']:.2f} ms), {errors} errors, "
-                   f"{args.clients} clients{detail_passes}, {loads(m)}",
-                   "make bench-mlserver")
+    for key, mlserver in found.items():
+        if key.startswith("mlserver") and mlkube:
+            record_mlserver(record, key, mlserver, mlkube, args)
     echo = found.get("echo")
     if echo and mlkube:
         for n in (1, 64):
@@ -477,7 +502,7 @@ def ratio_rows(reports: list[dict[str, Any]], args: argparse.Namespace) -> None:
                    share, "", None,
                    f"{m['requests_per_s_per_core']:,.0f} vs {a['requests_per_s_per_core']:,.0f}"
                    f" req/s per core ({m['requests_per_s']:,.0f} vs {a['requests_per_s']:,.0f}"
-                   f" req/s){detail_passes}, {loads(m)}", "make bench-mlserver")
+                   f" req/s){detail_passes}, {load_note(m)}", "make bench-mlserver")
     on, off = found.get("mlkube-v2"), found.get("mlkube-nostats")
     if on and off:  # what the live statistics cost (issue 17, item 1)
         for n in (1, 64):
@@ -528,28 +553,35 @@ def main(argv: list[str] | None = None) -> None:
                             port, dict(env, KSERVE_MODEL_NAME=NAME, KSERVE_MODEL_URI=uri,
                                        PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"),
                             None))
-        if args.mlserver_python:
-            repository = Path(tmp) / "mlserver"
+        for workers, threads in args.mlserver_configs if args.mlserver_python else []:
+            key = "mlserver" + (f"-pw{workers}" if workers else "") + (
+                f"-t{threads}" if threads else "")
+            repository = Path(tmp) / key
             (repository / NAME).mkdir(parents=True)
             port = free_port()
-            settings = mlserver_settings(port, free_port(), free_port(),
-                                         args.mlserver_parallel_workers)
+            settings = mlserver_settings(port, free_port(), free_port(), workers)
             (repository / "settings.json").write_text(json.dumps(settings, indent=1))
             (repository / NAME / "model-settings.json").write_text(
                 json.dumps(mlserver_model_settings(uri), indent=1))
             bin_dir = Path(args.mlserver_python).absolute().parent
-            servers.append(("mlserver", "MLServer 1.7.1 (mlserver-mlflow), V2 infer",
+            # the model's readiness: the server's says ready with no model loaded (a worker
+            # that crashed while loading it)
+            server_env = dict(env, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+            if threads:
+                server_env["OMP_NUM_THREADS"] = str(threads)
+            servers.append((key, f"MLServer 1.7.1 (mlserver-mlflow, parallel_workers {workers}"
+                            + (f", OMP_NUM_THREADS={threads}" if threads else "") + "), V2 infer",
                             [str(bin_dir / "mlserver"), "start", str(repository)],
-                            "/v2/health/ready", f"/v2/models/{NAME}/infer", v2_body, v2_rows,
-                            port, dict(env, PATH=f"{bin_dir}{os.pathsep}"
-                                       f"{os.environ.get('PATH', '')}"), str(repository)))
+                            f"/v2/models/{NAME}/ready", f"/v2/models/{NAME}/infer", v2_body,
+                            v2_rows, port, server_env, str(repository)))
         script = Path(tmp) / "echo_server.py"
         script.write_text(ECHO_SERVER)
         port = free_port()
         servers.append(("echo", "Starlette+uvicorn echo of the V2 JSON (ceiling)",
                         [sys.executable, str(script), str(port)], "/v2/health/ready",
                         f"/v2/models/{NAME}/infer", v2_body, v2_rows, port, env, None))
-        chosen = [s for s in servers if s[0] == "mlflow" or not args.only or s[0] in args.only]
+        chosen = [s for s in servers if s[0] == "mlflow" or not args.only or s[0] in args.only
+                  or (s[0].startswith("mlserver") and "mlserver" in args.only)]
         passes: dict[str, list[dict[str, Any]]] = {s[0]: [] for s in chosen}
         for number in range(args.passes):
             if args.passes > 1:

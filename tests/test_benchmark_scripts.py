@@ -54,11 +54,15 @@ def test_serving_benchmark_arguments() -> None:
     serving = _serving()
     args = serving.parse_args([])
     assert (args.passes, args.clients, args.duration) == (1, 8, 10.0)
-    assert args.mlserver_python is None and args.mlserver_parallel_workers == 0
+    assert args.mlserver_python is None and args.mlserver_configs == [(0, None)]
     assert not args.no_record
     args = serving.parse_args(["--passes", "3", "--only", "mlkube-v2", "mlserver", "echo",
-                               "--mlserver-python", ".venv-mlserver/bin/python", "--no-record"])
+                               "--mlserver-python", ".venv-mlserver/bin/python", "--no-record",
+                               "--mlserver-configs", "0", "0/1", "1"])
     assert args.passes == 3 and args.only == ["mlkube-v2", "mlserver", "echo"]
+    assert args.mlserver_configs == [(0, None), (0, 1), (1, None)]
+    with pytest.raises(SystemExit):
+        serving.parse_args(["--mlserver-configs", "one"])
     assert args.mlserver_python == ".venv-mlserver/bin/python" and args.no_record
     with pytest.raises(SystemExit):
         serving.parse_args(["--passes", "0"])

@@ -90,12 +90,18 @@ if __name__ == "__main__":
     ModelServer(workers=1, enable_grpc=False, enable_latency_logging=False).start([model])
 """
 
-# The ceiling: a minimal Starlette app on uvicorn that parses the V2 JSON body as mlkube's
-# runtime does (json.loads of the whole body) and answers a fixed V2 response of the shape
-# mlkube answers (probabilities [n, 2] FP32 and label [n] INT64), encoded once per row count.
+# The ceiling: a minimal Starlette app on uvicorn that parses the V2 JSON body with the parser
+# mlkube's runtime uses (pydantic-core's from_json, else json.loads) and answers a fixed V2
+# response of the shape mlkube answers (probabilities [n, 2] FP32 and label [n] BYTES), encoded
+# once per row count.
 ECHO_SERVER = """
 import json
 import sys
+
+try:
+    from pydantic_core import from_json as loads
+except ImportError:
+    from json import loads
 
 import uvicorn
 from starlette.applications import Starlette
@@ -111,13 +117,13 @@ def answer(rows):
             "model_name": "mlkube-demo", "model_version": "1", "outputs": [
                 {"name": "probabilities", "shape": [rows, 2], "datatype": "FP32",
                  "data": [0.015625, 0.984375] * rows},
-                {"name": "label", "shape": [rows], "datatype": "INT64", "data": [1] * rows}]},
+                {"name": "label", "shape": [rows], "datatype": "BYTES", "data": ["1"] * rows}]},
             separators=(",", ":")).encode()
     return ANSWERS[rows]
 
 
 async def infer(request):
-    request_json = json.loads(await request.body())
+    request_json = loads(await request.body())
     rows = int(request_json["inputs"][0]["shape"][0])
     return Response(answer(rows), media_type="application/json")
 

@@ -11,14 +11,17 @@ in the same process, on the same synthetic rows (70% train, 15% validation: prep
 default split), with torch's default thread count:
 
 - ``trainer``: ``mlkube.model.Trainer.run_epoch`` alone (what every tuning trial runs);
-- ``train step epoch``: the train step's own per-epoch loop, ``mlkube.steps.train._fit``, for
-  one epoch: ``run_epoch``, ``evaluate``, ``mlflow.log_metrics`` to a real MLflow SQLite store
-  in a temporary directory, and ``save_checkpoint``;
+- ``train step epoch``: the train step's own epoch in the middle of a run (what
+  ``mlkube.steps.train._fit`` runs each epoch but the last): ``run_epoch``, then ``_epoch_end``:
+  ``evaluate`` on the step's fixed sample of the validation split (``EPOCH_EVAL_ROWS``),
+  ``mlflow.log_metrics`` to a real MLflow SQLite store in a temporary directory, and
+  ``save_checkpoint``;
 
 Each runs one warm-up epoch, then ``--epochs`` timed epochs, interleaved round robin (the
 order rotates each round) so that load on a shared machine hits all alike; the figures are the
-median and the fastest epoch, as training rows/s. Then ``evaluate``, ``log_metrics`` and ``save_checkpoint``
-are timed alone (median of several calls). Unless ``--no-step``, the same rows are also written
+median and the fastest epoch, as training rows/s. Then ``evaluate`` (the whole split, as the
+last epoch runs it, and the sample), ``log_metrics`` and ``save_checkpoint`` are timed alone
+(median of several calls). Unless ``--no-step``, the same rows are also written
 as Parquet, prepared with ``python -m mlkube.steps.prepare_data`` and trained with ``python -m
 mlkube.steps.train`` (1 + ``--epochs`` epochs): its wall time, peak RSS, and steady-state
 rows/s from the timestamps of its per-epoch metrics in MLflow (one period = one whole epoch of
@@ -146,7 +149,7 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
     from mlkube import spec, tracking
     from mlkube.model import Trainer, build, metric_for
     from mlkube.steps._main import build_context
-    from mlkube.steps.train import _fit, save_checkpoint
+    from mlkube.steps.train import EPOCH_EVAL_ROWS, _epoch, _epoch_end, save_checkpoint
 
     state = tmp / "state"
     os.environ["MLKUBE_STATE_DIR"] = str(state)
@@ -171,10 +174,14 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
     last: dict[str, float] = {}
     log = io.StringIO()  # the step's "[train] epoch ..." lines
 
+    # An epoch in the middle of a run (its metric on the step's sample of the validation
+    # split); the last epoch's whole-split evaluation is timed alone below.
+    running = replace(params, epochs=10**6)
+
     def step_epoch() -> None:
         with contextlib.redirect_stdout(log):
-            last["step"] = _fit(ctx, step_trainer, checkpoints,
-                                replace(params, epochs=step_trainer.epoch + 1), metric)
+            last["step"] = _epoch_end(ctx, step_trainer, checkpoints, running, metric,
+                                      _epoch(step_trainer))
 
     runs: dict[str, Callable[[], Any]] = {"bare_loop": bare.run_epoch,
                                           "trainer": trainer.run_epoch,
@@ -192,6 +199,7 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
         # The per-epoch extras of the step, alone.
         counter = iter(range(10_000, 20_000))
         evaluate_ms = median_ms(step_trainer.evaluate, 5)
+        sample_ms = median_ms(lambda: step_trainer.evaluate(EPOCH_EVAL_ROWS), 5)
         log_ms = median_ms(lambda: mlflow.log_metrics(
             {"train_loss": 0.1, f"val_{metric}": 0.9}, step=next(counter)), 10)
         checkpoint_ms = median_ms(lambda: save_checkpoint(
@@ -212,7 +220,8 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
     report["trainer"][f"val_{metric}"] = round(trainer.evaluate(), 4)
     report["train_step_epoch"][f"val_{metric}"] = round(last["step"], 4)
     report["per_epoch_ms"] = {
-        "evaluate": evaluate_ms, "mlflow_log_metrics": log_ms, "save_checkpoint": checkpoint_ms,
+        "evaluate": evaluate_ms, f"evaluate_{EPOCH_EVAL_ROWS}_rows": sample_ms,
+        "mlflow_log_metrics": log_ms, "save_checkpoint": checkpoint_ms,
         "checkpoint_bytes": checkpoint_bytes,
         "train_step_epoch_minus_trainer": round(
             (report["train_step_epoch"]["median_epoch_s"] - report["trainer"]["median_epoch_s"])

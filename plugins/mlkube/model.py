@@ -205,6 +205,8 @@ class Trainer:
         self._loss_sum: torch.Tensor | None = None  # that epoch's loss sum over those batches
         self._loss_sums: torch.Tensor | None = None  # every process's (what a state holds)
         self._stop_requested = False
+        self._val: torch.Tensor | None = None  # the validation inputs on the device
+        self._val_sample: np.ndarray | None = None  # evaluate(rows)'s rows of them
 
     def request_stop(self) -> None:
         """Stop after the current batch (a plain flag: safe to call from a signal handler)."""
@@ -277,9 +279,20 @@ class Trainer:
             torch.distributed.all_reduce(count)
         return float(total / count)
 
-    def evaluate(self) -> float:
-        """The task's metric on the validation split."""
-        return evaluate(self.model, self.splits.x_val, self.splits.y_val, self.splits.task)
+    def evaluate(self, rows: int | None = None) -> float:
+        """The task's metric on the validation split, or on a fixed sample of at most ``rows``
+        of it (the same rows every call, drawn once with the trainer's seed; the whole split
+        when it is no larger). The split is moved to the device once, not every call."""
+        if self._val is None:
+            self._val = torch.as_tensor(self.splits.x_val, device=self.device)
+        x, y = self._val, self.splits.y_val
+        if rows is not None and rows < len(y):
+            if self._val_sample is None or len(self._val_sample) != rows:
+                picked = np.random.default_rng(self.params.seed).choice(len(y), rows,
+                                                                         replace=False)
+                self._val_sample = np.sort(picked)
+            x, y = x[torch.as_tensor(self._val_sample, device=self.device)], y[self._val_sample]
+        return evaluate(self.model, x, y, self.splits.task)
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this left off.
@@ -337,7 +350,7 @@ def score(predictions: np.ndarray, y: np.ndarray, task: str) -> float:
 EVAL_ROWS = 4096
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, task: str) -> float:
+def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray, task: str) -> float:
     """The task's metric of ``model`` on ``x``/``y`` (forward passes of ``EVAL_ROWS`` rows)."""
     model.eval()
     param = next(model.parameters())

@@ -177,6 +177,47 @@ def test_evaluate_in_blocks_scores_as_one_pass(task: str) -> None:
     assert trainer.evaluate() == pytest.approx(score(whole, y, task), rel=1e-6)
 
 
+def test_each_epoch_but_the_last_is_scored_on_a_fixed_sample_of_the_validation_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlkube.steps import train
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(900, 8)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.normal(size=900) > 0).astype(np.int64)
+    splits = Splits(x_train=x[:300], y_train=y[:300], x_val=x[300:], y_val=y[300:],
+                    task="classification", n_classes=2)
+    params = ModelConfig(hidden_sizes=[16], epochs=3, batch_size=64)
+    trainer = Trainer(build(splits, params), splits, params, on=torch.device("cpu"))
+    trainer.run_epoch()
+    sample = trainer.evaluate(50)
+    assert trainer._val_sample is not None and len(set(trainer._val_sample.tolist())) == 50
+    picked = trainer._val_sample.copy()
+    with torch.no_grad():
+        out = trainer.model(torch.from_numpy(x[300:][picked])).numpy()
+    assert sample == pytest.approx(score(out, y[300:][picked], "classification"), rel=1e-9)
+    assert trainer.evaluate(50) == sample and np.array_equal(trainer._val_sample, picked)
+    assert trainer.evaluate(600) == trainer.evaluate() == trainer.evaluate(10**6)  # the whole
+
+    monkeypatch.setattr(train, "EPOCH_EVAL_ROWS", 50)
+    scored: list[int | None] = []
+    evaluate = trainer.evaluate
+
+    def recorded(rows: int | None = None) -> float:
+        scored.append(rows)
+        return evaluate(rows)
+
+    monkeypatch.setattr(trainer, "evaluate", recorded)
+    (tmp_path / "checkpoints").mkdir()
+    lines: list[str] = []
+    ctx = cast(Any, types.SimpleNamespace(log=lines.append))
+    with mlflow.start_run(experiment_id=mlflow.create_experiment(
+            f"sampled-{tmp_path.name}", artifact_location=str(tmp_path / "artifacts"))):
+        value = train._fit(ctx, trainer, tmp_path / "checkpoints", params, "accuracy")
+    assert scored == [50, None]  # epoch 2 of 3 on the sample, epoch 3 (the result) on all rows
+    assert value == evaluate()
+    assert [x.split(" loss")[0] for x in lines] == ["epoch 2/3", "epoch 3/3"]
+
+
 def test_trainer_stopped_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path: Path) -> None:
     params = ModelConfig(hidden_sizes=[32, 16], epochs=3, batch_size=32)  # 63 batches an epoch
     splits = _splits()

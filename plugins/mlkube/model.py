@@ -129,6 +129,28 @@ def device(local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
 
 
+# A CPU trainer whose batch multiplies fewer than this many values in its widest layer runs on
+# one thread: its kernels take microseconds, and handing each to a second thread (a fork and a
+# join per operation) costs more than it saves; with another process on the other core it
+# costs far more, since every join waits for a thread the kernel has descheduled. Measured on
+# the 2-core machine (benchmarks/README.md, "Threads of a CPU trainer"): the demo's network
+# (64 rows x 64 x 32, 0.26M) ran a 15-epoch tuning trial in 0.1 s of CPU on one thread and in
+# 3.0-4.6 s on two, beside other work.
+ONE_THREAD_BELOW = 4_000_000
+_TORCH_THREADS = torch.get_num_threads()  # torch's own choice (OMP_NUM_THREADS, else the cores)
+
+
+def cpu_threads(model: nn.Module, batch_size: int) -> int:
+    """The intra-op threads a CPU trainer of ``model`` uses: one for a small network (see
+    :data:`ONE_THREAD_BELOW`), else ``OMP_NUM_THREADS`` as it is now (a parent may set it for
+    its share of the cores after torch was imported), else torch's own choice."""
+    widest = max((p.numel() for p in model.parameters() if p.dim() == 2), default=0)
+    if batch_size * widest < ONE_THREAD_BELOW:
+        return 1
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(given) if given.isdigit() and int(given) > 0 else _TORCH_THREADS
+
+
 class _Logits(nn.Module):
     """The MLP's training forward pass, as the module DistributedDataParallel wraps."""
 
@@ -184,6 +206,8 @@ class Trainer:
         self.dist = dist or Distributed()
         self.device = on or device(self.dist.local_rank)
         self.model = model.to(self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(model, params.batch_size))
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model.logits
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel

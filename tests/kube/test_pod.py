@@ -117,6 +117,18 @@ def test_tune_pods_use_the_platform_postgresql_unless_told_otherwise() -> None:
     assert [e["valueFrom"]["secretKeyRef"]["name"] for e in env if e["name"] == "PGPASSWORD"] == ["s"]
 
 
+@pytest.mark.parametrize(("placement", "threads"), [
+    (Placement(), "4"),  # train asks for 4 CPUs
+    (Placement(cpu="500m"), "1"),  # rounded up
+    (Placement(cpu="1500m", cpu_limit="3"), "3"),  # the limit, where there is one
+    (Placement(env={"OMP_NUM_THREADS": "7"}), "7"),  # the user's choice stays
+])
+def test_torch_threads_follow_the_cpus_the_step_may_use(placement: Placement,
+                                                        threads: str) -> None:
+    env = _pod(spec.TRAIN, placement)["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == "OMP_NUM_THREADS"] == [threads]
+
+
 def _gpus_env(container: dict) -> tuple[str | None, str]:  # type: ignore[type-arg]
     """(MLKUBE_GPUS, nvidia.com/gpu limit or "0") of a rendered container."""
     env = {e["name"]: e.get("value") for e in container.get("env") or []}

@@ -177,6 +177,29 @@ def test_evaluate_in_blocks_scores_as_one_pass(task: str) -> None:
     assert trainer.evaluate() == pytest.approx(score(whole, y, task), rel=1e-6)
 
 
+def test_a_small_network_trains_on_one_thread_a_large_one_on_the_share_it_is_given(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlkube import model as modelmod
+
+    def net(width: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(30, width), torch.nn.Linear(width, 2))
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert modelmod.cpu_threads(net(64), 64) == 1  # 64 rows x 30 x 64: microseconds a kernel
+        assert modelmod.cpu_threads(net(256), 1024) == 3  # 1024 x 30 x 256 = 7.9M: the share
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert modelmod.cpu_threads(net(256), 1024) == modelmod._TORCH_THREADS
+        splits = _splits()
+        params = ModelConfig(hidden_sizes=[16], epochs=1, batch_size=64)
+        torch.set_num_threads(2)
+        Trainer(build(splits, params), splits, params, on=torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_epoch_but_the_last_is_scored_on_a_fixed_sample_of_the_validation_split(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlkube.steps import train

@@ -188,6 +188,19 @@ def resources(spec: StepSpec, placement: Placement, what: str | None = None) -> 
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 
+def cpu_threads(reqs: V1ResourceRequirements) -> str:
+    """``OMP_NUM_THREADS`` for the step's container: the CPUs it may use (its limit, else its
+    request), rounded up. A container sees every core of its node, and torch would start a
+    thread for each: on a 64-core node a step that asked for 2 CPUs would run 64 threads on
+    them and wait on its own threads."""
+    import math
+
+    from kubernetes.utils import parse_quantity
+
+    cpu = (reqs.limits or {}).get("cpu") or (reqs.requests or {})["cpu"]
+    return str(max(1, math.ceil(parse_quantity(cpu))))
+
+
 def grace_period(spec: StepSpec, placement: Placement) -> int | None:
     """Seconds from SIGTERM to SIGKILL: the placement's, else the step's (None: Kubernetes' 30)."""
     given = placement.termination_grace_period_seconds
@@ -217,6 +230,7 @@ def step_pod(spec: StepSpec, values: Mapping[str, Any], placement: Placement,
     # (the resources win over an env entry of the same name)
     plain[GPUS_ENV] = str(given_gpus(spec, placement))
     plain.setdefault("MLFLOW_TRACKING_URI", CLUSTER_MLFLOW_URI)  # the platform's server
+    plain.setdefault("OMP_NUM_THREADS", cpu_threads(reqs))
     if spec.database:  # on a cluster, the study storage is the platform's PostgreSQL
         plain.setdefault(TUNE_STORAGE_ENV, f"{CLUSTER_DATABASE}/optuna")
     env = [V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]

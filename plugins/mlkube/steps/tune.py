@@ -669,6 +669,10 @@ def _run_workers(ctx: Context, count: int, study: Any, experiment_id: str, info:
     """Run ``count`` workers: this process and ``count - 1`` more; wait for all of them."""
     logs = ctx.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # Each worker's share of the cores for torch's threads (this process's trainers read it
+    # too: model.cpu_threads), unless the user chose; two workers with all the cores each
+    # spend their time waiting on each other's threads.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
     workers = []
     for index in range(1, count):
         log = (logs / f"tune-worker-{index}.log").open("w")

@@ -201,7 +201,7 @@ def test_a_small_network_trains_on_one_thread_a_large_one_on_the_share_it_is_giv
 
 
 def test_each_epoch_but_the_last_is_scored_on_a_fixed_sample_of_the_validation_split(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlkube.steps import train
 
     rng = np.random.default_rng(2)
@@ -234,7 +234,7 @@ def test_each_epoch_but_the_last_is_scored_on_a_fixed_sample_of_the_validation_s
     lines: list[str] = []
     ctx = cast(Any, types.SimpleNamespace(log=lines.append))
     with mlflow.start_run(experiment_id=mlflow.create_experiment(
-            f"sampled-{tmp_path.name}", artifact_location=str(tmp_path / "artifacts"))):
+            "sampled", artifact_location=str(tmp_path / "artifacts"))):
         value = train._fit(ctx, trainer, tmp_path / "checkpoints", params, "accuracy")
     assert scored == [50, None]  # epoch 2 of 3 on the sample, epoch 3 (the result) on all rows
     assert value == evaluate()

@@ -16,7 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-PHASES = ("after_apply", "after_ready", "after_smoke", "after_promote", "before_alias")
+PHASES = ("after_apply", "after_ready", "after_smoke", "after_promote", "before_alias",
+          "after_slot")
 
 
 def _kill() -> None:
@@ -40,7 +41,7 @@ def _after(owner: Any, name: str, when: Callable[..., bool] = lambda *a, **k: Tr
 def arm(phase: str) -> None:
     """Patch the step so that it dies at ``phase``."""
     from mlkube.steps import deploy
-    from mlkube.targets import base, cluster, kserve, local
+    from mlkube.targets import base, cluster, deployment, kserve, local
 
     if phase == "after_apply":  # the serving object's apply reached the API server (a cluster)
         _after(cluster.ClusterTarget, "_apply", lambda self, body: body["kind"] in (
@@ -54,6 +55,10 @@ def arm(phase: str) -> None:
     elif phase == "after_promote":
         _after(base.ServingTarget, "promote")
         _after(kserve.KServeTarget, "promote")
+        _after(deployment.DeploymentTarget, "promote")
+    elif phase == "after_slot":  # a canary (or shadow) loaded beside the serving version
+        _after(local.LocalTarget, "load_slot")
+        _after(deployment.DeploymentTarget, "load_slot")
     elif phase == "before_alias":
         deploy._record_serving = lambda *args, **kwargs: _kill()  # type: ignore[assignment]
     elif phase != "none":

@@ -66,6 +66,15 @@ and KubernetesPodOperator use, the way a v1.36 API server does:
   0 or 1 with the outcome's termination message; ``pods/<name>/log`` (``timestamps``,
   ``sinceSeconds``); strategic-merge and JSON merge ``PATCH``; watches (``?watch=true``) of any
   list, streamed one JSON line an event until ``timeoutSeconds``;
+- the pod proxy, ``/api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy/<path>`` (what
+  ``kubectl get --raw`` and the Deployment target's slots use), any method: checked by RBAC as
+  ``pods/proxy`` (``get`` for a GET, ``create`` for a POST, the name as given, port included),
+  then forwarded to the pod's IP and port, i.e. to :attr:`FakeApiServer.pod_network` (the real
+  runtimes of ``serving_pods.KubeProxy``), its status, content type and body passed through;
+  the API server's own failures as its ``Status``: no such pod 404, no IP yet 400 ``address not
+  allowed``, and 503 ``error trying to reach service: dial tcp <ip>:<port>: connect: connection
+  refused`` where nothing listens (the container not running, a port other than its command's
+  ``--port``, no ``pod_network``);
 - RBAC: given Roles and RoleBindings (``rbac=``, e.g. the deploy Role ``mlkube argo render``
   writes; ClusterRoles and ClusterRoleBindings too; objects without a namespace count for
   ``ml``), every request of ``user`` is checked as the RBAC authorizer checks it (apiGroups,
@@ -100,6 +109,11 @@ Where it still differs from a real API server:
 - deleting a pod removes it at once (no grace period, no ``deletionTimestamp``, no terminating
   replicas), and so do scale-downs; a pod's log is all there when its container starts;
   watches resend an object when its resourceVersion changes but send no BOOKMARKs or 410 Gone;
+- the pod proxy: every pod has the same IP, so the pod is found by name, not by address;
+  responses are read whole before they are passed on (no streaming, no upgrades), only the
+  content type of the pod's headers is passed through, and no timeout applies (the real one:
+  none either, the proxy is a long-running request); ``https:`` targets always fail the TLS
+  handshake;
 - there is no authentication: every request is ``user``'s; the Roles are given to the fake, not
   served (no ``rbac.authorization.k8s.io`` API, no escalation checks, no aggregated
   ClusterRoles), and discovery is open to every request.
@@ -118,6 +132,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -127,7 +142,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -144,6 +159,8 @@ APPLY = "application/apply-patch+yaml"
 MERGE = ("application/strategic-merge-patch+json", "application/merge-patch+json")
 #: who calls, unless a test says otherwise: the deploy step's service account
 DEPLOY_USER = "system:serviceaccount:ml:mlkube-deploy"
+#: the pod proxy: namespace, ``name[:port]`` (or ``scheme:name:port``), the path in the pod
+POD_PROXY = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/proxy(/.*)?")
 
 
 @dataclass(frozen=True)
@@ -741,6 +758,12 @@ class FakeApiServer:
     kueue: bool = False
     #: called with each request before it is served (a test interleaves a controller's write)
     on_request: Callable[[Request], None] | None = None
+    #: what listens in the pods, for the pod proxy (``pods/<name>:<port>/proxy/<path>``):
+    #: called with the pod, the port, the method, the path (with its query), the body and the
+    #: headers, it answers (status, headers, body); ``None``: nothing listens (503, as a refused
+    #: connection). ``serving_pods.KubeProxy`` sets it to its real runtimes.
+    pod_network: Callable[[dict[str, Any], int, str, str, bytes | None, dict[str, str]],
+                          tuple[int, dict[str, str], bytes]] | None = None
 
     def __post_init__(self) -> None:
         self._rv = itertools.count(1000)
@@ -1096,6 +1119,45 @@ class FakeApiServer:
         with self.lock:
             self.refusals.append((verb, resource, namespace, name))
         return forbidden_status(self.user, verb, kind, namespace, name, sub)
+
+    def proxy_to_pod(self, namespace: str, target: str, method: str, path: str,
+                     body: bytes | None, headers: dict[str, str]
+                     ) -> tuple[int, dict[str, str], bytes]:
+        """The pod proxy (``pods/<target>/proxy<path>``, ``target`` is ``name``,
+        ``name:port`` or ``scheme:name:port``), as the API server's: the pod's IP and port
+        (none given: its first container port), then what :attr:`pod_network` answers there
+        (status, headers, body passed through). The API server's own failures are a
+        ``Status``: no such pod (404), no IP yet (400 ``address not allowed``), nothing
+        listening (503 ``error trying to reach service``: the container is not running, or the
+        port is not the one its command listens on)."""
+        parts = target.split(":")
+        scheme, name, port = (parts if len(parts) == 3 else
+                              ["", *parts] if len(parts) == 2 else ["", parts[0], ""])
+        pod = self.get("Pod", name, namespace)
+        if pod is None:
+            return _json(404, _status(404, "NotFound", f'pods "{name}" not found'))
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        ip = status.get("podIP")
+        if not ip:
+            return _json(400, _status(400, "BadRequest", "address not allowed"))
+        container = (spec.get("containers") or [{}])[0]
+        if not port:
+            ports = [p for c in spec.get("containers") or [] for p in c.get("ports") or []]
+            port = str(ports[0]["containerPort"]) if ports else ""
+        if port and not port.isdigit():
+            return _json(503, _status(503, "ServiceUnavailable", "error trying to reach service: "
+                                      f"dial tcp: address {ip}:{port}: unknown port"))
+        address = f"{ip}:{port}" if port else ip
+        if scheme == "https":
+            return _json(503, _status(503, "ServiceUnavailable", "error trying to reach service: "
+                                      "tls: first record does not look like a TLS handshake"))
+        command = [*(container.get("command") or []), *(container.get("args") or [])]
+        listens = command[command.index("--port") + 1] if "--port" in command[:-1] else "8080"
+        running = "running" in (((status.get("containerStatuses") or [{}])[0]).get("state") or {})
+        if not running or port != listens or self.pod_network is None:
+            return _json(503, _status(503, "ServiceUnavailable", "error trying to reach service: "
+                                      f"dial tcp {address}: connect: connection refused"))
+        return self.pod_network(pod, int(port), method, path, body, headers)
 
     def create(self, kind: Kind, namespace: str, body: dict[str, Any],
                manager: str) -> tuple[int, dict[str, Any]]:
@@ -2005,6 +2067,10 @@ def _flag(query: dict[str, str], name: str) -> bool:
     return query.get(name, "").lower() in ("1", "t", "true")
 
 
+def _json(code: int, body: Any) -> tuple[int, dict[str, str], bytes]:
+    return code, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
@@ -2072,6 +2138,9 @@ def _discovery(fake: FakeApiServer, path: str, host: str) -> dict[str, Any] | No
                 if k.kind == "Pod":
                     resources.append({"name": "pods/log", "singularName": "",
                                       "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+                    resources.append({"name": "pods/proxy", "singularName": "",
+                                      "namespaced": True, "kind": "PodProxyOptions",
+                                      "verbs": ["create", "delete", "get", "patch", "update"]})
             return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
                     "resources": resources}
     return None
@@ -2099,7 +2168,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         content_type = self.headers.get("Content-Type", "")
-        body = yaml.safe_load(raw) if raw else None
+        proxied = POD_PROXY.fullmatch(parts.path)
+        body = yaml.safe_load(raw) if raw and proxied is None else None
         request = Request(method, parts.path, query, content_type, body)
         with fake.lock:
             fake.requests.append(request)
@@ -2108,6 +2178,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         if fake.on_request is not None:
             fake.on_request(request)
+        if proxied is not None:
+            self._proxy(method, proxied, parts.query, raw or None)
+            return
         if method == "GET":
             found = _discovery(fake, parts.path, f"127.0.0.1:{self.server.server_address[1]}")
             if found is not None:
@@ -2128,6 +2201,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, refusal)
             return
         self._serve(method, kind, namespace, name, sub, query, content_type, body)
+
+    def _proxy(self, method: str, match: Any, query: str, raw: bytes | None) -> None:
+        """``pods/<name>:<port>/proxy/<path>``: RBAC's ``pods/proxy`` (get for a GET, create
+        for a POST...), then :meth:`FakeApiServer.proxy_to_pod`."""
+        fake = self.fake
+        namespace, target = unquote(match.group(1)), unquote(match.group(2))
+        refusal = fake.refusal(request_verb(method, target, {}), KINDS["Pod"], namespace, target,
+                               "proxy", method)
+        if refusal is not None:
+            self._send(403, refusal)
+            return
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() in ("content-type", "accept", "content-length")}
+        path = (match.group(3) or "/") + (f"?{query}" if query else "")
+        code, answer_headers, data = fake.proxy_to_pod(namespace, target, method, path, raw,
+                                                       headers)
+        self.send_response(code)
+        for key, value in answer_headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _serve(self, method: str, kind: Kind, namespace: str, name: str, sub: str,
                query: dict[str, str], content_type: str, body: Any) -> None:

@@ -20,6 +20,15 @@ For each request the proxy, as kube-proxy would with the Service's endpoints:
   the container's plain ``env`` values (its ``MLFLOW_TRACKING_URI``). One process serves every
   pod with the same command and env; it is started when a pod first needs it (the request
   waits until the container's readiness probe path answers 200) and kept until :meth:`close`.
+  With ``per_pod=True`` each pod gets its own process instead (a pod's state, such as the
+  canary and shadow slots its runtime holds, is its own), taken from spares a test starts ahead
+  (:meth:`Runtimes.start` of a pod without a name) when one is there.
+
+It is also what listens in the pods for the fake's pod proxy (``FakeApiServer.pod_network``,
+set when a test sets :attr:`KubeProxy.fake`): a request the API server proxies to a pod goes to
+that pod's process the same way (recorded in :attr:`KubeProxy.pod_routes`). And
+:meth:`KubeProxy.front` gives a Service a loopback URL of its own (as a NodePort would), for
+clients that cannot use an HTTP proxy (``mlkube_testing.Load`` in the test process).
 
 Where it differs from kube-proxy:
 
@@ -28,9 +37,11 @@ Where it differs from kube-proxy:
   period or ``preStop``) takes no request after that instant;
 - round-robin over the ready pods (IPVS's default), not iptables' random choice; no session
   affinity, no ``internalTrafficPolicy``, no topology;
-- pods with the same command and env share one process, so a pod's own state (its restarts,
-  its memory) is not modelled; the fake's readiness (its ``outcome``) is taken as given: a pod
-  the fake says is ready may still be loading its process here, and the request waits;
+- pods with the same command and env share one process unless ``per_pod``, so a pod's own
+  state (its memory, its slots) is not modelled then; restarts never are (a pod's process runs
+  until :meth:`close`, even after the pod is deleted); the fake's readiness (its ``outcome``) is
+  taken as given: a pod the fake says is ready may still be loading its process here, and the
+  request waits;
 - it is an HTTP proxy (absolute-URI requests, HTTP/1.0, one request a connection), not packet
   forwarding; no ``CONNECT``/TLS, only ``*.svc.cluster.local`` names.
 """
@@ -130,6 +141,10 @@ class Runtimes:
     #: the environment every process starts from (a pod's own env values go over it)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     started: dict[tuple[Any, ...], Runtime] = field(default_factory=dict)
+    #: one process a pod (keys: (command, env, pod name)), not one a command and env
+    per_pod: bool = False
+    #: per_pod: processes started ahead for pods to come, by (command, env)
+    spares: dict[tuple[Any, ...], list[Runtime]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -144,7 +159,9 @@ class Runtimes:
 
     def start(self, pod: dict[str, Any]) -> Runtime:
         """The process running ``pod``'s container, started now if none runs it (not waited
-        for: a test starts the ones it will need ahead, and the first request waits)."""
+        for: a test starts the ones it will need ahead, and the first request waits). With
+        ``per_pod``, a pod without a name starts a spare, which the next pod of its command
+        and env takes."""
         container = pod["spec"]["containers"][0]
         command = [*(container.get("command") or []), *(container.get("args") or [])]
         if command[:3] != ["mlkube", "serve", "model"]:
@@ -155,10 +172,19 @@ class Runtimes:
         key = (tuple(kept), tuple(sorted(env.items())))
         with self._lock:
             gate = self._starting.setdefault(key, threading.Lock())
+        name = (pod.get("metadata") or {}).get("name")
         with gate:
+            if self.per_pod and not name:
+                spare = self._start(kept, env, container)
+                self.spares.setdefault(key, []).append(spare)
+                return spare
+            if self.per_pod:
+                key = (*key, name)
             runtime = self.started.get(key)
             if runtime is None or runtime.process.poll() is not None:
-                runtime = self._start(kept, env, container)
+                spares = [r for r in self.spares.get(key[:2], []) if r.process.poll() is None]
+                runtime = spares.pop(0) if spares else self._start(kept, env, container)
+                self.spares[key[:2]] = spares
                 self.started[key] = runtime
         return runtime
 
@@ -179,8 +205,14 @@ class Runtimes:
         return Runtime(process=process, port=port, log=log,
                        ready_path=probe or f"/v2/models/{name}/ready")
 
+    def stop_pods(self) -> None:
+        """``per_pod``: stop every pod's process (a test's cluster is gone); spares stay."""
+        if self.per_pod:
+            for key in list(self.started):
+                self.started.pop(key).stop()
+
     def close(self) -> None:
-        for runtime in self.started.values():
+        for runtime in [*self.started.values(), *(r for rs in self.spares.values() for r in rs)]:
             runtime.stop()
 
 
@@ -188,13 +220,32 @@ class KubeProxy:
     """An HTTP proxy on loopback that routes ``*.svc.cluster.local`` to the fake's pods (see
     the module doc). :attr:`fake` is the cluster it reads; a test sets it."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.fake: FakeApiServer | None = None
-        self.runtimes = Runtimes(workdir, dict(os.environ if env is None else env))
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, *,
+                 per_pod: bool = False) -> None:
+        self._fake: FakeApiServer | None = None
+        self.runtimes = Runtimes(workdir, dict(os.environ if env is None else env),
+                                 per_pod=per_pod)
         self.routes: list[Route] = []
+        #: the requests the fake's pod proxy forwarded to a pod's process
+        self.pod_routes: list[Route] = []
         self._turn = itertools.count()
         self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._fronts: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    @property
+    def fake(self) -> FakeApiServer | None:
+        """The cluster the proxy reads; setting it also makes this proxy's runtimes what
+        listens in that cluster's pods (its ``pod_network``, for the pod proxy)."""
+        return self._fake
+
+    @fake.setter
+    def fake(self, fake: FakeApiServer | None) -> None:
+        if self._fake is not None and self._fake.pod_network == self.pod_request:
+            self._fake.pod_network = None
+        self._fake = fake
+        if fake is not None:
+            fake.pod_network = self.pod_request
 
     def __enter__(self) -> KubeProxy:
         handler = type("Handler", (_Handler,), {"proxy": self})
@@ -207,12 +258,41 @@ class KubeProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for server, thread in [*self._fronts, (self._http, self._thread)]:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            if thread is not None:
+                thread.join(timeout=5)
         self.runtimes.close()
+
+    def front(self, service: str, namespace: str = "ml", port: int = 80) -> str:
+        """A loopback URL that reaches ``service``'s ``port`` as a NodePort would: each request
+        (a plain one, no proxy needed) is routed as one to ``http://<service>.<namespace>.svc.
+        cluster.local:<port>`` (:meth:`route`)."""
+        host = f"{service}.{namespace}.svc.cluster.local"
+        handler = type("Front", (_Handler,), {"proxy": self, "service": (host, port)})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                  daemon=True, name=f"front-{service}")
+        thread.start()
+        self._fronts.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    def pod_request(self, pod: dict[str, Any], port: int, method: str, path: str,
+                    body: bytes | None, headers: dict[str, str]
+                    ) -> tuple[int, dict[str, str], bytes]:
+        """What ``pod``'s process answers on ``port`` (the fake's pod proxy checked that the
+        container runs and listens there); 502 if the process exited or never got ready."""
+        name, version = pod["metadata"]["name"], version_of(pod["spec"])
+        try:
+            runtime = self.runtimes.for_pod(pod)
+            answer = _forward(runtime.port, method, path, body, headers)
+        except (Unavailable, OSError, http.client.HTTPException) as exc:
+            answer = _text(502, f"pod {name}: {exc}")
+        self.pod_routes.append(Route("", name, version, method, path, answer[0]))
+        return answer
 
     @property
     def url(self) -> str:
@@ -292,6 +372,8 @@ def _forward(port: int, method: str, path: str, body: bytes | None,
 
 class _Handler(BaseHTTPRequestHandler):
     proxy: KubeProxy
+    #: a front's Service (host, port): every request goes there (None: an HTTP proxy's)
+    service: tuple[str, int] | None = None
     protocol_version = "HTTP/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -300,13 +382,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         parts = urlsplit(self.path)
         host = parts.hostname or (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        port = parts.port or 80
+        if self.service is not None:
+            host, port = self.service
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() in ("content-type", "accept", "content-length")}
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        code, answer_headers, data = self.proxy.route(method, host, parts.port or 80, path,
-                                                      body, headers)
+        code, answer_headers, data = self.proxy.route(method, host, port, path, body, headers)
         self.send_response(code)
         for key, value in answer_headers.items():
             self.send_header(key, value)

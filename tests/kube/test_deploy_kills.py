@@ -291,15 +291,17 @@ class Cluster:
             env["MLKUBE_TEST_LEASE_SECONDS"] = lease_seconds
         return env
 
-    def start(self, version: str, phase: str = "none",
+    def start(self, version: str | None, phase: str = "none",
               lease_seconds: str | None = LEASE_SECONDS) -> Running:
         """``mlkube.steps.deploy --version VERSION --target deployment --namespace ml`` as its
-        own process, SIGKILLed at ``phase`` (``none``: not killed)."""
+        own process, SIGKILLed at ``phase`` (``none``: not killed); ``version`` None: without
+        ``--version`` (the step deploys the ``champion`` alias's)."""
         self.started += 1
         result = self.tmp / f"result-{self.started}.json"
         command = [sys.executable, "-c", BOOT, phase, "--config",
-                   str(self.registry.config), "--dataset", self.registry.dataset, "--version",
-                   version, "--target", "deployment", "--namespace", "ml", "--result-file",
+                   str(self.registry.config), "--dataset", self.registry.dataset,
+                   *(["--version", version] if version is not None else []),
+                   "--target", "deployment", "--namespace", "ml", "--result-file",
                    str(result)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, env=self.env(lease_seconds), cwd=self.tmp)
@@ -315,7 +317,7 @@ class Cluster:
         print(f"--- deploy pid {done.pid}: exit {done.code}\n{out}{err}")
         return done
 
-    def deploy(self, version: str, phase: str = "none", **kwargs: Any) -> Done:
+    def deploy(self, version: str | None, phase: str = "none", **kwargs: Any) -> Done:
         return self.finish(self.start(version, phase, **kwargs))
 
     # -- what the cluster and the registry say --

@@ -228,7 +228,7 @@ def test_deploy_rbac_is_least_privilege_namespaced_and_validates() -> None:
         ("serving.kserve.io", "inferenceservices"): own, ("apps", "deployments"): own,
         ("", "services"): own, ("autoscaling", "horizontalpodautoscalers"): own,
         ("apps", "replicasets"): {"get", "list"}, ("", "pods"): {"get", "list"},
-        ("", "events"): {"get", "list"},
+        ("", "events"): {"get", "list"}, ("", "pods/proxy"): {"get", "create"},
         ("coordination.k8s.io", "leases"): {"get", "create", "update"}}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "deployer",
                                     "namespace": "ml"}]

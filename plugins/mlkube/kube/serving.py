@@ -414,8 +414,12 @@ def plain_serving(serving: ModelServing) -> list[Any]:
 
 # What the deploy step's rollout (mlkube.targets.cluster) does, nothing more: apply, read and
 # delete its own serving kinds; read the pods, ReplicaSets and events that say why a rollout
-# failed. No pods/exec or logs, no Secrets (the serving pods reference them; the kubelet reads
-# them), nothing cluster-scoped.
+# failed; reach the serving runtime in its Deployment's pods through the API server's pod
+# proxy (a canary or shadow slot loaded, read, unloaded: mlkube.kube.podproxy; get for a GET,
+# create for a POST, no other verb; RBAC cannot narrow it to the serving pods, so it reaches
+# any pod's HTTP ports in the namespace, and the step reaches only its own Deployment's). No
+# pods/exec or logs, no Secrets (the serving pods reference them; the kubelet reads them),
+# nothing cluster-scoped.
 _OWN = ["get", "list", "watch", "create", "patch", "update", "delete"]
 DEPLOY_RULES = (
     V1PolicyRule(api_groups=["serving.kserve.io"], resources=["inferenceservices"], verbs=_OWN),
@@ -424,6 +428,7 @@ DEPLOY_RULES = (
     V1PolicyRule(api_groups=["autoscaling"], resources=["horizontalpodautoscalers"], verbs=_OWN),
     V1PolicyRule(api_groups=["apps"], resources=["replicasets"], verbs=["get", "list"]),
     V1PolicyRule(api_groups=[""], resources=["pods", "events"], verbs=["get", "list"]),
+    V1PolicyRule(api_groups=[""], resources=["pods/proxy"], verbs=["get", "create"]),
     # the model's deploy lock (mlkube.kube.lease): taken, renewed, taken over, given up
     V1PolicyRule(api_groups=["coordination.k8s.io"], resources=["leases"],
                  verbs=["get", "create", "update"]),

@@ -71,8 +71,8 @@ class ServingTarget(ABC):
 
     # -- slots beside the serving version (issue 17, items 4 and 5) -------------------------
     #: Whether the runtime behind the endpoint holds a canary and a shadow beside the serving
-    #: version and reports their live numbers (the methods below); only the local target does
-    #: (a cluster's replicas each count their own).
+    #: version and reports their live numbers (the methods below): the local target (one
+    #: server) and the Deployment target (each ready pod's runtime, numbers pooled); not KServe.
     live_slots: bool = False
 
     def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:

@@ -3,14 +3,50 @@
 The old pods serve until new ones are ready (``maxSurge: 1``, ``maxUnavailable: 0``); the
 Service's URL never changes; the replica count belongs to the HPA once the Deployment exists.
 What it shares with the KServe target is :mod:`mlkube.targets.cluster`.
+
+**Slots beside the serving version** (the canary phase and the shadow gate of
+:mod:`mlkube.rollout`, issue 17 items 4 and 5): every serving pod runs mlkube's runtime, which
+holds a ``canary`` and a ``shadow`` beside its main model. The target drives the runtime of
+each pod through the API server's pod proxy (:mod:`mlkube.kube.podproxy`; the deploy Role's
+``pods/proxy`` get and create), so the Service keeps sending every request to a ready pod and
+each pod splits (or mirrors) its own share:
+
+- ``load_slot`` loads and verifies the version aside in every *ready* pod of the Deployment, at
+  once (as locally); when one pod refuses it, it is unloaded from the others and the line names
+  the pod and its reason;
+- ``live_numbers`` pools the pods' numbers: requests, rows and errors summed (a pod that goes
+  away during the window keeps its last numbers counted), a shadow's agreement and mean
+  difference weighted by the rows each pod compared, and the p99 (and p50) the *largest* of the
+  pods' own: a pooled p99 is never above the largest per-pod p99, so the bound is judged
+  conservatively (a pod that saw few, slow requests can fail a canary the pooled numbers would
+  pass);
+- ``promote_slot("canary")`` rolls the Deployment to the canary's version, one pod at a time
+  (readiness-gated, ``maxUnavailable: 0``, as every rollout): each old pod keeps answering its
+  share from its canary until a new pod, started on the new version, replaces it. The pods are
+  not promoted in place first, so every pod always serves what its own template names: a pod
+  restarted at any moment comes back on the version its ReplicaSet says, and a deploy killed at
+  any point leaves at most a canary beside the old version (the next deploy replaces, promotes
+  or unloads it; :meth:`DeploymentTarget.promote` and ``roll_back`` unload one they find);
+- ``unload_slot`` empties the slot in every running pod that holds it.
+
+What this does not cover: a pod started during the window (the HPA scaling up, a node drained)
+has no slot and answers everything with the serving version, so the canary's share of all
+traffic shrinks; a restarted container loses its slots the same way (its numbers so far stay
+counted); the split is per pod, so the canary's share of the Service's traffic is ``share``
+only while every ready pod holds it. A second Deployment behind the same Service would keep its
+share across restarts, at the price of a second set of objects to roll back and its replicas
+fixing the share in steps of one pod.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes.dynamic.exceptions import ConflictError
 
+from mlkube.errors import MlkubeError
+from mlkube.kube import podproxy
 from mlkube.kube import serving as manifests
 from mlkube.kube.api import FIELD_MANAGER, call, meta_of
 from mlkube.kube.applied import identified, owns, restorable
@@ -38,6 +74,12 @@ class DeploymentTarget(ClusterTarget):
 
     name = "deployment"
     kinds = (DEPLOYMENT, SERVICE, AUTOSCALER)
+
+    def __init__(self, **kwargs: Any) -> None:
+        """As :class:`~mlkube.targets.cluster.ClusterTarget`; no slot loaded yet."""
+        super().__init__(**kwargs)
+        self._slots: dict[str, tuple[str, str]] = {}
+        self._seen: dict[str, dict[str, Any]] = {}
 
     @property
     def base_url(self) -> str:
@@ -170,3 +212,240 @@ class DeploymentTarget(ClusterTarget):
                 reasons.append(f"{condition.get('reason')}: "
                                f"{last_line(condition.get('message', ''))}")
         return reasons
+
+    # -- the runtime's slots in every serving pod (see the module doc) -----------------------
+
+    live_slots = True
+    LIVE_TIMEOUT = 10.0  # seconds a pod's runtime has to answer its live numbers
+
+    def _slot_state(self) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
+        """What this target loaded (role -> (version, model URI)) and the last numbers each
+        pod reported for it since (role -> pod name -> numbers)."""
+        return self._slots, self._seen
+
+    def _runtime_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
+        """The Deployment's pods whose runtime answers: running, with an IP, not being deleted
+        (``ready_only``: and Ready, i.e. among the Service's endpoints)."""
+        live = self._get(DEPLOYMENT)
+        if live is None:
+            return []
+        labels = (((live.get("spec") or {}).get("selector") or {}).get("matchLabels")
+                  or self.serving.labels())
+        found = []
+        for pod in self._list(POD, labels=labels):
+            status = pod.get("status") or {}
+            if meta_of(pod).get("deletionTimestamp") or not status.get("podIP") \
+                    or status.get("phase") != "Running":
+                continue
+            if ready_only and not _ready(pod):
+                continue
+            found.append(pod)
+        return sorted(found, key=lambda p: str(meta_of(p).get("name")))
+
+    def _runtime(self, pod: dict[str, Any], parts: list[str], body: Any = None,
+                 timeout: float = 30.0) -> Any:
+        return podproxy.call(self._api_client, self.namespace, str(meta_of(pod).get("name")),
+                             _runtime_port(pod), parts, body, timeout)
+
+    def _repository(self, action: str) -> list[str]:
+        return ["v2", "repository", "models", self.model_name, action]
+
+    def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
+        """Load and verify ``version`` into the ``role`` slot of every ready pod's runtime, at
+        once; a pod that refuses it: unloaded from the others, and one line naming it."""
+        pods = self._runtime_pods()
+        where = self._where("Deployment")
+        if not pods:
+            raise MlkubeError(f"no ready pod of {where} to load the {role} v{version} into")
+        self.log(f"loading version {version} as the {role} ({share:.0%} of each pod's live "
+                 f"requests) into the runtime of the {len(pods)} ready pod"
+                 f"{'s' if len(pods) != 1 else ''} of {where}")
+        parameters: dict[str, Any] = {"model_uri": model_uri, "version": str(version),
+                                      "role": role, "share": share}
+        if self.serving.verify_batch is not None:
+            parameters["verify_batch"] = self.serving.verify_batch
+
+        def load(pod: dict[str, Any]) -> str | None:
+            try:
+                self._runtime(pod, self._repository("load"), {"parameters": parameters},
+                              timeout=self.timeout)
+            except MlkubeError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
+            outcomes = list(pool.map(load, pods))
+        failed = [why for why in outcomes if why is not None]
+        if failed:
+            for pod, why in zip(pods, outcomes, strict=True):
+                if why is None:
+                    self._unload_from(pod, role)
+            raise MlkubeError(f"the {role} v{version} did not load in {len(failed)} of "
+                              f"{len(pods)} ready pods of {where} (unloaded from the others): "
+                              f"{failed[0]}")
+        slots, seen = self._slot_state()
+        slots[role] = (str(version), model_uri)
+        seen[role] = {}
+
+    def _unload_from(self, pod: dict[str, Any], role: str) -> bool:
+        """Empty ``role`` in ``pod``'s runtime; whether it held one (an error: raised)."""
+        try:
+            self._runtime(pod, self._repository("unload"), {"parameters": {"role": role}})
+        except podproxy.ProxyError as exc:
+            if exc.from_runtime and exc.status == 404:  # it held none (any more)
+                return False
+            raise
+        return True
+
+    def unload_slot(self, role: str) -> None:
+        """Empty the ``role`` slot in every running pod that holds one; a ready pod that cannot
+        be reached or refuses: one line, after the others were emptied."""
+        problems = []
+        emptied = 0
+        for pod in self._runtime_pods(ready_only=False):
+            try:
+                numbers = self._runtime(pod, ["v2", "models", self.model_name, "live"],
+                                        timeout=self.LIVE_TIMEOUT)
+                if (numbers or {}).get(role) is not None and self._unload_from(pod, role):
+                    emptied += 1
+            except MlkubeError as exc:
+                if _ready(pod):  # an unready pod takes no traffic; it may not listen at all
+                    problems.append(str(exc))
+        slots, seen = self._slot_state()
+        slots.pop(role, None)
+        seen.pop(role, None)
+        if emptied:
+            self.log(f"unloaded the {role} from {emptied} pod{'s' if emptied != 1 else ''} of "
+                     f"{self._where('Deployment')}")
+        if problems:
+            raise MlkubeError(f"could not empty the {role} slot of every pod of "
+                              f"{self._where('Deployment')}: {problems[0]}")
+
+    def live_numbers(self) -> dict[str, Any]:
+        """The ready pods' live numbers, pooled (see the module doc); ``pods``: how many
+        answered; each slot's ``pods``: how many hold it now."""
+        pods = self._runtime_pods()
+        answers: dict[str, dict[str, Any]] = {}
+        problems = []
+        for pod in pods:
+            try:
+                answers[str(meta_of(pod).get("name"))] = self._runtime(
+                    pod, ["v2", "models", self.model_name, "live"], timeout=self.LIVE_TIMEOUT)
+            except MlkubeError as exc:
+                problems.append(str(exc))
+        if not answers:
+            raise MlkubeError(problems[0] if problems else
+                              f"no ready pod of {self._where('Deployment')} reports live numbers")
+        slots, seen = self._slot_state()
+        found: dict[str, Any] = {"name": self.model_name, "pods": len(answers),
+                                 "main": pooled([a["main"] for a in answers.values()
+                                                 if a.get("main")], "main")}
+        for role in ("canary", "shadow"):
+            expected = slots.get(role, (None, ""))[0]
+            holding = {pod: a[role] for pod, a in answers.items() if a.get(role) is not None
+                       and (expected is None or str(a[role].get("version")) == expected)}
+            if not holding:
+                found[role] = None
+                continue
+            if expected is None:  # not loaded by this process: what the pods hold now
+                found[role] = {**pooled(list(holding.values()), role), "pods": len(holding)}
+                continue
+            counted = seen.setdefault(role, {})
+            counted.update(holding)  # a pod gone since keeps its last numbers counted
+            found[role] = {**pooled(list(counted.values()), role), "pods": len(holding)}
+        return found
+
+    def promote_slot(self, role: str) -> None:
+        """The canary's version serves: the Deployment rolled to it, one pod at a time (see
+        the module doc); each old pod answers its canary share until it is replaced."""
+        if role != "canary":
+            raise MlkubeError(f"the {self.name} target promotes a canary only, not a {role}")
+        slots, seen = self._slot_state()
+        if role in slots:
+            version, model_uri = slots[role]
+        else:  # loaded by an earlier deploy: what the pods hold
+            held = self.live_numbers().get(role)
+            if held is None:
+                raise MlkubeError(f"no pod of {self._where('Deployment')} holds a {role} to "
+                                  "promote")
+            version = str(held["version"])
+            model_uri = f"models:/{self.model_name}/{version}"
+        self.log(f"promoting the {role} v{version}: rolling {self._where('Deployment')} to it, "
+                 "one pod at a time (each old pod answers its canary share until a new one "
+                 "replaces it)")
+        self.roll_out(version, model_uri)
+        slots.pop(role, None)
+        seen.pop(role, None)
+
+    def _clear_canary(self) -> None:
+        """Unload a canary from the pods: strict when this process loaded one; else a canary an
+        earlier, killed deploy left (a failure to look is only said: the target serves without
+        the pod proxy too)."""
+        strict = "canary" in self._slot_state()[0]
+        try:
+            self.unload_slot("canary")
+        except MlkubeError as exc:
+            if strict:
+                raise
+            self.log(f"could not look for a canary an earlier deploy left in the pods: {exc}")
+
+    def promote(self) -> None:
+        """After the smoke test: no canary stays beside the version that serves (one an earlier
+        deploy, killed in its canary phase, left in pods this rollout did not replace)."""
+        self._clear_canary()
+
+    def roll_back(self, version: str | None) -> None:
+        """Unload the canary, then put ``version`` back (see
+        :meth:`mlkube.targets.cluster.ClusterTarget.roll_back`)."""
+        problem = None
+        if version is not None:
+            try:
+                self._clear_canary()
+            except MlkubeError as exc:  # the rollback itself goes on; said after it
+                problem = exc
+        super().roll_back(version)
+        if problem is not None:
+            raise MlkubeError(f"v{version} serves again, but {problem}")
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _runtime_port(pod: dict[str, Any]) -> int:
+    """The runtime's port: the container port named ``http`` (else the first, else 8080)."""
+    ports = [p for c in (pod.get("spec") or {}).get("containers") or []
+             for p in c.get("ports") or []]
+    named = [p for p in ports if p.get("name") == "http"] or ports
+    return int(named[0]["containerPort"]) if named else manifests.SERVER_PORT
+
+
+def pooled(docs: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    """One slot's live numbers over several pods (see the module doc): counts summed, the
+    shadow's agreement and mean difference weighted by compared rows, p50 and p99 the largest
+    of the pods' (an upper bound of the pooled quantile)."""
+    requests = sum(int(d.get("requests") or 0) for d in docs)
+    errors = sum(int(d.get("errors") or 0) for d in docs)
+    versions = sorted({str(d.get("version")) for d in docs})
+
+    def largest(key: str) -> float | None:
+        values = [float(d[key]) for d in docs if d.get(key) is not None]
+        return max(values) if values else None
+
+    found: dict[str, Any] = {
+        "version": "/".join(versions) if versions else None, "requests": requests,
+        "rows": sum(int(d.get("rows") or 0) for d in docs), "errors": errors,
+        "error_rate": errors / requests if requests else 0.0,
+        "p50_ms": largest("p50_ms"), "p99_ms": largest("p99_ms")}
+    if docs and "share" in docs[0]:
+        found["share"] = docs[0]["share"]
+    if role == "shadow":
+        found["dropped"] = sum(int(d.get("dropped") or 0) for d in docs)
+        found["compared_rows"] = sum(int(d.get("compared_rows") or 0) for d in docs)
+        for key in ("agreement", "mean_abs_diff"):
+            weighted = [(float(d[key]), int(d.get("compared_rows") or 0)) for d in docs
+                        if d.get(key) is not None]
+            rows = sum(n for _, n in weighted)
+            found[key] = sum(v * n for v, n in weighted) / rows if rows else None
+    return found

@@ -312,3 +312,47 @@ def test_two_registers_at_once_lose_no_update(dataset: str, train: Callable[...,
                                                           for x in results.values()))
     champion = mlflow.MlflowClient().get_model_version_by_alias("mlkube-demo", "champion")
     assert str(champion.version) == strong_version
+
+
+def test_a_rerun_keeps_the_live_gates_verdict(dataset: str, train: Callable[..., str],
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An Airflow/Argo retry of register after deploy judged the challenger on live traffic
+    must not put ``awaiting live evidence`` back (the rejected challenger would be shadowed
+    again): the ``live: ...`` verdict stands."""
+    from mlkube import rollout
+    from mlkube_testing import write_config
+
+    config = str(write_config(tmp_path / "gate.yaml",
+                              registry={"min_live_requests": 20, "min_agreement": 0.5}))
+    options = ("--config", config, "--dataset", dataset)
+    run("register", *options, "--run-id", train(), tmp=tmp_path)
+    challenger = train(epochs=6, learning_rate=0.01)
+    code, result, _ = run("register", *options, "--run-id", challenger, tmp=tmp_path)
+    assert code == 0 and result is not None
+    assert (result["version"], result["promoted"], result["champion_version"]) == ("2", "false",
+                                                                                  "1")
+    client = mlflow.MlflowClient()
+    assert client.get_model_version("mlkube-demo", "2").tags["mlkube.gate"].startswith(
+        rollout.AWAITING)
+    # a rerun before deploy judged it: still awaiting (idempotent)
+    code, again, _ = run("register", *options, "--run-id", challenger, tmp=tmp_path)
+    assert code == 0 and again is not None and again["promoted"] == "false"
+    assert client.get_model_version("mlkube-demo", "2").tags["mlkube.gate"].startswith(
+        rollout.AWAITING)
+
+    # deploy's shadow gate rejected it (the tag as rollout.judge_shadow writes it)
+    verdict = "live: agreement 0.100 under 0.5 over 20 live requests beside v1; not promoted"
+    client.set_model_version_tag("mlkube-demo", "2", rollout.TAG_GATE, verdict)
+    capsys.readouterr()
+    code, rerun, _ = run("register", *options, "--run-id", challenger, tmp=tmp_path)
+    assert code == 0 and rerun is not None
+    assert (rerun["version"], rerun["promoted"], rerun["champion_version"]) == ("2", "false",
+                                                                                "1")
+    assert client.get_model_version("mlkube-demo", "2").tags["mlkube.gate"] == verdict
+    assert client.get_model_version_by_alias("mlkube-demo", "champion").version == 1
+    assert _versions() == ["1", "2"]
+    said = capsys.readouterr().out.splitlines()
+    assert f"[register] version 2 was already judged on live traffic ({verdict}): kept; not " \
+           "shadowed again" in said, said
+    assert not any("awaiting" in line or "takes champion after" in line for line in said), said

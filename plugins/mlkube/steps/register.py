@@ -13,7 +13,9 @@ register and deploy are meant to be serialised per model as well (issue 16, item
 With ``registry.min_live_requests`` > 0 the gate has a live half: a challenger better offline
 than a champion that can defend gets ``challenger``, tagged ``mlkube.gate: awaiting live
 evidence ...``, and takes ``champion`` only once deploy shadowed it beside the serving champion
-for that many live requests with enough agreement (:mod:`mlkube.rollout`).
+for that many live requests with enough agreement (:mod:`mlkube.rollout`). Deploy then tags it
+``live: ...``; a rerun of register (a retry of the same run) keeps that verdict rather than
+putting ``awaiting`` back, so a version rejected live is never shadowed again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mlkube.steps._main import Context, run_step
 SPEC = spec.REGISTER
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+LIVE_VERDICT = "live:"  # how deploy's shadow gate begins the mlkube.gate tag it leaves
 GATE_ATTEMPTS = 3  # evaluations of a champion that another run keeps moving
 
 
@@ -119,9 +122,12 @@ def run(ctx: Context) -> dict[str, Any]:
 
     client = tracking.client()
     existing = _existing_version(name, run_id)
+    verdict = ""  # the live gate's verdict on this version, from an earlier deploy
     if existing is not None:
         version = existing.version
         ctx.log(f"run {run_id} is already version {version}; not registering it again")
+        gate = client.get_model_version(name, str(version)).tags.get("mlkube.gate", "")
+        verdict = str(gate) if str(gate).startswith(LIVE_VERDICT) else ""
     else:
         tags = {**tracking.lineage_tags(SPEC.name, ctx.pipeline_run_id),
                 tracking.TAG_DIGEST: info.digest, f"test_{metric}": f"{challenger_value:.6f}",
@@ -147,7 +153,11 @@ def run(ctx: Context) -> dict[str, Any]:
                                      ctx.config.registry.margin))
     live_gate = (promote and not is_champion and champion is not None
                  and champion_value is not None and ctx.config.registry.min_live_requests > 0)
-    if live_gate:  # better offline; the live half of the gate is deploy's (mlkube.rollout)
+    if live_gate and verdict:  # a rerun after deploy judged it live: the verdict stands
+        promote = False
+        ctx.log(f"version {version} was already judged on live traffic ({verdict}): kept; "
+                "not shadowed again")
+    elif live_gate:  # better offline; the live half of the gate is deploy's (mlkube.rollout)
         from mlkube import rollout
 
         assert champion is not None and champion_value is not None
@@ -168,9 +178,10 @@ def run(ctx: Context) -> dict[str, Any]:
     else:
         assert champion is not None
         client.set_registered_model_alias(name, CHALLENGER, str(version))
-        client.set_model_version_tag(name, str(version), "mlkube.gate",
-                                     f"not better than v{champion.version} by > "
-                                     f"{ctx.config.registry.margin}")
+        if not verdict:  # (a live verdict outranks this offline one)
+            client.set_model_version_tag(name, str(version), "mlkube.gate",
+                                         f"not better than v{champion.version} by > "
+                                         f"{ctx.config.registry.margin}")
         ctx.log(f"version {version} is not better than champion v{champion.version} by more than "
                 f"{ctx.config.registry.margin}: tagged {CHALLENGER}; champion unchanged")
     champion_version = str(version) if promote or champion is None else str(champion.version)

@@ -1,6 +1,7 @@
 """The deploy step's gates on live traffic on the Deployment target (issue 17, items 4 and 5):
-the canary phase promoted or rolled back on the pods' live numbers, the shadow gate, the pod
-proxy they go through, and the deploy Role that allows it.
+the canary phase promoted or rolled back (error rate, p99) on the pods' live numbers, the
+shadow gate, the pod proxy they go through, the deploy Role that allows it, and a deploy
+SIGKILLed with its canary loaded, then run again.
 
 Real parts, as in ``test_deploy_kills.py`` (whose registry, kube-proxy pattern and ``Cluster``
 helpers this module reuses): the deploy step as its own process, the real ``kubernetes``
@@ -15,7 +16,8 @@ while the step runs.
 The registry: ``test_deploy_kills``'s versions 1-4 of ``kill-test`` (1 and 2 the same good
 model), and here version 5: the same model, except that a prediction of exactly 3 rows (what
 the clients send) raises, so it passes its verification and smoke test and fails live
-requests. The HPA keeps two replicas.
+requests; version 6: the same model, 0.1 s slower on every prediction. The HPA keeps two
+replicas.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ from mlkube_testing import Load
 pytestmark = pytest.mark.slow
 
 FAILS_LIVE = "5"  # fails every live request of 3 rows
+SLOW = "6"  # answers every request after 0.1 s
 LIVE = f"/v2/models/{NAME}/live"
 
 
 @pytest.fixture(scope="module")
 def versions(registry: Registry) -> Registry:  # noqa: F811  (the imported fixture)
-    """The registry with version 5 added (see the module doc)."""
+    """The registry with versions 5 and 6 added (see the module doc)."""
     import mlflow
     import pandas as pd
 
@@ -72,6 +75,9 @@ def versions(registry: Registry) -> Registry:  # noqa: F811  (the imported fixtu
     uri = _log_model(experiment.experiment_id, rows.to_numpy(dtype="float32")[:5],
                      {"kind": "gated", "gate": str(gate), "fail_rows": 3})
     assert str(mlflow.register_model(uri, NAME).version) == FAILS_LIVE
+    uri = _log_model(experiment.experiment_id, rows.to_numpy(dtype="float32")[:5],
+                     {"kind": "gated", "gate": str(gate), "delay": 0.1})
+    assert str(mlflow.register_model(uri, NAME).version) == SLOW
     return registry
 
 
@@ -206,25 +212,37 @@ def _rows(base: Registry, n: int = 3) -> list[list[float]]:
     return frame.head(n).to_numpy(dtype=float).tolist()
 
 
-def test_a_canary_over_its_error_bound_is_unloaded_from_every_pod_in_one_line(
-        cluster: Cluster) -> None:
-    """v5 fails live requests of 3 rows. Its canary takes half of each pod's requests; the
-    first failure breaks the bound (no error allowed): it is unloaded from both pods, the
-    Deployment is never changed, the step fails in one line naming the bound, the alias stays;
-    the only failures the clients saw were the canary's own answers."""
+@pytest.mark.parametrize(("version", "serving_config", "bound"), [
+    (FAILS_LIVE, {}, "error rate "),
+    (SLOW, {"canary_max_p99_ms": 50, "canary_requests": 10}, "p99 "),
+])
+def test_a_canary_over_a_bound_is_unloaded_from_every_pod_in_one_line(
+        cluster: Cluster, version: str, serving_config: dict[str, Any], bound: str) -> None:
+    """v5 fails live requests of 3 rows; v6 answers in 0.1 s where the bound is 50 ms. The
+    canary takes half of each pod's requests; v5's first failure breaks the error bound (none
+    allowed), v6's p99 the latency bound (the largest pod's p99 is judged): it is unloaded
+    from both pods, the Deployment is never changed, the step fails in one line naming the
+    bound, the alias stays; the only failures the clients saw were the canary's answers."""
+    cluster.registry = _config(cluster.registry, cluster.tmp, serving=serving_config)
     cluster.seed("1")
     generation = cluster.deployment()["metadata"]["generation"]
     front = cluster.proxy.front(SERVICE)
     with Load(front, NAME, _rows(cluster.registry), clients=3, pause=0.005) as load:
-        done = cluster.deploy(FAILS_LIVE)
+        done = cluster.deploy(version)
     assert done.code == 1 and done.result is None, done.err
     (line,) = done.lines
-    assert line.startswith(f"mlkube deploy: error: version {FAILS_LIVE} failed its rollout "
-                           f"(canary v{FAILS_LIVE}: error rate "), line
-    assert "requests failed) over the bound 0.0% (serving.canary_max_error_rate)); " \
-           f"rolled back: version 1 serves at {ENDPOINT}" in line, line
-    assert load.failed and all("answered 500" in f for f in load.failed), load.failed[:3]
-    assert load.versions["1"] > 0 and set(load.versions) == {"1"}
+    assert line.startswith(f"mlkube deploy: error: version {version} failed its rollout "
+                           f"(canary v{version}: {bound}"), line
+    named = ("requests failed) over the bound 0.0% (serving.canary_max_error_rate)); "
+             if version == FAILS_LIVE else
+             " ms over the bound 50 ms (serving.canary_max_p99_ms) over ")
+    assert named in line and line.endswith(f"rolled back: version 1 serves at {ENDPOINT}"), line
+    if version == FAILS_LIVE:  # the canary's own answers, and only those
+        assert load.failed and all("answered 500" in f for f in load.failed), load.failed[:3]
+        assert load.versions["1"] > 0 and set(load.versions) == {"1"}
+    else:  # slow, but it answered
+        assert load.failed == [], load.failed[:3]
+        assert load.versions["1"] > 0 and load.versions[SLOW] > 0
     assert done.said("unloaded the canary from 2 pods of Deployment ml/kill-test")
     assert _slots(cluster) == [("1", None, None)] * REPLICAS
     assert cluster.deployment()["metadata"]["generation"] == generation, "never applied"

@@ -19,7 +19,8 @@ each pod splits (or mirrors) its own share:
   difference weighted by the rows each pod compared, and the p99 (and p50) the *largest* of the
   pods' own: a pooled p99 is never above the largest per-pod p99, so the bound is judged
   conservatively (a pod that saw few, slow requests can fail a canary the pooled numbers would
-  pass);
+  pass); read at most once a second (:attr:`DeploymentTarget.LIVE_INTERVAL`), one request per
+  ready pod through the API server each time;
 - ``promote_slot("canary")`` rolls the Deployment to the canary's version, one pod at a time
   (readiness-gated, ``maxUnavailable: 0``, as every rollout): each old pod keeps answering its
   share from its canary until a new pod, started on the new version, replaces it. The pods are
@@ -40,6 +41,7 @@ fixing the share in steps of one pod.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,6 +82,7 @@ class DeploymentTarget(ClusterTarget):
         super().__init__(**kwargs)
         self._slots: dict[str, tuple[str, str]] = {}
         self._seen: dict[str, dict[str, Any]] = {}
+        self._last_live = float("-inf")
 
     @property
     def base_url(self) -> str:
@@ -217,6 +220,9 @@ class DeploymentTarget(ClusterTarget):
 
     live_slots = True
     LIVE_TIMEOUT = 10.0  # seconds a pod's runtime has to answer its live numbers
+    #: live numbers are read at most this often (seconds): each read lists the pods and asks
+    #: every one through the API server, which a window of minutes must not flood
+    LIVE_INTERVAL = 1.0
 
     def _slot_state(self) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
         """What this target loaded (role -> (version, model URI)) and the last numbers each
@@ -323,7 +329,12 @@ class DeploymentTarget(ClusterTarget):
 
     def live_numbers(self) -> dict[str, Any]:
         """The ready pods' live numbers, pooled (see the module doc); ``pods``: how many
-        answered; each slot's ``pods``: how many hold it now."""
+        answered; each slot's ``pods``: how many hold it now. At most one read a
+        :attr:`LIVE_INTERVAL` (a sooner call waits for it)."""
+        wait = self._last_live + self.LIVE_INTERVAL - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_live = time.monotonic()
         pods = self._runtime_pods()
         answers: dict[str, dict[str, Any]] = {}
         problems = []

@@ -128,6 +128,28 @@ def test_a_canary_over_a_bound_is_rolled_back_in_one_line_naming_it(
     assert after.failed == [] and set(after.versions) == {"1"}
 
 
+def test_a_canary_a_killed_deploy_left_is_unloaded_when_the_serving_version_is_deployed(
+        dataset: str, train: Callable[..., str], state: Path, tmp_path: Path) -> None:
+    from mlkube.targets.local import LocalTarget
+
+    config = _canary_config(tmp_path)
+    first = _first(dataset, train, tmp_path, config)
+    _register(dataset, train(epochs=6, learning_rate=0.01), tmp_path)
+    # what a deploy killed in its canary window leaves: v2 answering half the requests
+    target = LocalTarget(state_dir=state, model_name=NAME, host="127.0.0.1",
+                         port=int(_base(first).rsplit(":", 1)[1]), ready_timeout=60)
+    target.load_slot("canary", "2", f"models:/{NAME}/2", 0.5)
+    assert client.live_numbers(_base(first), NAME)["canary"]["version"] == "2"
+    # the operator puts the champion back on version 1, which serves and is recorded
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
+    code, again, err = run("deploy", "--config", config, "--dataset", dataset, tmp=tmp_path)
+    assert code == 0 and again is not None and again["version"] == "1", err
+    assert client.live_numbers(_base(first), NAME)["canary"] is None
+    with Load(_base(first), NAME, _rows(dataset), clients=2, pause=0.005) as after:
+        time.sleep(0.5)
+    assert after.failed == [] and set(after.versions) == {"1"}
+
+
 def test_a_canary_no_traffic_judged_is_rolled_back(
         dataset: str, train: Callable[..., str], state: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

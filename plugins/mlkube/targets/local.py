@@ -259,6 +259,11 @@ class LocalTarget(ServingTarget):
 
         return client.live_numbers(self._running().base_url, self.model_name)
 
+    def promote(self) -> None:
+        """The serving version takes all the traffic: a canary that a killed deploy left
+        beside it (its window never judged) is unloaded."""
+        self.unload_slot("canary")
+
     def roll_back(self, version: str | None) -> None:
         """Load ``version`` again, or stop the server when nothing served before; a canary
         beside it is unloaded."""

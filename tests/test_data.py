@@ -129,3 +129,41 @@ def test_load_arrays_matches_the_frame(source: Path, tmp_path: Path,
     assert x.dtype == np.float32 and y.dtype == np.int64
     np.testing.assert_array_equal(x, x_frame)
     np.testing.assert_array_equal(y, y_frame)
+
+
+def test_digests_are_those_the_pandas_frame_code_gave(source: Path, tmp_path: Path) -> None:
+    """The digest names the dataset and decides retraining (``changed``): these are the digests
+    the whole-frame pandas code (and the streamed code before issue 18) gave for the same data,
+    so a dataset prepared before is recognised after."""
+    _, info, _ = data.prepare(str(source), DataConfig(target="y"), tmp_path / "c")
+    assert info.digest == "cc34ac9be08b618dd2a6f5bfdc18b23e179ef1d0c4a5ccb3062038d63daeb9d4"
+    frame = _frame()
+    frame["y"] = frame["f0"] * 2 + 1
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    _, info, _ = data.prepare(str(tmp_path / "r.csv"), DataConfig(target="y", task="regression"),
+                              tmp_path / "r")
+    assert info.digest == "4cf69828513e3f5ec9475f3bcabfb361a8aa9ff6512c07af451cf6735449fa4d"
+
+
+def test_row_hashes_are_pandas_row_hashes() -> None:
+    rng = np.random.default_rng(3)
+    columns = [rng.normal(size=500), np.array([0.0, -0.0] * 250), rng.integers(-9, 9, 500),
+               rng.normal(size=500) * 1e300]
+    frame = pd.DataFrame({f"c{i}": c for i, c in enumerate(columns)})
+    expected = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    np.testing.assert_array_equal(data.row_hashes(columns), expected)
+    np.testing.assert_array_equal(data.row_hashes(columns[:1]),
+                                  pd.util.hash_pandas_object(frame[["c0"]], index=False).to_numpy())
+
+
+def test_csv_blocks_end_at_line_ends_and_cover_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        lines = ["x" * int(n) for n in rng.integers(0, 30, rng.integers(0, 40))]
+        body = ("\n".join(lines) + ("\n" if trial % 2 else "")).encode()
+        path = tmp_path / "b.csv"
+        path.write_bytes(b"h\n" + body)
+        for block in (1, 2, 5, 16, 100):
+            blocks = [bytes(b) for b in data._csv_blocks(path, block)]
+            assert b"".join(blocks) == body
+            assert all(b.endswith(b"\n") for b in blocks[:-1])

@@ -47,12 +47,42 @@ def test_prepare_data_profiles_the_train_split(tmp_path: Path) -> None:
 
 def test_a_sample_smaller_than_the_split_still_counts_every_row(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Edges from the sample, counts from one more pass over the whole train split."""
-    monkeypatch.setattr(data, "SAMPLE_VALUES", 31 * 20)  # 20 rows sampled of 399
+    """Edges from the sample (the train rows of a seeded uniform sample of the kept rows, taken
+    in the first pass), counts of every train row (in the second pass)."""
+    monkeypatch.setattr(data, "SAMPLE_VALUES", 31 * 20)  # 20 train rows' worth of 399
     source = data.demo_data(tmp_path)
     directory, info, _ = data.prepare(str(source), DataConfig(target="target"), tmp_path / "a")
     found = json.loads((directory / data.PROFILE_FILE).read_text())
     _check(found, pd.read_parquet(directory / "train.parquet"), info.features)
+    edges = found["features"]["mean_radius"]["edges"]
+    train = pd.read_parquet(directory / "train.parquet")["mean_radius"]
+    assert edges != profile.quantile_edges(train)  # sampled, so not the exact quantiles
+
+
+def test_a_sampled_profile_is_seeded_and_the_same_in_any_blocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "SAMPLE_VALUES", 31 * 40)
+    source = str(data.demo_data(tmp_path))
+    cfg = DataConfig(target="target")
+
+    def prepared(root: str, config: DataConfig = cfg) -> tuple[dict, dict]:
+        """The histograms and the quartiles (the moments' last digits follow the blocks)."""
+        directory, _, stats = data.prepare(source, config, tmp_path / root)
+        found = json.loads((directory / data.PROFILE_FILE).read_text())
+        histograms = {name: (f["edges"], f["counts"]) for name, f in found["features"].items()}
+        quartiles = {c: [s[q] for q in ("25%", "50%", "75%")] for c, s in stats.items()}
+        return histograms | {"target": found["target"]}, quartiles
+
+    first = prepared("a")
+    (tmp_path / "a").rename(tmp_path / "a-done")
+    assert prepared("a") == first  # the same seed: the same sample
+    monkeypatch.setattr(data, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(data, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(data, "BATCH_VALUES", 31 * 25)
+    assert prepared("b") == first  # the sample does not depend on the blocks
+    other = DataConfig(target="target")
+    other.split.seed = 7
+    assert prepared("c", other)[1] != first[1]
 
 
 def test_a_regression_target_gets_a_value_histogram(tmp_path: Path) -> None:

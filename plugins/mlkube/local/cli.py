@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
 def _demo_drift(args: argparse.Namespace) -> int:
     from mlkube.local import drift_demo
 
-    drift_demo.drift_demo(args.config)
+    drift_demo.drift_demo(args.config, args.shift)
     return 0
 
 
@@ -67,6 +67,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     drift = demos.add_parser("drift", help="after the lifecycle: shifted traffic, the monitor, "
                                            "retraining on drift, shadow, canary, promotion")
     drift.add_argument("--config", help="lifecycle config (YAML); none = the demo defaults")
+    from mlkube.local import drift_demo  # light: its heavy imports are inside its functions
+
+    drift.add_argument("--shift", choices=drift_demo.SHIFTS, default=drift_demo.IN_SUPPORT,
+                       help="in-support (default): the held-out rows in the first feature's top "
+                            "two training deciles, inside the training range (the challenger "
+                            "is shadowed, canaried and promoted); out-of-range: two features "
+                            "moved 3 training standard deviations (the shadow gate keeps the "
+                            "champion when the two models part there)")
     drift.set_defaults(handler=_demo_drift)
     serve = sub.add_parser("serve", help="the local model servers")
     verbs = serve.add_subparsers(dest="verb", required=True)

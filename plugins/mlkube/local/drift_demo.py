@@ -2,10 +2,23 @@
 
 After the lifecycle (``make run`` / ``make demo``; run here first if nothing serves):
 
-1. shifted traffic: rows of the prepared test split with two features moved by
-   :data:`SHIFT_STD` training standard deviations are sent to the published endpoint, one row a
-   request, until the runtime writes a window of them (it writes one every
-   ``--stats-every-requests``, 1000 by default, or ``--stats-every-seconds``);
+1. shifted traffic (``--shift``, :data:`SHIFTS`): rows of the prepared data set's held-out splits
+   (validation and test: rows no model was fitted on) are sent to the published endpoint, one
+   row a request, until the runtime writes a window of them (it writes one every 1000 requests,
+   or every 60 s with requests; see :mod:`mlkube.serve.stats`):
+
+   - ``in-support`` (the default): a covariate shift inside the training data's range, the
+     held-out rows whose first feature is at or above its training
+     :data:`SUPPORT_QUANTILE` quantile (on the bundled data: the largest fifth of tumours, by
+     mean radius; the features that go with it, perimeter and area, move too). The monitor
+     flags it, and two models fitted on the same data agree on such real rows, so the shadow
+     gate passes and a challenger better offline is canaried and promoted;
+   - ``out-of-range``: the held-out rows with their first :data:`SHIFTED_FEATURES` features moved
+     by :data:`SHIFT_STD` training standard deviations, out of the training range, where two
+     models extrapolate each their own way: whether they agree on ``registry.min_agreement``
+     of the rows depends on the two (benchmarks/drift_shift.py measures it); when they do not,
+     the shadow gate keeps the champion, which the summary says ("not promoted").
+
 2. the monitor step judges those windows: drifted or not, the features of highest PSI and the
    drift report's path;
 3. on drift, retraining with the reason: train (``--reason``) and register, under a demo config
@@ -17,6 +30,8 @@ After the lifecycle (``make run`` / ``make demo``; run here first if nothing ser
 4. a summary from MLflow and the runtime: what happened, including "not promoted" outcomes.
 
 Every step is its own process, as in ``mlkube run``; nothing here fakes a verdict.
+:class:`Traffic`, :func:`held_out_rows`, :func:`shifted_rows` and :func:`send_until_window` are
+also what tests/dags/test_dag_runs.py sends through Airflow's retraining DAG.
 """
 
 from __future__ import annotations
@@ -37,8 +52,13 @@ from mlkube.errors import MlkubeError
 from mlkube.local.runner import LocalRun
 from mlkube.result import atomic_write_text, read_result
 
-SHIFT_STD = 3.0  # how far the shifted features move, in training standard deviations
-SHIFTED_FEATURES = 2
+IN_SUPPORT, OUT_OF_RANGE = "in-support", "out-of-range"
+SHIFTS = (IN_SUPPORT, OUT_OF_RANGE)
+# in-support: the held-out rows whose first feature is at or above this quantile of its training
+# values (the top two deciles; PSI far over the threshold, all inside the training range)
+SUPPORT_QUANTILE = 0.8
+SHIFT_STD = 3.0  # out-of-range: how far the shifted features move, in training standard deviations
+SHIFTED_FEATURES = 2  # out-of-range: how many features (the first ones) move
 MAX_SHIFTED_REQUESTS = 5000  # the runtime writes a window at 1000 by default
 WINDOW_WAIT = 120.0  # seconds at most for the runtime's window
 # The demo's live gate (over the user's config): small windows, so a loopback demo fills them.
@@ -91,22 +111,51 @@ def _serving(state_dir: Path, name: str, port: int) -> tuple[str, str] | None:
     return (server.base_url, version) if version else None
 
 
-def shifted_rows(dataset: str) -> tuple[list[list[float]], list[str]]:
-    """The test split's rows with the first :data:`SHIFTED_FEATURES` features moved by
-    :data:`SHIFT_STD` of their training standard deviation; the features' names."""
+def held_out_rows(dataset: str) -> list[list[float]]:
+    """The prepared data set's validation and test rows, as they are: unshifted traffic (rows
+    from the population the model was trained on that no model was fitted on)."""
+    import numpy as np
+
     from mlkube import data
 
+    x_val, _ = data.load_arrays(dataset, "validation")
+    x_test, _ = data.load_arrays(dataset, "test")
+    rows: list[list[float]] = np.concatenate([x_val, x_test]).astype(float).tolist()
+    return rows
+
+
+def shifted_rows(dataset: str, shift: str = IN_SUPPORT) -> tuple[list[list[float]], str]:
+    """The held-out rows under ``shift`` (one of :data:`SHIFTS`, see the module doc), and the
+    shift in words."""
+    import numpy as np
+
+    from mlkube import data
+
+    if shift not in SHIFTS:
+        raise MlkubeError(f"unknown shift {shift!r}: one of {', '.join(SHIFTS)}")
     info = data.load_info(dataset)
     x_train, _ = data.load_arrays(dataset, "train")
-    x_test, _ = data.load_arrays(dataset, "test")
-    rows = x_test.astype(float)
-    for i in range(min(SHIFTED_FEATURES, rows.shape[1])):
+    rows = np.asarray(held_out_rows(dataset))
+    if shift == IN_SUPPORT:
+        cut = float(np.quantile(x_train[:, 0].astype(float), SUPPORT_QUANTILE))
+        kept = rows[rows[:, 0] >= cut]
+        if not len(kept):
+            raise MlkubeError(f"no held-out row has {info.features[0]} >= {cut:g}, its training "
+                              f"{SUPPORT_QUANTILE:g} quantile: nothing to send")
+        return kept.tolist(), (
+            f"the {len(kept)} held-out rows whose {info.features[0]} is at or above its training "
+            f"{SUPPORT_QUANTILE:g} quantile ({cut:g}): a shift inside the training range")
+    moved = list(info.features[:SHIFTED_FEATURES])
+    for i in range(len(moved)):
         rows[:, i] += SHIFT_STD * float(x_train[:, i].astype(float).std())
-    return rows.tolist(), list(info.features[:SHIFTED_FEATURES])
+    return rows.tolist(), (f"the {len(rows)} held-out rows with {' and '.join(moved)} moved by "
+                           f"+{SHIFT_STD:g} training standard deviations, out of the training "
+                           "range")
 
 
 class Traffic:
-    """Shifted rows, one a request, to the published endpoint (a background thread)."""
+    """Rows, one a request and in turn, to the published endpoint: :meth:`send` one, or a
+    background thread (``with Traffic(...)``) that sends until the block ends."""
 
     def __init__(self, base_url: str, name: str, rows: list[list[float]]) -> None:
         from mlkube.serve import client
@@ -142,7 +191,7 @@ class Traffic:
 
 
 def send_until_window(traffic: Traffic, directory: Path) -> list[Path]:
-    """Send shifted requests until the runtime has written a new window under ``directory``."""
+    """Send requests until the runtime has written a new window under ``directory``."""
     before = set(directory.glob("window-*.json")) if directory.is_dir() else set()
     deadline = time.monotonic() + WINDOW_WAIT
     while traffic.sent + traffic.failed < MAX_SHIFTED_REQUESTS and time.monotonic() < deadline:
@@ -191,14 +240,17 @@ def _gate_words(tag: str) -> str:
     return tag.removeprefix("live: ") if tag else "not judged"
 
 
-def drift_demo(config_path: str | None) -> dict[str, Any]:
-    """Run the demo (module doc); return its summary (also ``<run folder>/drift-demo.json``)."""
+def drift_demo(config_path: str | None, shift: str = IN_SUPPORT) -> dict[str, Any]:
+    """Run the demo (module doc) with ``shift`` (one of :data:`SHIFTS`); return its summary
+    (also ``<run folder>/drift-demo.json``)."""
     import os
 
     from mlkube import drift, tracking
     from mlkube.local import runner
     from mlkube.tracking import embedded_tracking_uri
 
+    if shift not in SHIFTS:
+        raise MlkubeError(f"unknown shift {shift!r}: one of {', '.join(SHIFTS)}")
     config = configmod.load(config_path)
     state_dir = configmod.state_dir(config)
     # The steps' MLflow (LocalRun.env), for this process's reads of it too.
@@ -218,10 +270,9 @@ def drift_demo(config_path: str | None) -> dict[str, Any]:
     _say(f"\n{name} v{champion} serves at {base_url}")
     prepared = _must(_step(local, spec.PREPARE_DATA, {}, config_path), "prepare-data")
     dataset = prepared["dataset_uri"]
-    rows, shifted = shifted_rows(dataset)
+    rows, words = shifted_rows(dataset, shift)
 
-    _say(f"\n1. shifted traffic: {len(rows)} test rows with {' and '.join(shifted)} moved by "
-         f"+{SHIFT_STD:g} training standard deviations, one row a request, until the runtime "
+    _say(f"\n1. shifted traffic ({shift}): {words}; one row a request, until the runtime "
          "writes a window")
     directory = state_dir / "monitoring" / drift.safe_name(name) / champion
     traffic = Traffic(base_url, name, rows)
@@ -238,7 +289,7 @@ def drift_demo(config_path: str | None) -> dict[str, Any]:
          + f" (threshold {config.monitor.psi_threshold:g})")
     _say(f"   drift report: {report}")
     summary: dict[str, Any] = {
-        "run_id": local.run_id, "model_name": name, "champion_before": champion,
+        "run_id": local.run_id, "model_name": name, "shift": shift, "champion_before": champion,
         "drifted": bool(monitor["drifted"]), "psi": dict(top), "monitor_run_id": monitor["run_id"],
         "report": report, "reason": "", "challenger_version": None, "shadow": None,
         "canary": None, "outcome": "no retraining", "serving_version": champion,
@@ -302,11 +353,14 @@ def _retrain(local: LocalRun, config_path: str | None, config: Any, state_dir: P
     if code != 0:
         summary["outcome"] = (f"rolled back: v{version}'s canary failed its bounds; "
                               f"v{summary['champion_before']} serves")
+    elif champion != version and tag.startswith(rollout.AWAITING):
+        summary["outcome"] = (f"not promoted: too few shadowed requests within "
+                              f"serving.shadow_seconds; champion v{champion} stays and the next "
+                              "deploy judges the challenger")
     elif champion != version:
-        summary["outcome"] = (f"not promoted: the shadow gate kept champion v{champion} (on the "
-                              "shifted rows the challenger disagrees with it more than "
-                              "registry.min_agreement allows; the gate asks agreement, and "
-                              "shifted data is where two models part)")
+        summary["outcome"] = (f"not promoted: the shadow gate kept champion v{champion} (the "
+                              "challenger agreed with it on fewer of the live rows than "
+                              "registry.min_agreement asks: see the shadow line)")
     else:
         summary["outcome"] = "promoted"
 
@@ -317,6 +371,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     offline = summary.get("offline")
     _say(f"""
 mlkube demo drift {summary['run_id']}
+  shift          {summary['shift']}
   drift          {'DRIFTED' if summary['drifted'] else 'no drift'} (highest PSI {psi})
   report         {summary['report'] or '-'}
   reason         {summary['reason'] or '-'}

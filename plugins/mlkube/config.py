@@ -119,8 +119,9 @@ class ServingConfig:
     pod_start_timeout: float = 660.0
     max_body_bytes: int = 16 * 1024 * 1024  # a larger request body is answered 413 unread
     idle_timeout: float = 75.0  # seconds an idle connection (or a stalled body) is kept
-    # the canary phase (issue 17, item 5; local and Deployment targets): > 0: a new version
-    # first answers this share of the live requests, promoted only within the bounds below
+    # the canary phase (issue 17, item 5; every target; deploy's --canary-percent is the same
+    # share in percent): > 0: a new version first answers this share of the live requests,
+    # promoted only within the bounds below
     canary_share: float = 0.0
     canary_requests: int = 200  # the window: the canary's live requests judged ...
     canary_seconds: float = 300.0  # ... within this time; fewer by then: rolled back

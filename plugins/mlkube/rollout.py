@@ -1,7 +1,9 @@
 """The deploy step's gates on live traffic (issue 17, items 4 and 5), on a target whose runtime
 holds slots beside the serving version (``target.live_slots``): the local target (one server),
-and the Deployment target (every ready pod's runtime, through the API server's pod proxy, its
-numbers pooled: :mod:`mlkube.targets.deployment`).
+the Deployment target (every ready pod's runtime, through the API server's pod proxy, its
+numbers pooled: :mod:`mlkube.targets.deployment`), and for the canary the KServe target (the
+canary a revision taking ``canaryTrafficPercent``, smoke-tested by its tag route, its pods'
+numbers pooled the same way: :mod:`mlkube.targets.kserve`).
 
 **The canary phase** (``serving.canary_share`` > 0, a version already serving): the new version
 is loaded and verified into the runtime's ``canary`` slot, where it answers that share of the

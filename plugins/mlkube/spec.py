@@ -302,8 +302,10 @@ DEPLOY = StepSpec(
         Option(flag="--target", help="where to serve: auto = local outside a cluster; in a pod "
                                      "KServe if installed, else Deployment + Service + HPA",
                choices=("auto", "local", "deployment", "kserve")),
-        Option(flag="--canary-percent", help="KServe: share of traffic the new version gets until "
-                                             "its smoke test passes (0 = none)", kind="int"),
+        Option(flag="--canary-percent", help="serving.canary_share in percent: share of live "
+                                             "requests the new version answers in its canary "
+                                             "phase (0 = the config's, 100 = no canary phase)",
+               kind="int"),
         Option(flag="--namespace", help="cluster targets: namespace (default: the pod's own)"),
         Option(flag="--service-name", help="cluster targets: name of the serving objects "
                                            "(default: from the model name)"),

@@ -58,7 +58,13 @@ and KubernetesPodOperator use, the way a v1.36 API server does:
     unschedulable (FailedScheduling at once), failing to pull its image, or still starting;
   - the Job and KServe controllers, ``ready_after`` ticks after a new generation: a Job
     Complete or Failed (``job_outcome``); an InferenceService's revision, its pod and the status
-    KServe writes (traffic split for a canary, ``lastFailureInfo`` for a failed revision);
+    KServe writes (traffic split for a canary between ``latestRolledoutRevision`` and the new
+    revision, with ``prev``/``latest`` tags where the InferenceService has
+    ``serving.kserve.io/enable-tag-routing: "true"``; ``lastFailureInfo`` for a failed
+    revision). A change of ``canaryTrafficPercent`` alone makes no revision and keeps a ready
+    revision's pod (Knative: the traffic block is not the template); the pods carry KServe's and
+    Knative's labels (``serving.kserve.io/inferenceservice``, ``component: predictor``,
+    ``serving.knative.dev/revision``), and ``serving_pods.KubeProxy`` routes the traffic split;
 - pods created through the API (``POST``, as KubernetesPodOperator creates a step's pod): the
   API server's defaults and QoS class, then the scheduler and the kubelet on the same clock:
   bound to a node (or left Pending with the scheduler's FailedScheduling event, or gated by
@@ -105,7 +111,9 @@ Where it still differs from a real API server:
   its ReplicaSets proportionally; ``minReadySeconds``, ``paused``, ``revisionHistoryLimit``
   clean-up and ``collisionCount`` are ignored; a started pod is what its outcome says at once
   (no probes or restarts: ready is available); the KServe controller writes a revision's final
-  state in one step (serverless mode, one pod a revision); the Job controller runs no pods;
+  state in one step (serverless mode, one pod a revision, no autoscaling: a revision out of
+  the traffic keeps its pod, where Knative scales it to zero; no queue-proxy container, no
+  activator); the Job controller runs no pods;
 - deleting a pod removes it at once (no grace period, no ``deletionTimestamp``, no terminating
   replicas), and so do scale-downs; a pod's log is all there when its container starts;
   watches resend an object when its resourceVersion changes but send no BOOKMARKs or 410 Gone;
@@ -1868,14 +1876,21 @@ class FakeApiServer:
                   "serving.knative.dev/revision": revision,
                   "serving.knative.dev/configuration": f"{name}-predictor",
                   "serving.knative.dev/service": f"{name}-predictor"}
-        for (k, n, _), pod in list(self.store.items()):
-            if k == "Pod" and n == ns and pod["metadata"]["labels"].get(
-                    "serving.knative.dev/revision") == revision:
-                self.store.pop(("Pod", n, pod["metadata"]["name"]), None)
-        self.pod(ns, f"{revision}-deployment-7c9d8f6b5", {"metadata": {"labels": labels},
-                                                          "spec": pod_spec}, outcome)
+        running = [pod for (k, n, _), pod in self.store.items()
+                   if k == "Pod" and n == ns and pod["metadata"]["labels"].get(
+                       "serving.knative.dev/revision") == revision]
+        # A change of the traffic split alone (canaryTrafficPercent) makes no revision and
+        # leaves a ready revision's pod running, as Knative does; anything else: a new pod.
+        if not (outcome.state == "ready" and config_json == last_config and running
+                and all(_ready(pod) for pod in running)):
+            for pod in running:
+                self.store.pop(("Pod", ns, pod["metadata"]["name"]), None)
+            self.pod(ns, f"{revision}-deployment-7c9d8f6b5", {"metadata": {"labels": labels},
+                                                              "spec": pod_spec}, outcome)
         stamp = now()
         canary = predictor.get("canaryTrafficPercent")
+        tagged = (meta.get("annotations") or {}).get(
+            "serving.kserve.io/enable-tag-routing") == "true"
         component.update(latestCreatedRevision=revision,
                          address={"url": f"http://{name}-predictor.{ns}.svc.cluster.local"},
                          url=f"http://{name}-predictor-{ns}.example.com")
@@ -1884,10 +1899,12 @@ class FakeApiServer:
             component["latestReadyRevision"] = revision
             if canary is not None and canary < 100 and rolled and rolled != revision:
                 component["traffic"] = [
-                    {"revisionName": rolled, "percent": 100 - canary, "latestRevision": False,
-                     "tag": "prev", "url": f"http://prev-{name}-predictor-{ns}.example.com"},
-                    {"revisionName": revision, "percent": canary, "latestRevision": True,
-                     "tag": "latest", "url": f"http://latest-{name}-predictor-{ns}.example.com"}]
+                    {"revisionName": rolled, "percent": 100 - canary, "latestRevision": False},
+                    {"revisionName": revision, "percent": canary, "latestRevision": True}]
+                if tagged:  # Knative's tag routes, by KServe's annotation
+                    for entry, tag in zip(component["traffic"], ("prev", "latest"), strict=True):
+                        entry.update(tag=tag,
+                                     url=f"http://{tag}-{name}-predictor-{ns}.example.com")
             else:
                 if rolled and rolled != revision:
                     component["previousRolledoutRevision"] = rolled

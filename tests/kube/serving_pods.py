@@ -30,6 +30,15 @@ that pod's process the same way (recorded in :attr:`KubeProxy.pod_routes`). And
 :meth:`KubeProxy.front` gives a Service a loopback URL of its own (as a NodePort would), for
 clients that cannot use an HTTP proxy (``mlkube_testing.Load`` in the test process).
 
+An InferenceService (KServe's serverless mode) has no Service in the fake: a host that names
+none, ``<isvc>.<ns>`` (its ``status.address.url``) or ``<isvc>-predictor.<ns>`` (the
+predictor's), is routed as Knative routes it, by the predictor's ``status.components.predictor.
+traffic``: each request goes to a revision drawn with the entries' percents as weights (a
+seeded random draw, as Knative's activator and Istio's weighted routes draw), then round-robin
+to that revision's ready pods (label ``serving.knative.dev/revision``); ``latest-`` and
+``prev-`` before the predictor's name reach the revision its traffic entry tags so (KServe's
+tag routing), and nothing where no entry has that tag (no such host).
+
 Where it differs from kube-proxy:
 
 - endpoints are read from the fake at each request: no EndpointSlice controller and no lag,
@@ -43,7 +52,10 @@ Where it differs from kube-proxy:
   taken as given: a pod the fake says is ready may still be loading its process here, and the
   request waits;
 - it is an HTTP proxy (absolute-URI requests, HTTP/1.0, one request a connection), not packet
-  forwarding; no ``CONNECT``/TLS, only ``*.svc.cluster.local`` names.
+  forwarding; no ``CONNECT``/TLS, only ``*.svc.cluster.local`` names;
+- an InferenceService's requests go straight to its revisions' runtimes: no Istio gateway or
+  Knative activator, no queue-proxy (so no concurrency limit or request buffering), no
+  scale-from-zero; the split is read from the status at each request (no propagation delay).
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import os
+import random
 import re
 import signal
 import subprocess
@@ -229,6 +242,7 @@ class KubeProxy:
         #: the requests the fake's pod proxy forwarded to a pod's process
         self.pod_routes: list[Route] = []
         self._turn = itertools.count()
+        self._draw = random.Random(17)  # an InferenceService's traffic split (see the module doc)
         self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._fronts: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
@@ -314,6 +328,37 @@ class KubeProxy:
                 ready.append(pod)
         return ready
 
+    def revision(self, name: str, namespace: str) -> str | None:
+        """The revision a request to the InferenceService host ``name`` goes to (see the module
+        doc), ``None``: no InferenceService (or tag) of that name."""
+        assert self.fake is not None
+        tag = None
+        for prefix in ("latest-", "prev-"):
+            if name.startswith(prefix) and name.endswith("-predictor"):
+                tag, name = prefix[:-1], name[len(prefix):]
+        isvc_name = name[:-len("-predictor")] if name.endswith("-predictor") else name
+        isvc = self.fake.get("InferenceService", isvc_name, namespace)
+        if isvc is None:
+            return None
+        traffic = ((((isvc.get("status") or {}).get("components") or {}).get("predictor")
+                    or {}).get("traffic") or [])
+        if tag is not None:
+            return next((t["revisionName"] for t in traffic if t.get("tag") == tag), None)
+        weighted = [(t["revisionName"], int(t.get("percent") or 0)) for t in traffic
+                    if t.get("revisionName") and t.get("percent")]
+        if not weighted:
+            return ""  # no revision takes traffic: no endpoints
+        return self._draw.choices([r for r, _ in weighted], [w for _, w in weighted])[0]
+
+    def revision_pods(self, revision: str, namespace: str) -> list[dict[str, Any]]:
+        """A revision's ready pods, by name."""
+        assert self.fake is not None
+        return [p for p in self.fake.objects("Pod", namespace)
+                if revision and (p["metadata"].get("labels") or {}).get(
+                    "serving.knative.dev/revision") == revision
+                and {c.get("type"): c.get("status") for c in (p.get("status") or {}).get(
+                    "conditions") or []}.get("Ready") == "True"]
+
     def route(self, method: str, host: str, port: int, path: str, body: bytes | None,
               headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Where kube-proxy would send the request, and that pod's answer."""
@@ -325,11 +370,19 @@ class KubeProxy:
         name, namespace = match.group(1), match.group(3)
         service = fake.get("Service", name, namespace)
         if service is None:
-            return _text(502, f"{host}: no such host (no Service {namespace}/{name})")
-        ports = [p.get("port") for p in (service.get("spec") or {}).get("ports") or []]
-        if port not in ports:
-            return _text(502, f"{host}:{port}: connection refused (the Service serves {ports})")
-        ready = self.endpoints(service)
+            revision = self.revision(name, namespace)
+            if revision is None:
+                return _text(502, f"{host}: no such host (no Service {namespace}/{name})")
+            if port != 80:
+                return _text(502, f"{host}:{port}: connection refused (Knative serves port 80)")
+            ready = self.revision_pods(revision, namespace)
+            service = {"metadata": {"name": name, "namespace": namespace}}
+        else:
+            ports = [p.get("port") for p in (service.get("spec") or {}).get("ports") or []]
+            if port not in ports:
+                return _text(502, f"{host}:{port}: connection refused (the Service serves "
+                                  f"{ports})")
+            ready = self.endpoints(service)
         if not ready:
             self.routes.append(Route(name, "", "", method, path, 503))
             return _text(503, f'no endpoints available for service "{namespace}/{name}"')

@@ -321,3 +321,35 @@ def test_two_deploys_of_one_model_at_once_take_turns(
     assert {earlier["version"], later["version"]} == {"1", "2"}
     assert client.metadata(_base(later), NAME)["versions"] == [later["version"]]
     assert _serving() == later["version"]
+
+
+@pytest.mark.parametrize(("percent", "share", "wanted"), [
+    (None, 0.25, 0.25), (0, 0.25, 0.25), (20, 0.0, 0.2), (20, 0.2, 0.2), (100, 0.0, 0.0)])
+def test_the_canary_share_has_one_description(percent: int | None, share: float,
+                                              wanted: float) -> None:
+    """``--canary-percent P`` is ``serving.canary_share`` P/100 (0: the config's; 100: no
+    canary phase), written back to the config the step reads."""
+    import argparse
+    import dataclasses
+
+    from mlkube.config import Config
+    from mlkube.steps import deploy
+
+    base = Config()
+    ctx = argparse.Namespace(args=argparse.Namespace(canary_percent=percent), config=dataclasses.
+                             replace(base, serving=dataclasses.replace(base.serving,
+                                                                       canary_share=share)))
+    assert deploy.canary_share(ctx) == wanted  # type: ignore[arg-type]
+    assert ctx.config.serving.canary_share == wanted
+
+
+def test_a_canary_percent_the_config_contradicts_is_one_line(
+        dataset: str, state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(write_config(tmp_path / "c.yaml", serving={"canary_share": 0.1}))
+    code, result, err = run("deploy", "--config", config, "--dataset", dataset,
+                            "--canary-percent", "20", tmp=tmp_path, capsys=capsys)
+    assert code == 1 and result is None
+    assert error_lines(err) == ["mlkube deploy: error: --canary-percent 20 and "
+                                "serving.canary_share 0.1 disagree: they are the same share of "
+                                "live requests; give one, or the same"], err
+    assert local.servers(state) == []

@@ -27,7 +27,8 @@ class DeployModelOperator(StepOperator):
         version: the version to serve instead (e.g. register's ``champion_version``).
         target: ``auto`` (local outside a cluster; in a pod KServe when installed, else
             Deployment), ``local``, ``deployment`` or ``kserve``.
-        canary_percent: KServe: the new version's share of traffic until its smoke test passes.
+        canary_percent: serving.canary_share in percent: the new version's share of live
+            requests in its canary phase (0: the config's; 100: no canary phase).
         service_name: name of the serving objects; default: derived from the model name.
         server_image: the serving runtime image on a cluster.
         port: the local server's loopback port.

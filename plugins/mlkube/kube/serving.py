@@ -326,7 +326,8 @@ def inference_service(serving: ModelServing, *,
     Args:
         serving: what to serve.
         canary_percent: the share of traffic (1-100) the new revision takes until promoted
-            (serverless mode); ``None``: all of it once ready.
+            (serverless mode), with KServe's tag routing on (the new revision's own URL is
+            ``latest-<predictor>``); ``None``: all of it once ready.
     """
     serving = serving.validated()
     if len(serving.name) > KSERVE_NAME_MAX:
@@ -351,6 +352,9 @@ def inference_service(serving: ModelServing, *,
         predictor["volumes"] = [to_dict(v) for v in _volumes(serving) or ()]
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = canary_percent
+        # Knative's tag routes: the new revision alone at latest-<predictor>, the old at prev-
+        metadata["annotations"] = {**metadata["annotations"],
+                                   "serving.kserve.io/enable-tag-routing": "true"}
     return {"apiVersion": KSERVE_API_VERSION, "kind": "InferenceService",
             "metadata": metadata, "spec": {"predictor": predictor}}
 

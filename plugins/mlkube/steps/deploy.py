@@ -113,11 +113,13 @@ def contract_problems(outputs: list[dict[str, Any]], declared: list[dict[str, An
 def smoke_test(target: ServingTarget, rows: list[list[float]], version: str | None = None) -> None:
     """One finite answer per row, through the published endpoint, within the model's own
     contract (its V2 metadata: output names, datatypes, shapes, class labels); ``version``: by
-    that version's URL (a canary beside the serving version)."""
+    that version's URL where the canary answers (:meth:`~mlkube.targets.base.ServingTarget.
+    slot_url`: the published endpoint, or KServe's tag route to the canary revision)."""
     from mlkube.serve import client
 
-    declared = client.metadata(target.base_url, target.model_name)
-    answer = client.infer_answer(target.base_url, target.model_name, rows, version=version,
+    base = target.base_url if version is None else target.slot_url("canary")
+    declared = client.metadata(base, target.model_name)
+    answer = client.infer_answer(base, target.model_name, rows, version=version,
                                  input_name=str(declared["inputs"][0]["name"]))
     broken = contract_problems(answer["outputs"], declared["outputs"], len(rows))
     if broken:
@@ -168,7 +170,6 @@ def choose_target(ctx: Context, name: str, verify_batch: int | None = None) -> S
                           config=ctx.config.serving, serving_env=_serving_env,
                           namespace=ctx.args.namespace, service_name=ctx.args.service_name,
                           server_image=ctx.args.server_image,
-                          canary_percent=ctx.args.canary_percent or None,
                           verify_batch=verify_batch, log=ctx.log)
 
 
@@ -228,14 +229,36 @@ def recorded_serving(name: str) -> str | None:
         return None
 
 
+def canary_share(ctx: Context) -> float:
+    """The canary's share of live requests, one description: ``serving.canary_share``, which
+    ``--canary-percent P`` sets to P/100 (100: the new version takes all the traffic at once,
+    no canary phase); both given and different: refused in one line. Written back to the
+    context's config."""
+    import dataclasses
+
+    percent, share = ctx.args.canary_percent, ctx.config.serving.canary_share
+    if percent is None or percent == 0:
+        return float(share)
+    if not 0 <= percent <= 100:
+        raise MlkubeError(f"--canary-percent is {percent}; give 0-100 (the share of live "
+                          "requests the new version answers in its canary phase; 0 = the "
+                          "config's serving.canary_share, 100 = no canary phase)")
+    wanted = percent / 100 if percent < 100 else 0.0
+    if share and round(share * 100) != percent:
+        raise MlkubeError(f"--canary-percent {percent} and serving.canary_share {share:g} "
+                          "disagree: they are the same share of live requests; give one, or "
+                          "the same")
+    ctx.config = dataclasses.replace(
+        ctx.config, serving=dataclasses.replace(ctx.config.serving, canary_share=wanted))
+    return wanted
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Roll the version out, holding the model's deploy lock; put the previous one back when
     anything fails."""
     from mlkube import data, tracking
 
-    if ctx.args.canary_percent is not None and not 0 <= ctx.args.canary_percent <= 100:
-        raise MlkubeError(f"--canary-percent is {ctx.args.canary_percent}; give 0-100 (the share "
-                          "of traffic the new version gets until its smoke test passes; 0 = none)")
+    canary_share(ctx)
     tracking.configure(ctx.state_dir, ctx.config.experiment)
     name = ctx.config.registry.model_name
     x_test, _ = data.load_arrays(ctx.args.dataset, "test")
@@ -243,7 +266,8 @@ def run(ctx: Context) -> dict[str, Any]:
     version = resolve(name, ctx.args.alias, ctx.args.version)
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
     with target.exclusive():
-        if ctx.config.registry.min_live_requests and target.live_slots and not ctx.args.version \
+        if ctx.config.registry.min_live_requests and target.live_slots \
+                and "shadow" in target.slot_roles and not ctx.args.version \
                 and (ctx.args.alias or "champion") == "champion":
             from mlkube import rollout  # the shadow gate may move the champion alias first
 

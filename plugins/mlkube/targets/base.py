@@ -72,8 +72,16 @@ class ServingTarget(ABC):
     # -- slots beside the serving version (issue 17, items 4 and 5) -------------------------
     #: Whether the runtime behind the endpoint holds a canary and a shadow beside the serving
     #: version and reports their live numbers (the methods below): the local target (one
-    #: server) and the Deployment target (each ready pod's runtime, numbers pooled); not KServe.
+    #: server) and the Deployment target (each ready pod's runtime, numbers pooled); KServe:
+    #: the canary is a revision of its own taking ``canaryTrafficPercent`` (its pods' numbers).
     live_slots: bool = False
+    #: The slots it holds (the KServe target: a canary revision only, no shadow).
+    slot_roles: tuple[str, ...] = ("canary", "shadow")
+
+    def slot_url(self, role: str) -> str:
+        """The base URL where the ``role`` slot answers its versioned URL: the published one,
+        where the runtime behind it holds the slot (KServe: the canary revision's tag route)."""
+        return self.base_url
 
     def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
         """Load and verify ``version`` aside into the ``canary`` or ``shadow`` slot, taking

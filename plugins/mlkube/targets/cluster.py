@@ -36,11 +36,16 @@ from kubernetes.client import ApiClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
 from mlkube.errors import MlkubeError
-from mlkube.kube import validation
+from mlkube.kube import podproxy, validation
 from mlkube.kube.api import FIELD_MANAGER, call, dynamic, meta_of
 from mlkube.kube.applied import restorable
 from mlkube.kube.diagnosis import REDUNDANT_EVENTS, last_line, problems_of
-from mlkube.kube.serving import KSERVE_API_VERSION, MODEL_VERSION_ANNOTATION, ModelServing
+from mlkube.kube.serving import (
+    KSERVE_API_VERSION,
+    MODEL_VERSION_ANNOTATION,
+    SERVER_PORT,
+    ModelServing,
+)
 from mlkube.spec import model_lock
 from mlkube.targets.base import ServingTarget
 
@@ -172,6 +177,59 @@ class ClusterTarget(ServingTarget):
                                           f"involvedObject.name={name},type=Warning")
         return sorted(found, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
                                                or meta_of(e).get("creationTimestamp") or ""))
+
+    # -- the runtime in each serving pod, through the API server's pod proxy ---------------
+    # (the live gates of :mod:`mlkube.rollout`: the Deployment target's slots in every pod,
+    # the KServe target's canary revision; :mod:`mlkube.kube.podproxy`)
+
+    LIVE_TIMEOUT = 10.0  # seconds a pod's runtime has to answer its live numbers
+    #: live numbers are read at most this often (seconds): each read lists the pods and asks
+    #: every one through the API server, which a window of minutes must not flood
+    LIVE_INTERVAL = 1.0
+    _last_live = float("-inf")
+
+    def _runtime_pods(self, labels: dict[str, str], *,
+                      ready_only: bool = True) -> list[dict[str, Any]]:
+        """The pods ``labels`` select whose runtime answers: running, with an IP, not being
+        deleted (``ready_only``: and Ready, i.e. taking traffic), by name."""
+        found = []
+        for pod in self._list(POD, labels=labels):
+            status = pod.get("status") or {}
+            if meta_of(pod).get("deletionTimestamp") or not status.get("podIP") \
+                    or status.get("phase") != "Running":
+                continue
+            if ready_only and not pod_ready(pod):
+                continue
+            found.append(pod)
+        return sorted(found, key=lambda p: str(meta_of(p).get("name")))
+
+    def _runtime(self, pod: dict[str, Any], parts: list[str], body: Any = None,
+                 timeout: float = 30.0) -> Any:
+        """``GET`` (``body`` None) or ``POST`` ``/<parts...>`` on ``pod``'s runtime."""
+        return podproxy.call(self._api_client, self.namespace, str(meta_of(pod).get("name")),
+                             runtime_port(pod), parts, body, timeout)
+
+    def _live_answers(self, pods: list[dict[str, Any]], where: str
+                      ) -> dict[str, dict[str, Any]]:
+        """Each pod's ``GET /v2/models/{name}/live`` by pod name (the pods that answered; none
+        did: the first problem, one line); at most one read a :attr:`LIVE_INTERVAL` (a sooner
+        call waits for it)."""
+        wait = self._last_live + self.LIVE_INTERVAL - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_live = time.monotonic()
+        answers: dict[str, dict[str, Any]] = {}
+        problems = []
+        for pod in pods:
+            try:
+                answers[str(meta_of(pod).get("name"))] = self._runtime(
+                    pod, ["v2", "models", self.model_name, "live"], timeout=self.LIVE_TIMEOUT)
+            except MlkubeError as exc:
+                problems.append(str(exc))
+        if not answers:
+            raise MlkubeError(problems[0] if problems else
+                              f"no ready pod of {where} reports live numbers")
+        return answers
 
     # -- what the subclasses define --
 
@@ -347,3 +405,49 @@ class ClusterTarget(ServingTarget):
 
 def _dedupe(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """Whether the pod's ``Ready`` condition is ``True`` (it is among its Service's endpoints)."""
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def runtime_port(pod: dict[str, Any]) -> int:
+    """The runtime's port: the first container's port named ``http`` or ``http1`` (KServe's),
+    else its first port (Knative renames the user container's port ``user-port`` and appends
+    its queue-proxy container after it), else 8080."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    ports = list((containers[0] if containers else {}).get("ports") or [])
+    named = [p for p in ports if p.get("name") in ("http", "http1")] or ports
+    return int(named[0]["containerPort"]) if named else SERVER_PORT
+
+
+def pooled(docs: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    """One slot's live numbers over several pods: counts summed, the shadow's agreement and
+    mean difference weighted by compared rows, p50 and p99 the largest of the pods' (an upper
+    bound of the pooled quantile: a pooled p99 is never above the largest per-pod p99)."""
+    requests = sum(int(d.get("requests") or 0) for d in docs)
+    errors = sum(int(d.get("errors") or 0) for d in docs)
+    versions = sorted({str(d.get("version")) for d in docs})
+
+    def largest(key: str) -> float | None:
+        values = [float(d[key]) for d in docs if d.get(key) is not None]
+        return max(values) if values else None
+
+    found: dict[str, Any] = {
+        "version": "/".join(versions) if versions else None, "requests": requests,
+        "rows": sum(int(d.get("rows") or 0) for d in docs), "errors": errors,
+        "error_rate": errors / requests if requests else 0.0,
+        "p50_ms": largest("p50_ms"), "p99_ms": largest("p99_ms")}
+    if docs and "share" in docs[0]:
+        found["share"] = docs[0]["share"]
+    if role == "shadow":
+        found["dropped"] = sum(int(d.get("dropped") or 0) for d in docs)
+        found["compared_rows"] = sum(int(d.get("compared_rows") or 0) for d in docs)
+        for key in ("agreement", "mean_abs_diff"):
+            weighted = [(float(d[key]), int(d.get("compared_rows") or 0)) for d in docs
+                        if d.get(key) is not None]
+            rows = sum(n for _, n in weighted)
+            found[key] = sum(v * n for v, n in weighted) / rows if rows else None
+    return found

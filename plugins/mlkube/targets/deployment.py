@@ -41,7 +41,6 @@ fixing the share in steps of one pod.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,7 +62,11 @@ from mlkube.targets.cluster import (
     ClusterTarget,
     Progress,
     conditions_of,
+    pod_ready,
+    pooled,
 )
+
+__all__ = ["DeploymentTarget", "pooled"]
 
 # Takes a Deployment's replica count over from mlkube's apply until the HPA writes it.
 HANDOVER_MANAGER = "mlkube-handover-to-hpa"
@@ -219,39 +222,20 @@ class DeploymentTarget(ClusterTarget):
     # -- the runtime's slots in every serving pod (see the module doc) -----------------------
 
     live_slots = True
-    LIVE_TIMEOUT = 10.0  # seconds a pod's runtime has to answer its live numbers
-    #: live numbers are read at most this often (seconds): each read lists the pods and asks
-    #: every one through the API server, which a window of minutes must not flood
-    LIVE_INTERVAL = 1.0
 
     def _slot_state(self) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
         """What this target loaded (role -> (version, model URI)) and the last numbers each
         pod reported for it since (role -> pod name -> numbers)."""
         return self._slots, self._seen
 
-    def _runtime_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
-        """The Deployment's pods whose runtime answers: running, with an IP, not being deleted
-        (``ready_only``: and Ready, i.e. among the Service's endpoints)."""
+    def _serving_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
+        """The Deployment's pods whose runtime answers (see ``_runtime_pods``)."""
         live = self._get(DEPLOYMENT)
         if live is None:
             return []
         labels = (((live.get("spec") or {}).get("selector") or {}).get("matchLabels")
                   or self.serving.labels())
-        found = []
-        for pod in self._list(POD, labels=labels):
-            status = pod.get("status") or {}
-            if meta_of(pod).get("deletionTimestamp") or not status.get("podIP") \
-                    or status.get("phase") != "Running":
-                continue
-            if ready_only and not _ready(pod):
-                continue
-            found.append(pod)
-        return sorted(found, key=lambda p: str(meta_of(p).get("name")))
-
-    def _runtime(self, pod: dict[str, Any], parts: list[str], body: Any = None,
-                 timeout: float = 30.0) -> Any:
-        return podproxy.call(self._api_client, self.namespace, str(meta_of(pod).get("name")),
-                             _runtime_port(pod), parts, body, timeout)
+        return self._runtime_pods(labels, ready_only=ready_only)
 
     def _repository(self, action: str) -> list[str]:
         return ["v2", "repository", "models", self.model_name, action]
@@ -259,7 +243,7 @@ class DeploymentTarget(ClusterTarget):
     def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
         """Load and verify ``version`` into the ``role`` slot of every ready pod's runtime, at
         once; a pod that refuses it: unloaded from the others, and one line naming it."""
-        pods = self._runtime_pods()
+        pods = self._serving_pods()
         where = self._where("Deployment")
         if not pods:
             raise MlkubeError(f"no ready pod of {where} to load the {role} v{version} into")
@@ -308,14 +292,14 @@ class DeploymentTarget(ClusterTarget):
         be reached or refuses: one line, after the others were emptied."""
         problems = []
         emptied = 0
-        for pod in self._runtime_pods(ready_only=False):
+        for pod in self._serving_pods(ready_only=False):
             try:
                 numbers = self._runtime(pod, ["v2", "models", self.model_name, "live"],
                                         timeout=self.LIVE_TIMEOUT)
                 if (numbers or {}).get(role) is not None and self._unload_from(pod, role):
                     emptied += 1
             except MlkubeError as exc:
-                if _ready(pod):  # an unready pod takes no traffic; it may not listen at all
+                if pod_ready(pod):  # an unready pod takes no traffic; it may not listen at all
                     problems.append(str(exc))
         slots, seen = self._slot_state()
         slots.pop(role, None)
@@ -331,22 +315,7 @@ class DeploymentTarget(ClusterTarget):
         """The ready pods' live numbers, pooled (see the module doc); ``pods``: how many
         answered; each slot's ``pods``: how many hold it now. At most one read a
         :attr:`LIVE_INTERVAL` (a sooner call waits for it)."""
-        wait = self._last_live + self.LIVE_INTERVAL - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self._last_live = time.monotonic()
-        pods = self._runtime_pods()
-        answers: dict[str, dict[str, Any]] = {}
-        problems = []
-        for pod in pods:
-            try:
-                answers[str(meta_of(pod).get("name"))] = self._runtime(
-                    pod, ["v2", "models", self.model_name, "live"], timeout=self.LIVE_TIMEOUT)
-            except MlkubeError as exc:
-                problems.append(str(exc))
-        if not answers:
-            raise MlkubeError(problems[0] if problems else
-                              f"no ready pod of {self._where('Deployment')} reports live numbers")
+        answers = self._live_answers(self._serving_pods(), self._where("Deployment"))
         slots, seen = self._slot_state()
         found: dict[str, Any] = {"name": self.model_name, "pods": len(answers),
                                  "main": pooled([a["main"] for a in answers.values()
@@ -418,45 +387,3 @@ class DeploymentTarget(ClusterTarget):
         if problem is not None:
             raise MlkubeError(f"v{version} serves again, but {problem}")
 
-
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
-def _runtime_port(pod: dict[str, Any]) -> int:
-    """The runtime's port: the container port named ``http`` (else the first, else 8080)."""
-    ports = [p for c in (pod.get("spec") or {}).get("containers") or []
-             for p in c.get("ports") or []]
-    named = [p for p in ports if p.get("name") == "http"] or ports
-    return int(named[0]["containerPort"]) if named else manifests.SERVER_PORT
-
-
-def pooled(docs: list[dict[str, Any]], role: str) -> dict[str, Any]:
-    """One slot's live numbers over several pods (see the module doc): counts summed, the
-    shadow's agreement and mean difference weighted by compared rows, p50 and p99 the largest
-    of the pods' (an upper bound of the pooled quantile)."""
-    requests = sum(int(d.get("requests") or 0) for d in docs)
-    errors = sum(int(d.get("errors") or 0) for d in docs)
-    versions = sorted({str(d.get("version")) for d in docs})
-
-    def largest(key: str) -> float | None:
-        values = [float(d[key]) for d in docs if d.get(key) is not None]
-        return max(values) if values else None
-
-    found: dict[str, Any] = {
-        "version": "/".join(versions) if versions else None, "requests": requests,
-        "rows": sum(int(d.get("rows") or 0) for d in docs), "errors": errors,
-        "error_rate": errors / requests if requests else 0.0,
-        "p50_ms": largest("p50_ms"), "p99_ms": largest("p99_ms")}
-    if docs and "share" in docs[0]:
-        found["share"] = docs[0]["share"]
-    if role == "shadow":
-        found["dropped"] = sum(int(d.get("dropped") or 0) for d in docs)
-        found["compared_rows"] = sum(int(d.get("compared_rows") or 0) for d in docs)
-        for key in ("agreement", "mean_abs_diff"):
-            weighted = [(float(d[key]), int(d.get("compared_rows") or 0)) for d in docs
-                        if d.get(key) is not None]
-            rows = sum(n for _, n in weighted)
-            found[key] = sum(v * n for v, n in weighted) / rows if rows else None
-    return found

@@ -4,11 +4,38 @@ KServe keeps routing to the last ready revision while a new one starts; a canary
 share of traffic until :meth:`KServeTarget.promote`. :func:`kserve_served` tells whether a
 cluster serves the API at all. What it shares with the Deployment target is
 :mod:`mlkube.targets.cluster`.
+
+**The canary phase on live traffic** (:func:`mlkube.rollout.canary`, issue 17 item 5): on
+KServe the canary is a *revision*, not a slot in the runtime. ``load_slot("canary", v, uri,
+share)`` applies the InferenceService with version ``v`` and ``canaryTrafficPercent`` =
+``share`` in percent, and waits until the new revision is Ready and routed its share (Knative
+splits the traffic between the last rolled-out revision and the new one). The canary's smoke
+test goes to the new revision alone by its tag URL (:attr:`KServeTarget.slot_url`: the
+InferenceService carries ``serving.kserve.io/enable-tag-routing: "true"``, so Knative names
+the revisions' routes ``latest-`` and ``prev-``). ``live_numbers`` reads each ready predictor
+pod of both revisions (labels ``serving.kserve.io/inferenceservice``, ``component:
+predictor``, ``serving.knative.dev/revision``; the revisions named by
+``status.components.predictor.latestReadyRevision`` and ``latestRolledoutRevision``) through
+the API server's pod proxy, as the Deployment target does, and pools the runtime's numbers of
+its main model: the new revision's are the ``canary``'s, the old one's the ``main``'s.
+``promote_slot`` drops ``canaryTrafficPercent`` (all traffic to the new revision); a rollback
+(:meth:`KServeTarget.unload_slot`, then :meth:`KServeTarget.roll_back`) first sets it to 0
+(the previous revision takes all the traffic again at once), then applies the previous
+version again behind ``canaryTrafficPercent: 0`` (Knative makes a revision of it; the canary's
+spec is gone) and gives that revision all the traffic once it is Ready, so the rejected
+version never takes more than its share meanwhile.
+
+What this does not cover: the shadow gate (a challenger mirrored beside the champion: KServe's
+revisions share no runtime; :attr:`KServeTarget.slot_roles` has no ``shadow``, so the deploy
+step skips that gate here); the raw-deployment mode (no revisions, no traffic split: the
+canary phase fails in one line); pods scaled to zero have no numbers (KServe's default
+``minReplicas`` is 1 in mlkube's manifest).
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,11 +56,16 @@ from mlkube.targets.cluster import (
     Log,
     Progress,
     conditions_of,
+    pooled,
     version_of,
 )
 
 KSERVE_ISVC_LABEL = "serving.kserve.io/inferenceservice"
 KNATIVE_REVISION_LABEL = "serving.knative.dev/revision"
+KSERVE_COMPONENT_LABEL = "component"
+#: Knative names each revision's route by its tag (``latest-``, ``prev-``): KServe's tag routing
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+CANARY_PERCENT = "canaryTrafficPercent"
 _KSERVE_FAILED = frozenset({"BlockedByFailedLoad", "InvalidSpec"})
 
 
@@ -66,6 +98,8 @@ class KServeTarget(ClusterTarget):
                                            or not 1 <= canary_percent <= 100):
             raise MlkubeError(f"canary percent is {canary_percent!r}: use 1 to 100, or none")
         self.canary_percent = canary_percent
+        self._canary: str | None = None  # the version load_slot made the canary revision
+        self._seen_canary: dict[str, dict[str, Any]] = {}  # its pods' last numbers, by pod
 
     @property
     def base_url(self) -> str:
@@ -80,14 +114,6 @@ class KServeTarget(ClusterTarget):
             return f"http://{self.serving.name}.{self.namespace}.svc.cluster.local"
         parts = urlsplit(str(url))
         return f"{parts.scheme}://{parts.netloc}"
-
-    def _bodies(self, serving: ModelServing, live: dict[str, dict[str, Any] | None]
-                ) -> list[dict[str, Any]]:
-        current = live["InferenceService"]
-        # A canary needs something to share the traffic with: a different version serving.
-        canary = (self.canary_percent
-                  if current is not None and version_of(current) != serving.version else None)
-        return [manifests.inference_service(serving, canary_percent=canary)]
 
     def _serves(self, live: dict[str, Any]) -> bool:
         """Live only with all the traffic: a canary left split by a killed deploy is not."""
@@ -110,6 +136,175 @@ class KServeTarget(ClusterTarget):
         self._apply(body)
         self._applied["InferenceService"] = body
         self._wait(version_of(body) or "?", "promote", full_traffic=True)
+
+    # -- the canary phase on live traffic (see the module doc) ------------------------------
+
+    live_slots = True
+    slot_roles = ("canary",)
+
+    def _revisions(self) -> tuple[dict[str, Any], str | None, str | None]:
+        """The InferenceService, its new revision (latest ready) and the one it shares the
+        traffic with (the last rolled out), ``None`` where KServe names none."""
+        live = self._get(INFERENCE_SERVICE)
+        if live is None:
+            raise MlkubeError(f"{self._where('InferenceService')} does not exist (roll a "
+                              "version out first)")
+        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        return (live, predictor.get("latestReadyRevision"),
+                predictor.get("latestRolledoutRevision"))
+
+    def _revision_pods(self, revision: str, *, ready_only: bool = True
+                       ) -> list[dict[str, Any]]:
+        return self._runtime_pods({KSERVE_ISVC_LABEL: self.serving.name,
+                                   KSERVE_COMPONENT_LABEL: "predictor",
+                                   KNATIVE_REVISION_LABEL: revision}, ready_only=ready_only)
+
+    def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
+        """The canary as a revision: ``version`` applied with ``canaryTrafficPercent`` =
+        ``share`` in percent; returns once the new revision is Ready and takes its share."""
+        if role not in self.slot_roles:
+            raise MlkubeError(f"the kserve target has no {role} slot: its revisions share no "
+                              "runtime (the shadow gate runs on the local and deployment "
+                              "targets)")
+        percent = max(1, min(99, round(share * 100)))
+        live = self._get(INFERENCE_SERVICE)
+        if live is None or version_of(live) is None:
+            raise MlkubeError(f"a canary needs a version serving on "
+                              f"{self._where('InferenceService')} to share the traffic with")
+        if str(version_of(live)) == str(version) and CANARY_PERCENT in _predictor(live):
+            self._canary = str(version)  # a killed deploy's canary: judged on from here
+            return
+        self.log(f"rolling out version {version} as a canary revision of "
+                 f"{self._where('InferenceService')} taking {percent}% of its traffic "
+                 f"({CANARY_PERCENT})")
+        saved, self.canary_percent = self.canary_percent, percent
+        try:
+            self.roll_out(version, model_uri)
+        finally:
+            self.canary_percent = saved
+        live, new, old = self._revisions()
+        if not new or not old or new == old:
+            raise MlkubeError(f"{self._where('InferenceService')} did not split its traffic "
+                              f"between two revisions (latest ready {new}, rolled out {old}): "
+                              "a canary needs KServe's serverless mode")
+        self._canary = str(version)
+        self.log(f"revision {new} (v{version}) takes {percent}% of the traffic, revision {old} "
+                 "the rest")
+
+    def slot_url(self, role: str) -> str:
+        """The base URL that reaches the canary revision alone: Knative's tag route
+        ``latest-<predictor>`` (the predictor's cluster-local address, ``latest-`` before its
+        host)."""
+        live = self._get(INFERENCE_SERVICE) or {}
+        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        url = (predictor.get("address") or {}).get("url") or \
+            f"http://{self.serving.name}-predictor.{self.namespace}.svc.cluster.local"
+        parts = urlsplit(str(url))
+        return f"{parts.scheme}://latest-{parts.netloc}"
+
+    def live_numbers(self) -> dict[str, Any]:
+        """The ready predictor pods' numbers, pooled by revision (see the module doc): the new
+        revision's main model is the ``canary``, the rolled-out one's the ``main``; each with
+        ``pods`` (how many answered) and ``revision``."""
+        live, new, old = self._revisions()
+        canary_version = self._canary
+        split = CANARY_PERCENT in _predictor(live) and new and old and new != old
+        found: dict[str, Any] = {"name": self.model_name, "main": None, "canary": None,
+                                 "shadow": None}
+        groups = [("canary", new), ("main", old)] if split else [("main", new)]
+        pods = {role: self._revision_pods(rev) for role, rev in groups if rev}
+        answers = self._live_answers([p for ps in pods.values() for p in ps],
+                                     self._where("InferenceService"))
+        seen = self._seen_canary
+        for role, revision in groups:
+            names = {str(meta_of(p).get("name")) for p in pods.get(role, [])}
+            docs = {n: a["main"] for n, a in answers.items() if n in names and a.get("main")}
+            if role == "canary":
+                docs = {n: d for n, d in docs.items()
+                        if canary_version is None or str(d.get("version")) == canary_version}
+                seen.update(docs)  # a pod gone since keeps its last numbers counted
+                counted = list(seen.values())
+            else:
+                counted = list(docs.values())
+            if counted:
+                found[role] = {**pooled(counted, role), "pods": len(docs),
+                               "revision": revision}
+        if split:
+            found["canary_percent"] = _predictor(live).get(CANARY_PERCENT)
+        return found
+
+    def promote_slot(self, role: str) -> None:
+        """The canary revision takes all the traffic (``canaryTrafficPercent`` dropped)."""
+        if role != "canary":
+            raise MlkubeError(f"the {self.name} target promotes a canary only, not a {role}")
+        _, new, _ = self._revisions()
+        self.log(f"promoting the canary revision {new}: all traffic of "
+                 f"{self._where('InferenceService')} to it")
+        self.promote()
+        self._seen_canary = {}
+
+    def unload_slot(self, role: str) -> None:
+        """The canary revision takes no more traffic: ``canaryTrafficPercent: 0``, waited for
+        until the rolled-out revision has all of it (nothing split: nothing to do)."""
+        if role != "canary":
+            return
+        live = self._get(INFERENCE_SERVICE)
+        if live is None or not _predictor(live).get(CANARY_PERCENT):
+            return
+        _, new, old = self._revisions()
+        body = copy.deepcopy(self._applied.get("InferenceService") or restorable(live))
+        body["spec"]["predictor"][CANARY_PERCENT] = 0
+        self._apply(body)
+        self._applied["InferenceService"] = body
+        deadline = time.monotonic() + self.timeout
+        while True:
+            now = self._get(INFERENCE_SERVICE) or {}
+            if _all_to(now, old):
+                break
+            if time.monotonic() > deadline:
+                raise MlkubeError(f"{self._where('InferenceService')} did not route all its "
+                                  f"traffic back to revision {old} in {self.timeout:g} s")
+            time.sleep(self.poll)
+        self._seen_canary = {}
+        self.log(f"the canary revision {new} takes no traffic ({CANARY_PERCENT}: 0): revision "
+                 f"{old} has all of it")
+
+    def _bodies(self, serving: ModelServing, live: dict[str, dict[str, Any] | None]
+                ) -> list[dict[str, Any]]:
+        current = live["InferenceService"]
+        # A canary needs something to share the traffic with: a different version serving.
+        canary = (self.canary_percent
+                  if current is not None and version_of(current) != serving.version else None)
+        body = manifests.inference_service(serving, canary_percent=canary)
+        if self._behind_zero:
+            body["spec"]["predictor"][CANARY_PERCENT] = 0
+        return [body]
+
+    def _restore_body(self, before: dict[str, Any]) -> dict[str, Any]:
+        body = super()._restore_body(before)
+        if self._behind_zero:
+            body.setdefault("spec", {}).setdefault("predictor", {})[CANARY_PERCENT] = 0
+        return body
+
+    _behind_zero = False
+
+    def roll_back(self, version: str | None) -> None:
+        """As :meth:`mlkube.targets.cluster.ClusterTarget.roll_back`; where a canary revision
+        shares the traffic: it takes none first (:meth:`unload_slot`), then ``version`` comes
+        back as a revision behind ``canaryTrafficPercent: 0`` and takes all the traffic once
+        Ready (the canary's spec is gone; see the module doc)."""
+        live = self._get(INFERENCE_SERVICE) if version is not None else None
+        if live is None or CANARY_PERCENT not in _predictor(live) \
+                or version_of(live) == str(version):
+            super().roll_back(version)
+            return
+        self.unload_slot("canary")
+        self._behind_zero = True
+        try:
+            super().roll_back(version)
+        finally:
+            self._behind_zero = False
+        self.promote()
 
     def _progress(self, live: dict[str, Any], *, full_traffic: bool = False) -> Progress:
         status = live.get("status") or {}
@@ -182,3 +377,15 @@ def _full_traffic(predictor: dict[str, Any]) -> bool:
                 if t.get("revisionName") == latest or (t.get("latestRevision") and
                                                         not t.get("revisionName")))
     return bool(share >= 100)
+
+
+def _predictor(live: dict[str, Any]) -> dict[str, Any]:
+    return dict((live.get("spec") or {}).get("predictor") or {})
+
+
+def _all_to(live: dict[str, Any], revision: str | None) -> bool:
+    """Whether ``revision`` takes all the predictor's traffic (status.components.predictor)."""
+    traffic = (((live.get("status") or {}).get("components") or {}).get("predictor")
+               or {}).get("traffic") or []
+    return bool(revision) and sum(t.get("percent") or 0 for t in traffic
+                                  if t.get("revisionName") == revision) >= 100

@@ -59,6 +59,7 @@ def arm(phase: str) -> None:
     elif phase == "after_slot":  # a canary (or shadow) loaded beside the serving version
         _after(local.LocalTarget, "load_slot")
         _after(deployment.DeploymentTarget, "load_slot")
+        _after(kserve.KServeTarget, "load_slot")
     elif phase == "before_alias":
         deploy._record_serving = lambda *args, **kwargs: _kill()  # type: ignore[assignment]
     elif phase != "none":

@@ -17,6 +17,7 @@ goes to its tag route ``latest-kill-test-predictor``.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from fake_apiserver import FakeApiServer, version_of
 from serving_pods import KubeProxy
 from test_deploy_kills import (  # noqa: F401  (registry: a fixture, used by name)
     ENDPOINT,
+    LEASE,
     NAME,
     TICK,
     Cluster,
@@ -287,3 +289,31 @@ def test_a_role_without_pods_proxy_rolls_the_canary_revision_back_in_one_line(
         assert {(v, r) for v, r, *_ in cluster.fake.refusals} == {("get", "pods/proxy")}
         assert proxy.pod_routes == [], "nothing reached a pod through the API server"
         cluster.assert_serves_only("1")
+
+
+def test_a_deploy_killed_with_its_canary_revision_split_is_judged_again_by_its_retry(
+        cluster: KServeCluster) -> None:
+    """The deploy of v2 is SIGKILLed right after its canary revision took half the traffic (its
+    Lease held). What serves is still v1 (the rolled-out revision's pods), so the retry takes
+    the Lease over, finds the canary revision of v2 in place (not applied again), judges it on
+    live numbers and gives it all the traffic; clients asking meanwhile see no failure."""
+    cluster.seed("1")
+    _spare(cluster.proxy, cluster.registry, "2")
+    killed = cluster.deploy("2", "after_slot")
+    assert killed.code == -signal.SIGKILL and killed.lines == []
+    assert [(percent, runs) for _, percent, runs in cluster.traffic()] == [(50, "1"), (50, "2")]
+    applies = len(cluster.fake.applies("InferenceService"))
+    with Load(cluster.proxy.front(ISVC), NAME, _rows(cluster.registry), clients=3,
+              pause=0.005) as load:
+        again = cluster.deploy("2")
+    assert again.code == 0, again.err
+    assert again.result == {"model_name": NAME, "version": "2", "endpoint": ENDPOINT,
+                            "replaced_version": "1"}
+    assert again.said(f"taking over Lease ml/{LEASE} from {killed.holder}")
+    assert not again.said("as a canary revision"), "the split the kill left, judged on"
+    assert again.said("(v2) an earlier deploy left takes 50% of the traffic")
+    assert again.said("canary v2 answers 50% of the live requests")
+    assert any("within the bounds: promoted" in line for line in again.out.splitlines())
+    assert load.failed == [], load.failed[:3]
+    assert len(cluster.fake.applies("InferenceService")) == applies + 1, "only the promotion"
+    cluster.assert_serves_only("2")

@@ -665,8 +665,9 @@ def test_kserve_canary_takes_its_share_until_promoted(kfake: FakeApiServer) -> N
     isvc.roll_out("8", uri("8"))
     live = kfake.get("InferenceService", "churn")
     assert live is not None and live["spec"]["predictor"]["canaryTrafficPercent"] == 20
-    # split, v8 does not count as live: a deploy killed here and retried must finish it
-    assert isvc.live_version() is None
+    # split: v7, the rolled-out revision's pods' version, serves; v8 does not count as live
+    # yet (a deploy killed here and retried judges its canary again)
+    assert isvc.live_version() == "7"
     traffic = live["status"]["components"]["predictor"]["traffic"]
     assert [(t["revisionName"], t["percent"]) for t in traffic] == [
         ("churn-predictor-00001", 80), ("churn-predictor-00002", 20)]

@@ -159,6 +159,28 @@ class KServeTarget(ClusterTarget):
                                    KSERVE_COMPONENT_LABEL: "predictor",
                                    KNATIVE_REVISION_LABEL: revision}, ready_only=ready_only)
 
+    def live_version(self) -> str | None:
+        """The version that serves: with all the traffic, the InferenceService's; while a
+        canary revision shares it (a deploy killed in its canary phase left it so), the
+        version the rolled-out revision's pods run (their ``--version``), so that the retry
+        judges the canary again instead of rolling it out unjudged."""
+        live = self._get(INFERENCE_SERVICE)
+        if live is None:
+            return None
+        if self._serves(live):
+            return version_of(live)
+        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        new, old = predictor.get("latestReadyRevision"), predictor.get("latestRolledoutRevision")
+        if CANARY_PERCENT not in _predictor(live) or not new or not old or new == old \
+                or not _all_to(live, old, at_least=100 - int(_predictor(live)[CANARY_PERCENT])):
+            return None
+        for pod in self._revision_pods(old):
+            container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+            command = [*(container.get("command") or []), *(container.get("args") or [])]
+            if "--version" in command[:-1]:
+                return str(command[command.index("--version") + 1])
+        return None
+
     def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
         """The canary as a revision: ``version`` applied with ``canaryTrafficPercent`` =
         ``share`` in percent; returns once the new revision is Ready and takes its share."""
@@ -171,8 +193,12 @@ class KServeTarget(ClusterTarget):
         if live is None or version_of(live) is None:
             raise MlkubeError(f"a canary needs a version serving on "
                               f"{self._where('InferenceService')} to share the traffic with")
-        if str(version_of(live)) == str(version) and CANARY_PERCENT in _predictor(live):
-            self._canary = str(version)  # a killed deploy's canary: judged on from here
+        if str(version_of(live)) == str(version) and _predictor(live).get(CANARY_PERCENT):
+            self._canary = str(version)
+            _, new, old = self._revisions()
+            self.log(f"the canary revision {new} (v{version}) an earlier deploy left takes "
+                     f"{_predictor(live)[CANARY_PERCENT]}% of the traffic, revision {old} the "
+                     "rest: judged from here")
             return
         self.log(f"rolling out version {version} as a canary revision of "
                  f"{self._where('InferenceService')} taking {percent}% of its traffic "
@@ -383,9 +409,10 @@ def _predictor(live: dict[str, Any]) -> dict[str, Any]:
     return dict((live.get("spec") or {}).get("predictor") or {})
 
 
-def _all_to(live: dict[str, Any], revision: str | None) -> bool:
-    """Whether ``revision`` takes all the predictor's traffic (status.components.predictor)."""
+def _all_to(live: dict[str, Any], revision: str | None, at_least: int = 100) -> bool:
+    """Whether ``revision`` takes all the predictor's traffic (``at_least`` percent of it;
+    status.components.predictor)."""
     traffic = (((live.get("status") or {}).get("components") or {}).get("predictor")
                or {}).get("traffic") or []
     return bool(revision) and sum(t.get("percent") or 0 for t in traffic
-                                  if t.get("revisionName") == revision) >= 100
+                                  if t.get("revisionName") == revision) >= at_least

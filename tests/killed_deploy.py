@@ -56,6 +56,7 @@ def arm(phase: str) -> None:
         _after(base.ServingTarget, "promote")
         _after(kserve.KServeTarget, "promote")
         _after(deployment.DeploymentTarget, "promote")
+        _after(local.LocalTarget, "promote")  # its own since it unloads a leftover canary
     elif phase == "after_slot":  # a canary (or shadow) loaded beside the serving version
         _after(local.LocalTarget, "load_slot")
         _after(deployment.DeploymentTarget, "load_slot")

@@ -42,6 +42,7 @@ from test_deploy_kills import (  # noqa: F401  (registry: a fixture, used by nam
 )
 from test_deploy_live_gates import (  # noqa: F401  (versions: a fixture, used by name)
     FAILS_LIVE,
+    SLOW,
     _config,
     _rows,
     versions,
@@ -235,27 +236,40 @@ def test_a_good_canary_revision_takes_its_share_then_all_the_traffic_under_load(
     assert after.failed == [] and set(after.versions) == {"2"}
 
 
-def test_a_canary_revision_over_its_error_bound_is_rolled_back_in_one_line(
-        cluster: KServeCluster) -> None:
-    """v5 fails live requests of 3 rows (what the clients send). Its revision takes half the
-    traffic; its first failures break the error bound (none allowed): it takes no traffic at
-    once (``canaryTrafficPercent: 0``), v1 is applied again in place of its spec and takes
-    all the traffic; the step fails in one line naming the bound; the alias stays; the only
-    failures the clients saw were the canary's own answers."""
+@pytest.mark.parametrize(("version", "serving_config", "bound"), [
+    (FAILS_LIVE, {}, "error rate "),
+    (SLOW, {"canary_max_p99_ms": 50, "canary_requests": 10}, "p99 "),
+])
+def test_a_canary_revision_over_a_bound_is_rolled_back_in_one_line(
+        cluster: KServeCluster, version: str, serving_config: dict[str, Any],
+        bound: str) -> None:
+    """v5 fails live requests of 3 rows (what the clients send); v6 answers in 0.1 s where the
+    bound is 50 ms. Its revision takes half the traffic; v5's first failures break the error
+    bound (none allowed), v6's p99 the latency bound: it takes no traffic at once
+    (``canaryTrafficPercent: 0``), v1 is applied again in place of its spec and takes all the
+    traffic; the step fails in one line naming the bound; the alias stays; the only failures
+    the clients saw were the canary's own answers."""
+    cluster.registry = _config(cluster.registry, cluster.tmp, serving=serving_config)
     cluster.seed("1")
-    _spare(cluster.proxy, cluster.registry, FAILS_LIVE)
+    _spare(cluster.proxy, cluster.registry, version)
     _spare(cluster.proxy, cluster.registry, "1")  # the revision the rollback makes of v1
     front = cluster.proxy.front(ISVC)
     with Load(front, NAME, _rows(cluster.registry), clients=3, pause=0.005) as load:
-        done = cluster.deploy(FAILS_LIVE)
+        done = cluster.deploy(version)
     assert done.code == 1 and done.result is None, done.err
     (line,) = done.lines
-    assert line.startswith(f"mlkube deploy: error: version {FAILS_LIVE} failed its rollout "
-                           f"(canary v{FAILS_LIVE}: error rate "), line
-    assert "requests failed) over the bound 0.0% (serving.canary_max_error_rate)); " in line
-    assert line.endswith(f"rolled back: version 1 serves at {ENDPOINT}"), line
-    assert load.failed and all("answered 500" in f for f in load.failed), load.failed[:3]
-    assert set(load.versions) == {"1"} and load.versions["1"] > 0
+    assert line.startswith(f"mlkube deploy: error: version {version} failed its rollout "
+                           f"(canary v{version}: {bound}"), line
+    named = ("requests failed) over the bound 0.0% (serving.canary_max_error_rate)); "
+             if version == FAILS_LIVE else
+             " ms over the bound 50 ms (serving.canary_max_p99_ms) over ")
+    assert named in line and line.endswith(f"rolled back: version 1 serves at {ENDPOINT}"), line
+    if version == FAILS_LIVE:  # the canary's own answers, and only those
+        assert load.failed and all("answered 500" in f for f in load.failed), load.failed[:3]
+        assert set(load.versions) == {"1"} and load.versions["1"] > 0
+    else:  # slow, but it answered
+        assert load.failed == [], load.failed[:3]
+        assert load.versions["1"] > 0 and load.versions[SLOW] > 0
     assert done.said("takes no traffic (canaryTrafficPercent: 0)")
     assert _live_reads(cluster), "judged on its pod's numbers"
     cluster.assert_serves_only("1")

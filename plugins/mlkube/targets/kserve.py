@@ -23,7 +23,10 @@ its main model: the new revision's are the ``canary``'s, the old one's the ``mai
 (the previous revision takes all the traffic again at once), then applies the previous
 version again behind ``canaryTrafficPercent: 0`` (Knative makes a revision of it; the canary's
 spec is gone) and gives that revision all the traffic once it is Ready, so the rejected
-version never takes more than its share meanwhile.
+version never takes more than its share meanwhile. While a canary revision shares the
+traffic, :meth:`KServeTarget.live_version` is the version the rolled-out revision's pods run, so
+a deploy killed in its canary phase is judged again by its retry (``load_slot`` finds the split
+in place), never rolled out unjudged.
 
 What this does not cover: the shadow gate (a challenger mirrored beside the champion: KServe's
 revisions share no runtime; :attr:`KServeTarget.slot_roles` has no ``shadow``, so the deploy

@@ -66,11 +66,12 @@ def test_a_second_deploy_waits_then_fails_naming_the_holder(fake: FakeApiServer)
 def test_a_released_lease_is_taken_at_once(fake: FakeApiServer) -> None:
     with lease(fake, "a").held():
         pass
-    started = time.monotonic()
-    with lease(fake, "b", wait=5).held():
+    lines: list[str] = []
+    with lease(fake, "b", lines, wait=5).held():
         assert spec_of(fake)["holderIdentity"] == "b"
         assert spec_of(fake)["leaseTransitions"] == 1
-    assert time.monotonic() - started < 2
+    # taken without waiting for anyone nor taking over from anyone: no line of either
+    assert not [x for x in lines if "waiting" in x or "taking over" in x], lines
 
 
 def test_a_killed_holders_lease_is_taken_over_once_it_stops_changing(
@@ -80,8 +81,9 @@ def test_a_killed_holders_lease_is_taken_over_once_it_stops_changing(
     started = time.monotonic()
     with lease(fake, "retry pid 2", lines, wait=10).held():
         assert spec_of(fake)["holderIdentity"] == "retry pid 2"
-    waited = time.monotonic() - started
-    assert 1 <= waited < 5, "taken after the holder's 1 s lease, as this process observed it"
+    # taken only after the holder's 1 s lease, as this process observed it (and before its own
+    # 10 s wait ran out: else Busy)
+    assert time.monotonic() - started >= 1
     assert lines == [f"another deploy holds Lease ml/{NAME} (killed pid 1): waiting up to 10 s "
                      "for it",
                      f"taking over Lease ml/{NAME} from killed pid 1: not renewed for 1 s"]

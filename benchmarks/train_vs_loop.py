@@ -178,10 +178,16 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
     # split); the last epoch's whole-split evaluation is timed alone below.
     running = replace(params, epochs=10**6)
 
+    parts: dict[str, list[float]] = {"run_epoch": [], "epoch_end": []}  # of the step's epoch
+
     def step_epoch() -> None:
         with contextlib.redirect_stdout(log):
-            last["step"] = _epoch_end(ctx, step_trainer, checkpoints, running, metric,
-                                      _epoch(step_trainer))
+            started = time.perf_counter()
+            loss = _epoch(step_trainer)
+            ended = time.perf_counter()
+            last["step"] = _epoch_end(ctx, step_trainer, checkpoints, running, metric, loss)
+            parts["run_epoch"].append(ended - started)
+            parts["epoch_end"].append(time.perf_counter() - ended)
 
     runs: dict[str, Callable[[], Any]] = {"bare_loop": bare.run_epoch,
                                           "trainer": trainer.run_epoch,
@@ -223,6 +229,9 @@ def in_process(splits: Any, params: Any, epochs: int, tmp: Path) -> dict[str, An
         "evaluate": evaluate_ms, f"evaluate_{EPOCH_EVAL_ROWS}_rows": sample_ms,
         "mlflow_log_metrics": log_ms, "save_checkpoint": checkpoint_ms,
         "checkpoint_bytes": checkpoint_bytes,
+        # the step's epoch in two parts, in the interleaved rounds (the warm-up's left out)
+        "step_run_epoch_median": round(statistics.median(parts["run_epoch"][1:]) * 1000, 1),
+        "step_epoch_end_median": round(statistics.median(parts["epoch_end"][1:]) * 1000, 1),
         "train_step_epoch_minus_trainer": round(
             (report["train_step_epoch"]["median_epoch_s"] - report["trainer"]["median_epoch_s"])
             * 1000, 1)}

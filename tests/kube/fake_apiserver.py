@@ -2163,6 +2163,24 @@ def _discovery(fake: FakeApiServer, path: str, host: str) -> dict[str, Any] | No
     return None
 
 
+
+def passed_headers(handler: BaseHTTPRequestHandler) -> dict[str, str]:
+    """The request headers a proxy passes on to the pod (the body's type and length, what the
+    client accepts)."""
+    return {k: v for k, v in handler.headers.items()
+            if k.lower() in ("content-type", "accept", "content-length")}
+
+
+def relay(handler: BaseHTTPRequestHandler, answer: tuple[int, dict[str, str], bytes]) -> None:
+    """Send a proxied ``(status, headers, body)`` back to the client, with its length."""
+    code, headers, data = answer
+    handler.send_response(code)
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeApiServer
     protocol_version = "HTTP/1.0"
@@ -2229,17 +2247,9 @@ class _Handler(BaseHTTPRequestHandler):
         if refusal is not None:
             self._send(403, refusal)
             return
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() in ("content-type", "accept", "content-length")}
         path = (match.group(3) or "/") + (f"?{query}" if query else "")
-        code, answer_headers, data = fake.proxy_to_pod(namespace, target, method, path, raw,
-                                                       headers)
-        self.send_response(code)
-        for key, value in answer_headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        relay(self, fake.proxy_to_pod(namespace, target, method, path, raw,
+                                      passed_headers(self)))
 
     def _serve(self, method: str, kind: Kind, namespace: str, name: str, sub: str,
                query: dict[str, str], content_type: str, body: Any) -> None:

@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fake_apiserver import FakeApiServer, version_of
+from fake_apiserver import FakeApiServer, passed_headers, relay, version_of
 
 from mlkube_testing import free_port
 
@@ -299,14 +299,19 @@ class KubeProxy:
                     ) -> tuple[int, dict[str, str], bytes]:
         """What ``pod``'s process answers on ``port`` (the fake's pod proxy checked that the
         container runs and listens there); 502 if the process exited or never got ready."""
-        name, version = pod["metadata"]["name"], version_of(pod["spec"])
+        answer = self._ask(pod, method, path, body, headers)
+        self.pod_routes.append(Route("", pod["metadata"]["name"], version_of(pod["spec"]),
+                                     method, path, answer[0]))
+        return answer
+
+    def _ask(self, pod: dict[str, Any], method: str, path: str, body: bytes | None,
+             headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """What ``pod``'s runtime answers; 502 if the process exited or never got ready."""
         try:
             runtime = self.runtimes.for_pod(pod)
-            answer = _forward(runtime.port, method, path, body, headers)
+            return _forward(runtime.port, method, path, body, headers)
         except (Unavailable, OSError, http.client.HTTPException) as exc:
-            answer = _text(502, f"pod {name}: {exc}")
-        self.pod_routes.append(Route("", name, version, method, path, answer[0]))
-        return answer
+            return _text(502, f"pod {pod['metadata']['name']}: {exc}")
 
     @property
     def url(self) -> str:
@@ -387,13 +392,9 @@ class KubeProxy:
             self.routes.append(Route(name, "", "", method, path, 503))
             return _text(503, f'no endpoints available for service "{namespace}/{name}"')
         pod = ready[next(self._turn) % len(ready)]
-        pod_name, version = pod["metadata"]["name"], version_of(pod["spec"])
-        try:
-            runtime = self.runtimes.for_pod(pod)
-            answer = _forward(runtime.port, method, path, body, headers)
-        except (Unavailable, OSError, http.client.HTTPException) as exc:
-            answer = _text(502, f"pod {pod_name}: {exc}")
-        self.routes.append(Route(name, pod_name, version, method, path, answer[0]))
+        answer = self._ask(pod, method, path, body, headers)
+        self.routes.append(Route(name, pod["metadata"]["name"], version_of(pod["spec"]), method,
+                                 path, answer[0]))
         return answer
 
     def get(self, url: str, timeout: float = 30) -> tuple[int, bytes]:
@@ -440,16 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
             host, port = self.service
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() in ("content-type", "accept", "content-length")}
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        code, answer_headers, data = self.proxy.route(method, host, port, path, body, headers)
-        self.send_response(code)
-        for key, value in answer_headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        relay(self, self.proxy.route(method, host, port, path, body, passed_headers(self)))
 
     def do_GET(self) -> None:  # noqa: N802
         self._handle("GET")

@@ -18,6 +18,11 @@ Both keep the contract of :class:`mlkube.targets.base.ServingTarget`:
   ``roll_out`` created.
 - ``live_version()`` is the version annotation of the serving object once it is ready.
 
+Both also hold a ``canary`` and a ``shadow`` slot in the runtime of each serving pod (the
+``_load_into_pods``, ``_unload_from_pods`` and ``_pooled_slot`` family below; a target names
+the pods, :meth:`ClusterTarget._slot_pods`): see :mod:`mlkube.targets.deployment` and
+:mod:`mlkube.targets.kserve` for which slot each uses.
+
 :func:`mlkube.targets.choose` picks the target (KServe where the cluster serves its API) and
 :mod:`mlkube.kube.api` connects. What the rollout may do on the cluster is
 :data:`mlkube.kube.serving.DEPLOY_RULES`.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +116,10 @@ class ClusterTarget(ServingTarget):
         # The live objects before the last roll_out (None: it did not exist), by kind.
         self._before: dict[str, dict[str, Any] | None] | None = None
         self._applied: dict[str, dict[str, Any]] = {}
+        # The slots this process loaded into the pods' runtimes: role -> (version, model URI),
+        # and the last numbers each pod reported for it since: role -> pod name -> numbers.
+        self._slots: dict[str, tuple[str, str]] = {}
+        self._seen: dict[str, dict[str, dict[str, Any]]] = {}
 
     @property
     def model_name(self) -> str:
@@ -179,8 +189,9 @@ class ClusterTarget(ServingTarget):
                                                or meta_of(e).get("creationTimestamp") or ""))
 
     # -- the runtime in each serving pod, through the API server's pod proxy ---------------
-    # (the live gates of :mod:`mlkube.rollout`: the Deployment target's slots in every pod,
-    # the KServe target's canary revision; :mod:`mlkube.kube.podproxy`)
+    # (the live gates of :mod:`mlkube.rollout`: the slots in every serving pod, the Deployment
+    # target's canary and shadow, the KServe target's shadow and raw-mode canary; the KServe
+    # target's canary revision; :mod:`mlkube.kube.podproxy`)
 
     LIVE_TIMEOUT = 10.0  # seconds a pod's runtime has to answer its live numbers
     #: live numbers are read at most this often (seconds): each read lists the pods and asks
@@ -230,6 +241,130 @@ class ClusterTarget(ServingTarget):
             raise MlkubeError(problems[0] if problems else
                               f"no ready pod of {where} reports live numbers")
         return answers
+
+    # -- slots in the serving pods' runtimes (the Deployment target's canary and shadow, the
+    # KServe target's shadow and its raw-deployment canary): what a subclass gives is which
+    # pods hold them (``_slot_pods``) and how to name those pods in a line (``_slot_where``)
+
+    def _slot_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
+        """The pods whose runtime holds the slots (see ``_runtime_pods``)."""
+        raise NotImplementedError
+
+    def _slot_where(self) -> str:
+        """Those pods, in words (``Deployment ml/name``)."""
+        raise NotImplementedError
+
+    def _repository(self, action: str) -> list[str]:
+        return ["v2", "repository", "models", self.model_name, action]
+
+    def _load_into_pods(self, role: str, version: str, model_uri: str, share: float) -> None:
+        """Load and verify ``version`` into the ``role`` slot of every ready slot pod's runtime,
+        at once; a pod that refuses it: unloaded from the others, and one line naming it."""
+        pods = self._slot_pods()
+        where = self._slot_where()
+        if not pods:
+            raise MlkubeError(f"no ready pod of {where} to load the {role} v{version} into")
+        self.log(f"loading version {version} as the {role} ({share:.0%} of each pod's live "
+                 f"requests) into the runtime of the {len(pods)} ready pod"
+                 f"{'s' if len(pods) != 1 else ''} of {where}")
+        parameters: dict[str, Any] = {"model_uri": model_uri, "version": str(version),
+                                      "role": role, "share": share}
+        if self.serving.verify_batch is not None:
+            parameters["verify_batch"] = self.serving.verify_batch
+
+        def load(pod: dict[str, Any]) -> str | None:
+            try:
+                self._runtime(pod, self._repository("load"), {"parameters": parameters},
+                              timeout=self.timeout)
+            except MlkubeError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
+            outcomes = list(pool.map(load, pods))
+        failed = [why for why in outcomes if why is not None]
+        if failed:
+            for pod, why in zip(pods, outcomes, strict=True):
+                if why is None:
+                    self._unload_from(pod, role)
+            raise MlkubeError(f"the {role} v{version} did not load in {len(failed)} of "
+                              f"{len(pods)} ready pods of {where} (unloaded from the others): "
+                              f"{failed[0]}")
+        self._slots[role] = (str(version), model_uri)
+        self._seen[role] = {}
+
+    def _unload_from(self, pod: dict[str, Any], role: str) -> bool:
+        """Empty ``role`` in ``pod``'s runtime; whether it held one (an error: raised)."""
+        try:
+            self._runtime(pod, self._repository("unload"), {"parameters": {"role": role}})
+        except podproxy.ProxyError as exc:
+            if exc.from_runtime and exc.status == 404:  # it held none (any more)
+                return False
+            raise
+        return True
+
+    def _unload_from_pods(self, role: str) -> None:
+        """Empty the ``role`` slot in every running slot pod that holds one; a ready pod that
+        cannot be reached or refuses: one line, after the others were emptied."""
+        problems = []
+        emptied = 0
+        for pod in self._slot_pods(ready_only=False):
+            try:
+                numbers = self._runtime(pod, ["v2", "models", self.model_name, "live"],
+                                        timeout=self.LIVE_TIMEOUT)
+                if (numbers or {}).get(role) is not None and self._unload_from(pod, role):
+                    emptied += 1
+            except MlkubeError as exc:
+                if pod_ready(pod):  # an unready pod takes no traffic; it may not listen at all
+                    problems.append(str(exc))
+        self._slots.pop(role, None)
+        self._seen.pop(role, None)
+        if emptied:
+            self.log(f"unloaded the {role} from {emptied} pod{'s' if emptied != 1 else ''} of "
+                     f"{self._slot_where()}")
+        if problems:
+            raise MlkubeError(f"could not empty the {role} slot of every pod of "
+                              f"{self._slot_where()}: {problems[0]}")
+
+    def _pooled_slot(self, answers: dict[str, dict[str, Any]], role: str
+                     ) -> dict[str, Any] | None:
+        """The ``role`` slot's numbers pooled over the pods' ``answers`` (by pod name), with
+        ``pods``: how many hold it now; a pod gone since keeps its last numbers counted while
+        this process judges what it loaded (``None``: no pod holds it)."""
+        expected = self._slots.get(role, (None, ""))[0]
+        holding = {pod: a[role] for pod, a in answers.items() if a.get(role) is not None
+                   and (expected is None or str(a[role].get("version")) == expected)}
+        if not holding:
+            return None
+        if expected is None:  # not loaded by this process: what the pods hold now
+            return {**pooled(list(holding.values()), role), "pods": len(holding)}
+        counted = self._seen.setdefault(role, {})
+        counted.update(holding)
+        return {**pooled(list(counted.values()), role), "pods": len(holding)}
+
+    def _slot_held(self, role: str) -> tuple[str, str] | None:
+        """(version, model URI) of the ``role`` slot: what this process loaded, else what the
+        ready slot pods hold (an earlier, killed deploy loaded it), else ``None``."""
+        if role in self._slots:
+            return self._slots[role]
+        answers = self._live_answers(self._slot_pods(), self._slot_where())
+        held = self._pooled_slot(answers, role)
+        if held is None:
+            return None
+        version = str(held["version"])
+        return version, f"models:/{self.model_name}/{version}"
+
+    def _clear_slot(self, role: str) -> None:
+        """Unload ``role`` from the slot pods: strict when this process loaded one; else one an
+        earlier, killed deploy left (a failure to look is only said: the target serves without
+        the pod proxy too)."""
+        strict = role in self._slots
+        try:
+            self._unload_from_pods(role)
+        except MlkubeError as exc:
+            if strict:
+                raise
+            self.log(f"could not look for a {role} an earlier deploy left in the pods: {exc}")
 
     # -- what the subclasses define --
 
@@ -405,6 +540,42 @@ class ClusterTarget(ServingTarget):
 
 def _dedupe(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def deployment_progress(live: dict[str, Any]) -> Progress:
+    """A Deployment's rollout, read from its status: ready once its current generation's pods
+    are all updated and available (old ones gone); failed for good on ``ReplicaFailure`` or
+    ``Progressing: False``; else what is still going (the Deployment target's, and the KServe
+    target's predictor Deployment in raw-deployment mode)."""
+    spec, status = live.get("spec") or {}, live.get("status") or {}
+    generation = meta_of(live).get("generation", 0)
+    observed = status.get("observedGeneration", 0)
+    if observed < generation:
+        return Progress(False, note=f"the Deployment controller has not yet observed "
+                                     f"generation {generation} (its status is of {observed})")
+    conditions = conditions_of(live)
+    replica_failure = conditions.get("ReplicaFailure", {})
+    if replica_failure.get("status") == "True":
+        return Progress(False, failure=f"{replica_failure.get('reason')}: "
+                                        f"{last_line(replica_failure.get('message', ''))}")
+    progressing = conditions.get("Progressing", {})
+    if progressing.get("status") == "False":
+        return Progress(False, failure=f"{progressing.get('reason')}: "
+                                        f"{last_line(progressing.get('message', ''))}")
+    want = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    total = status.get("replicas", 0)
+    if updated == available == total == want:
+        return Progress(True)
+    return Progress(False, note=f"{updated} of {want} pods updated, {available} available, "
+                                 f"{total - updated} old ones still running")
+
+
+def observed(live: dict[str, Any]) -> bool:
+    """Whether the object's controller has observed its current generation."""
+    return bool((live.get("status") or {}).get("observedGeneration", 0)
+                >= meta_of(live).get("generation", 0))
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:

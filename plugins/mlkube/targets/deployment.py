@@ -41,13 +41,11 @@ fixing the share in steps of one pod.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes.dynamic.exceptions import ConflictError
 
 from mlkube.errors import MlkubeError
-from mlkube.kube import podproxy
 from mlkube.kube import serving as manifests
 from mlkube.kube.api import FIELD_MANAGER, call, meta_of
 from mlkube.kube.applied import identified, owns, restorable
@@ -62,7 +60,8 @@ from mlkube.targets.cluster import (
     ClusterTarget,
     Progress,
     conditions_of,
-    pod_ready,
+    deployment_progress,
+    observed,
     pooled,
 )
 
@@ -79,13 +78,6 @@ class DeploymentTarget(ClusterTarget):
 
     name = "deployment"
     kinds = (DEPLOYMENT, SERVICE, AUTOSCALER)
-
-    def __init__(self, **kwargs: Any) -> None:
-        """As :class:`~mlkube.targets.cluster.ClusterTarget`; no slot loaded yet."""
-        super().__init__(**kwargs)
-        self._slots: dict[str, tuple[str, str]] = {}
-        self._seen: dict[str, dict[str, Any]] = {}
-        self._last_live = float("-inf")
 
     @property
     def base_url(self) -> str:
@@ -146,32 +138,11 @@ class DeploymentTarget(ClusterTarget):
              self._host, hand_over)
 
     def _progress(self, live: dict[str, Any], *, full_traffic: bool = False) -> Progress:
-        spec, status = live.get("spec") or {}, live.get("status") or {}
-        generation = meta_of(live).get("generation", 0)
-        observed = status.get("observedGeneration", 0)
-        if observed < generation:
-            return Progress(False, note=f"the Deployment controller has not yet observed "
-                                         f"generation {generation} (its status is of {observed})")
-        conditions = conditions_of(live)
-        replica_failure = conditions.get("ReplicaFailure", {})
-        if replica_failure.get("status") == "True":
-            return Progress(False, failure=f"{replica_failure.get('reason')}: "
-                                            f"{last_line(replica_failure.get('message', ''))}")
-        progressing = conditions.get("Progressing", {})
-        if progressing.get("status") == "False":
-            return Progress(False, failure=f"{progressing.get('reason')}: "
-                                            f"{last_line(progressing.get('message', ''))}")
-        want = spec.get("replicas", 1)
-        updated = status.get("updatedReplicas", 0)
-        available = status.get("availableReplicas", 0)
-        total = status.get("replicas", 0)
-        if updated == available == total == want:
-            return Progress(True)
+        progress = deployment_progress(live)
+        if progress.ready or progress.failure or not observed(live):
+            return progress
         fatal = fatal_problems(self._pods(live)[0])
-        if fatal:
-            return Progress(False, failure=fatal[0])
-        return Progress(False, note=f"{updated} of {want} pods updated, {available} available, "
-                                     f"{total - updated} old ones still running")
+        return Progress(False, failure=fatal[0]) if fatal else progress
 
     def _pod_starts(self, live: dict[str, Any]) -> int:
         """maxSurge 1: each replica's new pod starts after the one before is ready."""
@@ -223,12 +194,7 @@ class DeploymentTarget(ClusterTarget):
 
     live_slots = True
 
-    def _slot_state(self) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
-        """What this target loaded (role -> (version, model URI)) and the last numbers each
-        pod reported for it since (role -> pod name -> numbers)."""
-        return self._slots, self._seen
-
-    def _serving_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
+    def _slot_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
         """The Deployment's pods whose runtime answers (see ``_runtime_pods``)."""
         live = self._get(DEPLOYMENT)
         if live is None:
@@ -237,102 +203,29 @@ class DeploymentTarget(ClusterTarget):
                   or self.serving.labels())
         return self._runtime_pods(labels, ready_only=ready_only)
 
-    def _repository(self, action: str) -> list[str]:
-        return ["v2", "repository", "models", self.model_name, action]
+    def _slot_where(self) -> str:
+        return self._where("Deployment")
 
     def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
         """Load and verify ``version`` into the ``role`` slot of every ready pod's runtime, at
         once; a pod that refuses it: unloaded from the others, and one line naming it."""
-        pods = self._serving_pods()
-        where = self._where("Deployment")
-        if not pods:
-            raise MlkubeError(f"no ready pod of {where} to load the {role} v{version} into")
-        self.log(f"loading version {version} as the {role} ({share:.0%} of each pod's live "
-                 f"requests) into the runtime of the {len(pods)} ready pod"
-                 f"{'s' if len(pods) != 1 else ''} of {where}")
-        parameters: dict[str, Any] = {"model_uri": model_uri, "version": str(version),
-                                      "role": role, "share": share}
-        if self.serving.verify_batch is not None:
-            parameters["verify_batch"] = self.serving.verify_batch
-
-        def load(pod: dict[str, Any]) -> str | None:
-            try:
-                self._runtime(pod, self._repository("load"), {"parameters": parameters},
-                              timeout=self.timeout)
-            except MlkubeError as exc:
-                return str(exc)
-            return None
-
-        with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
-            outcomes = list(pool.map(load, pods))
-        failed = [why for why in outcomes if why is not None]
-        if failed:
-            for pod, why in zip(pods, outcomes, strict=True):
-                if why is None:
-                    self._unload_from(pod, role)
-            raise MlkubeError(f"the {role} v{version} did not load in {len(failed)} of "
-                              f"{len(pods)} ready pods of {where} (unloaded from the others): "
-                              f"{failed[0]}")
-        slots, seen = self._slot_state()
-        slots[role] = (str(version), model_uri)
-        seen[role] = {}
-
-    def _unload_from(self, pod: dict[str, Any], role: str) -> bool:
-        """Empty ``role`` in ``pod``'s runtime; whether it held one (an error: raised)."""
-        try:
-            self._runtime(pod, self._repository("unload"), {"parameters": {"role": role}})
-        except podproxy.ProxyError as exc:
-            if exc.from_runtime and exc.status == 404:  # it held none (any more)
-                return False
-            raise
-        return True
+        self._load_into_pods(role, version, model_uri, share)
 
     def unload_slot(self, role: str) -> None:
         """Empty the ``role`` slot in every running pod that holds one; a ready pod that cannot
         be reached or refuses: one line, after the others were emptied."""
-        problems = []
-        emptied = 0
-        for pod in self._serving_pods(ready_only=False):
-            try:
-                numbers = self._runtime(pod, ["v2", "models", self.model_name, "live"],
-                                        timeout=self.LIVE_TIMEOUT)
-                if (numbers or {}).get(role) is not None and self._unload_from(pod, role):
-                    emptied += 1
-            except MlkubeError as exc:
-                if pod_ready(pod):  # an unready pod takes no traffic; it may not listen at all
-                    problems.append(str(exc))
-        slots, seen = self._slot_state()
-        slots.pop(role, None)
-        seen.pop(role, None)
-        if emptied:
-            self.log(f"unloaded the {role} from {emptied} pod{'s' if emptied != 1 else ''} of "
-                     f"{self._where('Deployment')}")
-        if problems:
-            raise MlkubeError(f"could not empty the {role} slot of every pod of "
-                              f"{self._where('Deployment')}: {problems[0]}")
+        self._unload_from_pods(role)
 
     def live_numbers(self) -> dict[str, Any]:
         """The ready pods' live numbers, pooled (see the module doc); ``pods``: how many
         answered; each slot's ``pods``: how many hold it now. At most one read a
         :attr:`LIVE_INTERVAL` (a sooner call waits for it)."""
-        answers = self._live_answers(self._serving_pods(), self._where("Deployment"))
-        slots, seen = self._slot_state()
+        answers = self._live_answers(self._slot_pods(), self._slot_where())
         found: dict[str, Any] = {"name": self.model_name, "pods": len(answers),
                                  "main": pooled([a["main"] for a in answers.values()
                                                  if a.get("main")], "main")}
         for role in ("canary", "shadow"):
-            expected = slots.get(role, (None, ""))[0]
-            holding = {pod: a[role] for pod, a in answers.items() if a.get(role) is not None
-                       and (expected is None or str(a[role].get("version")) == expected)}
-            if not holding:
-                found[role] = None
-                continue
-            if expected is None:  # not loaded by this process: what the pods hold now
-                found[role] = {**pooled(list(holding.values()), role), "pods": len(holding)}
-                continue
-            counted = seen.setdefault(role, {})
-            counted.update(holding)  # a pod gone since keeps its last numbers counted
-            found[role] = {**pooled(list(counted.values()), role), "pods": len(holding)}
+            found[role] = self._pooled_slot(answers, role)
         return found
 
     def promote_slot(self, role: str) -> None:
@@ -340,39 +233,22 @@ class DeploymentTarget(ClusterTarget):
         the module doc); each old pod answers its canary share until it is replaced."""
         if role != "canary":
             raise MlkubeError(f"the {self.name} target promotes a canary only, not a {role}")
-        slots, seen = self._slot_state()
-        if role in slots:
-            version, model_uri = slots[role]
-        else:  # loaded by an earlier deploy: what the pods hold
-            held = self.live_numbers().get(role)
-            if held is None:
-                raise MlkubeError(f"no pod of {self._where('Deployment')} holds a {role} to "
-                                  "promote")
-            version = str(held["version"])
-            model_uri = f"models:/{self.model_name}/{version}"
+        held = self._slot_held(role)
+        if held is None:
+            raise MlkubeError(f"no pod of {self._where('Deployment')} holds a {role} to "
+                              "promote")
+        version, model_uri = held
         self.log(f"promoting the {role} v{version}: rolling {self._where('Deployment')} to it, "
                  "one pod at a time (each old pod answers its canary share until a new one "
                  "replaces it)")
         self.roll_out(version, model_uri)
-        slots.pop(role, None)
-        seen.pop(role, None)
-
-    def _clear_canary(self) -> None:
-        """Unload a canary from the pods: strict when this process loaded one; else a canary an
-        earlier, killed deploy left (a failure to look is only said: the target serves without
-        the pod proxy too)."""
-        strict = "canary" in self._slot_state()[0]
-        try:
-            self.unload_slot("canary")
-        except MlkubeError as exc:
-            if strict:
-                raise
-            self.log(f"could not look for a canary an earlier deploy left in the pods: {exc}")
+        self._slots.pop(role, None)
+        self._seen.pop(role, None)
 
     def promote(self) -> None:
         """After the smoke test: no canary stays beside the version that serves (one an earlier
         deploy, killed in its canary phase, left in pods this rollout did not replace)."""
-        self._clear_canary()
+        self._clear_slot("canary")
 
     def roll_back(self, version: str | None) -> None:
         """Unload the canary, then put ``version`` back (see
@@ -380,7 +256,7 @@ class DeploymentTarget(ClusterTarget):
         problem = None
         if version is not None:
             try:
-                self._clear_canary()
+                self._clear_slot("canary")
             except MlkubeError as exc:  # the rollback itself goes on; said after it
                 problem = exc
         super().roll_back(version)

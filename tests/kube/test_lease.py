@@ -143,5 +143,6 @@ def test_without_the_lease_verbs_the_deploy_fails_in_one_line() -> None:
             lease(api, "a").acquire()
     message = str(failed.value)
     assert message.startswith(f"could not create Lease ml/{NAME} in http://127.0.0.1:")
-    assert "is forbidden" in message and message.endswith("give the deploy step's service account "
-                                                 "mlkube's deploy Role")
+    assert "is forbidden" in message and message.endswith(
+        "give the deploy step's service account mlkube's deploy Role "
+        "(mlkube.kube.serving.deploy_rbac)")

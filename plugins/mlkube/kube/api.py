@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.discovery import LazyDiscoverer
-from kubernetes.dynamic.exceptions import DynamicApiError
 
 from mlkube.errors import MlkubeError, first_line
 from mlkube.kube.diagnosis import last_line
@@ -77,13 +77,16 @@ def dynamic(client: ApiClient) -> DynamicClient:
                 lambda: DynamicClient(client, cache_file=cache, discoverer=_Discoverer))
 
 
-def call(what: str, where: str, fn: Callable[[], Any]) -> Any:
-    """``fn()``, with the API server's refusal or unreachability as one line."""
+def call(what: str, where: str, fn: Callable[[], Any], passing: tuple[int, ...] = ()) -> Any:
+    """``fn()``, with the API server's refusal or unreachability as one line. A refusal whose
+    status is in ``passing`` (a 404 or a 409 the caller handles) is raised as it is."""
     from urllib3.exceptions import HTTPError
 
     try:
         return fn()
-    except DynamicApiError as exc:
+    except ApiException as exc:  # (the dynamic client's DynamicApiError is one too)
+        if exc.status in passing:
+            raise
         message = api_message(exc)
         hint = ""
         if exc.status == 403:

@@ -34,8 +34,8 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from mlkube import spec
-from mlkube.errors import Busy, MlkubeError, first_line
-from mlkube.kube.api import api_message
+from mlkube.errors import Busy, MlkubeError
+from mlkube.kube.api import call
 
 #: Seconds a holder's Lease stays valid without a renewal; renewed every third of it.
 LEASE_SECONDS = 30
@@ -77,20 +77,8 @@ class Lease:
         return f"Lease {self.namespace}/{self.name}"
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return fn()
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                raise
-            hint = ("; give the deploy step's service account mlkube's deploy Role"
-                    if exc.status == 403 else "")
-            raise MlkubeError(f"could not {what} {self.where} in {self.host}: "
-                              f"{api_message(exc)}{hint}") from None
-        except HTTPError as exc:
-            raise MlkubeError(f"could not {what} {self.where}: the Kubernetes API at {self.host} "
-                              f"does not answer ({first_line(exc)})") from None
+        """``fn()``; a refusal other than 404 or 409 (which the caller handles) as one line."""
+        return call(f"{what} {self.where}", self.host, fn, passing=(404, 409))
 
     def _spec(self, transitions: int, acquired: datetime | None = None) -> V1LeaseSpec:
         now = _now()

@@ -39,7 +39,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -270,13 +270,24 @@ class Running:
 
 @dataclass
 class Cluster:
-    """One fake cluster, the module's kube-proxy routing to it, and deploys run against it."""
+    """One fake cluster, the module's kube-proxy routing to it, and deploys run against it
+    (``--target`` :attr:`TARGET`; a subclass for another target gives its name, its
+    :attr:`url` and what :meth:`seeded` waits for)."""
 
     fake: FakeApiServer
     proxy: KubeProxy
     registry: Registry
     tmp: Path
     started: int = 0
+    #: the deploy step's --target
+    TARGET: ClassVar[str] = "deployment"
+    #: the published URL (the serving objects' address)
+    url: ClassVar[str] = URL
+
+    @property
+    def endpoint(self) -> str:
+        """The inference endpoint the step reports."""
+        return f"{self.url}/v2/models/{NAME}/infer"
 
     def env(self, lease_seconds: str | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -293,15 +304,15 @@ class Cluster:
 
     def start(self, version: str | None, phase: str = "none",
               lease_seconds: str | None = LEASE_SECONDS) -> Running:
-        """``mlkube.steps.deploy --version VERSION --target deployment --namespace ml`` as its
-        own process, SIGKILLed at ``phase`` (``none``: not killed); ``version`` None: without
+        """``mlkube.steps.deploy --version VERSION --target TARGET --namespace ml`` as its own
+        process, SIGKILLed at ``phase`` (``none``: not killed); ``version`` None: without
         ``--version`` (the step deploys the ``champion`` alias's)."""
         self.started += 1
         result = self.tmp / f"result-{self.started}.json"
         command = [sys.executable, "-c", BOOT, phase, "--config",
                    str(self.registry.config), "--dataset", self.registry.dataset,
                    *(["--version", version] if version is not None else []),
-                   "--target", "deployment", "--namespace", "ml", "--result-file",
+                   "--target", self.TARGET, "--namespace", "ml", "--result-file",
                    str(result)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, env=self.env(lease_seconds), cwd=self.tmp)
@@ -346,7 +357,7 @@ class Cluster:
         over the ready pods)."""
         versions = []
         for _ in range(times):
-            code, body = self.proxy.get(f"{URL}/v2/models/{NAME}")
+            code, body = self.proxy.get(f"{self.url}/v2/models/{NAME}")
             assert code == 200, body
             versions += json.loads(body)["versions"]
         return versions
@@ -362,21 +373,27 @@ class Cluster:
 
     def seed(self, version: str) -> None:
         """``version`` serves and is recorded, as a finished deploy of it leaves them: rolled
-        out by the Deployment target rendered as the step renders it (its env, its verify
-        batch: the test split's rows), every pod ready, then the ``serving`` alias."""
+        out by the step's target rendered as the step renders it (its env, its verify batch:
+        the test split's rows), until :meth:`seeded`, then the ``serving`` alias; the
+        published URL answers with it."""
         import mlflow
 
         from mlkube import targets
 
-        target = targets.choose("deployment", model_name=NAME, namespace="ml",
+        target = targets.choose(self.TARGET, model_name=NAME, namespace="ml",
                                 serving_env=lambda: _serving_env(self.registry),
                                 verify_batch=_verify_batch(self.registry),
                                 api_client=self.fake.api_client(), poll=TICK,
                                 log=lambda line: None)
         target.roll_out(version, f"models:/{NAME}/{version}")
-        self.fake.wait_for(lambda: self.rolled_out(version), timeout=30)
+        self.fake.wait_for(lambda: self.seeded(target, version), timeout=30)
         mlflow.MlflowClient().set_registered_model_alias(NAME, SERVING_ALIAS, version)
         assert self.answered() == [version] * 2 * REPLICAS
+
+    def seeded(self, target: Any, version: str) -> bool:
+        """Whether the seed's ``version`` serves: the Deployment rolled out, every pod ready
+        (the HPA's replicas)."""
+        return self.rolled_out(version)
 
     def assert_serves_only(self, version: str) -> None:
         """Exactly ``version`` serves: the Deployment's generation rolled out, every pod of it

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from test_deploy_kills import (  # noqa: F401  (registry: a fixture, used by nam
     SERVICE,
     TICK,
     Cluster,
+    Done,
     Registry,
     _log_model,
     _pod_template,
@@ -212,22 +213,22 @@ def _rows(base: Registry, n: int = 3) -> list[list[float]]:
     return frame.head(n).to_numpy(dtype=float).tolist()
 
 
-@pytest.mark.parametrize(("version", "serving_config", "bound"), [
-    (FAILS_LIVE, {}, "error rate "),
-    (SLOW, {"canary_max_p99_ms": 50, "canary_requests": 10}, "p99 "),
-])
-def test_a_canary_over_a_bound_is_unloaded_from_every_pod_in_one_line(
-        cluster: Cluster, version: str, serving_config: dict[str, Any], bound: str) -> None:
-    """v5 fails live requests of 3 rows; v6 answers in 0.1 s where the bound is 50 ms. The
-    canary takes half of each pod's requests; v5's first failure breaks the error bound (none
-    allowed), v6's p99 the latency bound (the largest pod's p99 is judged): it is unloaded
-    from both pods, the Deployment is never changed, the step fails in one line naming the
-    bound, the alias stays; the only failures the clients saw were the canary's answers."""
+def canary_over_a_bound(cluster: Cluster, version: str, serving_config: dict[str, Any],
+                        bound: str, *, service: str, unloaded: str,
+                        before: Callable[[], None] = lambda: None) -> Done:
+    """The canary-over-a-bound test on any cluster target (the target's own expectations
+    given): v1 seeded; ``before()`` (spares, what the test reads first); clients ask
+    ``service`` (a front) while ``version`` is deployed with ``serving_config``; the step fails
+    in one line naming ``bound`` and ending with the rollback to v1; the clients saw the
+    canary's own failures and only those (v5), or none (v6, slow but answering); the step
+    said ``unloaded``; exactly v1 serves after it (the alias too), and only v1 answers clients
+    then. The deploy, for the target's own checks."""
     cluster.registry = _config(cluster.registry, cluster.tmp, serving=serving_config)
     cluster.seed("1")
-    generation = cluster.deployment()["metadata"]["generation"]
-    front = cluster.proxy.front(SERVICE)
-    with Load(front, NAME, _rows(cluster.registry), clients=3, pause=0.005) as load:
+    before()
+    front = cluster.proxy.front(service)
+    rows = _rows(cluster.registry)
+    with Load(front, NAME, rows, clients=3, pause=0.005) as load:
         done = cluster.deploy(version)
     assert done.code == 1 and done.result is None, done.err
     (line,) = done.lines
@@ -236,24 +237,46 @@ def test_a_canary_over_a_bound_is_unloaded_from_every_pod_in_one_line(
     named = ("requests failed) over the bound 0.0% (serving.canary_max_error_rate)); "
              if version == FAILS_LIVE else
              " ms over the bound 50 ms (serving.canary_max_p99_ms) over ")
-    assert named in line and line.endswith(f"rolled back: version 1 serves at {ENDPOINT}"), line
+    assert named in line, line
+    assert line.endswith(f"rolled back: version 1 serves at {cluster.endpoint}"), line
     if version == FAILS_LIVE:  # the canary's own answers, and only those
         assert load.failed and all("answered 500" in f for f in load.failed), load.failed[:3]
-        assert load.versions["1"] > 0 and set(load.versions) == {"1"}
+        assert set(load.versions) == {"1"} and load.versions["1"] > 0, load.versions
     else:  # slow, but it answered
         assert load.failed == [], load.failed[:3]
-        assert load.versions["1"] > 0 and load.versions[SLOW] > 0
-    assert done.said("unloaded the canary from 2 pods of Deployment ml/kill-test")
+        assert load.versions["1"] > 0 and load.versions[SLOW] > 0, load.versions
+    assert done.said(unloaded)
+    cluster.assert_serves_only("1")
+    with Load(front, NAME, rows, clients=2, pause=0.005) as after:
+        cluster.fake.wait_for(lambda: after.ok >= 20, timeout=60)
+    assert after.failed == [] and set(after.versions) == {"1"}
+    return done
+
+
+BOUNDS = pytest.mark.parametrize(("version", "serving_config", "bound"), [
+    (FAILS_LIVE, {}, "error rate "),
+    (SLOW, {"canary_max_p99_ms": 50, "canary_requests": 10}, "p99 "),
+])
+
+
+@BOUNDS
+def test_a_canary_over_a_bound_is_unloaded_from_every_pod_in_one_line(
+        cluster: Cluster, version: str, serving_config: dict[str, Any], bound: str) -> None:
+    """v5 fails live requests of 3 rows; v6 answers in 0.1 s where the bound is 50 ms. The
+    canary takes half of each pod's requests; v5's first failure breaks the error bound (none
+    allowed), v6's p99 the latency bound (the largest pod's p99 is judged): it is unloaded
+    from both pods, the Deployment is never changed, the step fails in one line naming the
+    bound, the alias stays; the only failures the clients saw were the canary's answers."""
+    seeded: dict[str, int] = {}
+    canary_over_a_bound(
+        cluster, version, serving_config, bound, service=SERVICE,
+        unloaded="unloaded the canary from 2 pods of Deployment ml/kill-test",
+        before=lambda: seeded.update(generation=cluster.deployment()["metadata"]["generation"]))
     assert _slots(cluster) == [("1", None, None)] * REPLICAS
-    assert cluster.deployment()["metadata"]["generation"] == generation, "never applied"
+    assert cluster.deployment()["metadata"]["generation"] == seeded["generation"], "never applied"
     applied = {r.body["metadata"]["annotations"][serving.MODEL_VERSION_ANNOTATION]
                for r in cluster.fake.applies() if r.query["fieldManager"] == "mlkube"}
     assert applied == {"1"}, "only the seed's applies"
-    cluster.assert_serves_only("1")
-    assert recorded() == "1"
-    with Load(front, NAME, _rows(cluster.registry), clients=2, pause=0.005) as after:
-        cluster.fake.wait_for(lambda: after.ok >= 20, timeout=60)
-    assert after.failed == [] and set(after.versions) == {"1"}
 
 
 @pytest.fixture

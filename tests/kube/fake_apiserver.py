@@ -64,7 +64,16 @@ and KubernetesPodOperator use, the way a v1.36 API server does:
     revision). A change of ``canaryTrafficPercent`` alone makes no revision and keeps a ready
     revision's pod (Knative: the traffic block is not the template); the pods carry KServe's and
     Knative's labels (``serving.kserve.io/inferenceservice``, ``component: predictor``,
-    ``serving.knative.dev/revision``), and ``serving_pods.KubeProxy`` routes the traffic split;
+    ``serving.knative.dev/revision``), and ``serving_pods.KubeProxy`` routes the traffic split.
+    In raw-deployment mode (``kserve_mode="RawDeployment"``, KServe's default mode, or the
+    InferenceService's ``serving.kserve.io/deploymentMode`` annotation; ``Standard`` too), as
+    recent KServe: a new generation is applied (manager ``manager``, owned by the
+    InferenceService) to a Deployment ``<name>-predictor`` (replicas ``minReplicas``, the
+    Kubernetes default rolling strategy) and a Service of that name on port 80, whose pods
+    carry ``serving.kserve.io/inferenceservice``, ``component: predictor`` and ``app:
+    <name>-predictor`` and no revision; the Deployment controller rolls it; the status follows
+    the Deployment every step: ``deploymentMode``, ``address.url`` the Service's,
+    ``latestCreatedRevision`` the Deployment's revision, Ready while it is Available;
 - pods created through the API (``POST``, as KubernetesPodOperator creates a step's pod): the
   API server's defaults and QoS class, then the scheduler and the kubelet on the same clock:
   bound to a node (or left Pending with the scheduler's FailedScheduling event, or gated by
@@ -113,7 +122,9 @@ Where it still differs from a real API server:
   (no probes or restarts: ready is available); the KServe controller writes a revision's final
   state in one step (serverless mode, one pod a revision, no autoscaling: a revision out of
   the traffic keeps its pod, where Knative scales it to zero; no queue-proxy container, no
-  activator); the Job controller runs no pods;
+  activator); in raw mode it makes no HPA, Ingress or PodDisruptionBudget, ignores
+  ``maxReplicas`` and the scaling fields, and never switches an InferenceService between
+  modes; the Job controller runs no pods;
 - deleting a pod removes it at once (no grace period, no ``deletionTimestamp``, no terminating
   replicas), and so do scale-downs; a pod's log is all there when its container starts;
   watches resend an object when its resourceVersion changes but send no BOOKMARKs or 410 Gone;
@@ -209,6 +220,8 @@ KINDS = {k.kind: k for k in (
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
 )}
 KSERVE_GROUP = "serving.kserve.io"
+KSERVE_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+RAW_MODES = ("RawDeployment", "Standard")  # raw-deployment mode: its older and newer name
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -736,6 +749,10 @@ class FakeApiServer:
     """The fake cluster: its store, its controllers, and an HTTP front on 127.0.0.1."""
 
     kserve: bool = False
+    #: KServe's default deployment mode (``inferenceservice-config``'s ``deploy``): an
+    #: InferenceService without the ``serving.kserve.io/deploymentMode`` annotation gets it;
+    #: ``RawDeployment`` (``Standard``): a Deployment and a Service, no revisions
+    kserve_mode: str = "Serverless"
     outcome: Callable[[dict[str, Any]], Outcome] = lambda pod_spec: READY
     #: ticks a controller takes to act on a generation it has not observed yet
     ready_after: int = 1
@@ -1852,6 +1869,12 @@ class FakeApiServer:
         return self.put(event)
 
     def _kserve_controller(self, isvc: dict[str, Any]) -> None:
+        mode = ((isvc.get("status") or {}).get("deploymentMode")
+                or (_meta(isvc).get("annotations") or {}).get(KSERVE_MODE_ANNOTATION)
+                or self.kserve_mode)
+        if mode in RAW_MODES:
+            self._kserve_raw(isvc, mode)
+            return
         if not self._due(isvc):
             return
         meta = isvc["metadata"]
@@ -1944,6 +1967,75 @@ class FakeApiServer:
             "conditions": conditions,
             "deploymentMode": "Serverless",
             "modelStatus": model_status,
+            "observedGeneration": meta["generation"],
+        }
+
+
+    def _kserve_raw(self, isvc: dict[str, Any], mode: str) -> None:
+        """KServe's raw-deployment mode: a new generation (once due) applied to a Deployment
+        ``<name>-predictor`` (rolled by the Deployment controller) and a Service of that name;
+        the status follows the Deployment every step, as KServe's does (Ready while it is
+        Available, an old pod serving included)."""
+        meta = isvc["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        component = f"{name}-predictor"
+        status = isvc.get("status") or {}
+        if status.get("observedGeneration", 0) < meta["generation"]:
+            if not self._due(isvc):
+                return
+            predictor = isvc["spec"]["predictor"]
+            labels = {"serving.kserve.io/inferenceservice": name, "component": "predictor",
+                      "app": component}
+            owner = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                     "name": name, "uid": meta["uid"], "controller": True,
+                     "blockOwnerDeletion": True}
+            pod_spec = {k: v for k, v in predictor.items()
+                        if k in ("containers", "volumes", "securityContext",
+                                 "automountServiceAccountToken")}
+            port = ((pod_spec["containers"][0].get("ports") or [{}])[0]
+                    .get("containerPort", 8080))
+            objects = (("Deployment", {
+                "spec": {"replicas": predictor.get("minReplicas") or 1,
+                         "selector": {"matchLabels": {"app": component}},
+                         "template": {"metadata": {"labels": labels}, "spec": pod_spec}}}),
+                ("Service", {"spec": {"selector": {"app": component},
+                                      "ports": [{"name": "http", "port": 80,
+                                                 "targetPort": port}]}}))
+            for kind, body in objects:
+                code, answer = self.apply(KINDS[kind], ns, component, {
+                    "apiVersion": KINDS[kind].group_version, "kind": kind,
+                    "metadata": {"name": component, "namespace": ns, "labels": labels,
+                                 "ownerReferences": [owner]}, **body},
+                    "manager", force=True)
+                assert code in (200, 201), answer
+        deployment = self.store.get(("Deployment", ns, component)) or {}
+        available = {c["type"]: c for c in (deployment.get("status") or {}).get(
+            "conditions") or []}.get("Available") or {}
+        ready = "True" if available.get("status") == "True" else "False"
+        previous = {c["type"]: c for c in status.get("conditions") or []}
+        conditions = []
+        for kind in ("IngressReady", "PredictorReady", "Ready"):
+            state = "True" if kind == "IngressReady" else ready
+            kept = previous.get(kind)
+            why: tuple[str, ...] = () if state == "True" else (
+                available.get("reason") or "MinimumReplicasUnavailable",
+                available.get("message") or "Deployment does not have minimum availability.")
+            conditions.append(kept if kept and kept["status"] == state
+                              else _knative(kind, state, now(), *why))
+        url = f"http://{component}.{ns}.svc.cluster.local"
+        isvc["status"] = {
+            "address": {"url": url},
+            "url": f"http://{name}-{ns}.example.com",
+            "components": {"predictor": {
+                "latestCreatedRevision": ((deployment.get("metadata") or {}).get(
+                    "annotations") or {}).get(REVISION, ""), "url": url}},
+            "conditions": conditions,
+            "deploymentMode": mode,
+            "modelStatus": {"copies": {"failedCopies": 0, "totalCopies": 1},
+                            "states": {"activeModelState": "Loaded" if ready == "True"
+                                       else "Pending", "targetModelState": "Loaded"},
+                            "transitionStatus": "UpToDate" if ready == "True"
+                            else "InProgress"},
             "observedGeneration": meta["generation"],
         }
 

@@ -30,7 +30,9 @@ that pod's process the same way (recorded in :attr:`KubeProxy.pod_routes`). And
 :meth:`KubeProxy.front` gives a Service a loopback URL of its own (as a NodePort would), for
 clients that cannot use an HTTP proxy (``mlkube_testing.Load`` in the test process).
 
-An InferenceService (KServe's serverless mode) has no Service in the fake: a host that names
+In KServe's raw-deployment mode the fake makes a Service ``<isvc>-predictor`` (the
+InferenceService's address), routed as any Service. An InferenceService in serverless mode has
+no Service in the fake: a host that names
 none, ``<isvc>.<ns>`` (its ``status.address.url``) or ``<isvc>-predictor.<ns>`` (the
 predictor's), is routed as Knative routes it, by the predictor's ``status.components.predictor.
 traffic``: each request goes to a revision drawn with the entries' percents as weights (a

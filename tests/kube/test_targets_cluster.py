@@ -711,6 +711,44 @@ def test_kserve_roll_back_to_nothing_deletes_it(kfake: FakeApiServer) -> None:
     assert kfake.objects("Pod") == []
 
 
+@pytest.fixture
+def rawfake(crd: Validator) -> Iterator[FakeApiServer]:
+    """A fake whose KServe serves in raw-deployment mode (its default mode)."""
+    with FakeApiServer(kserve=True, kserve_mode="RawDeployment") as server:
+        yield server
+        _checked(server, crd)
+
+
+def test_kserve_raw_mode_is_judged_on_its_predictor_deployment(rawfake: FakeApiServer) -> None:
+    """Raw mode: the InferenceService's address is its predictor Service's; a canary percent
+    is never applied (nothing splits the traffic); a crash-looping v8 fails its rollout with
+    the container's own reason although KServe's Ready stays True (v7's pod is still
+    Available), and v7 serves on; the rollback to nothing deletes the InferenceService and
+    what KServe made of it."""
+    rawfake.outcome = fails_for("8", Outcome("crash", CRASH_LOG))
+    isvc = target(rawfake, canary_percent=20)
+    isvc.roll_out("7", uri("7"))
+    assert isvc.live_version() == "7"
+    assert isvc.base_url == "http://churn-predictor.ml.svc.cluster.local"
+    (pod,) = rawfake.objects("Pod")
+    assert pod["metadata"]["labels"]["serving.kserve.io/inferenceservice"] == "churn"
+    assert "serving.knative.dev/revision" not in pod["metadata"]["labels"]
+    with pytest.raises(MlkubeError) as failed:
+        isvc.roll_out("8", uri("8"))
+    message = one_line(failed)
+    assert "could not roll out Churn Model v8: pod churn-predictor-" in message, message
+    assert "CrashLoopBackOff" in message and "the previous version (v7) keeps serving" in message
+    live = rawfake.get("InferenceService", "churn")
+    assert live is not None and live["status"]["deploymentMode"] == "RawDeployment"
+    assert {c["type"]: c["status"] for c in live["status"]["conditions"]}["Ready"] == "True"
+    assert "canaryTrafficPercent" not in live["spec"]["predictor"]
+    isvc.roll_back("7")
+    assert isvc.live_version() == "7"
+    isvc.roll_back(None)
+    assert rawfake.get("InferenceService", "churn") is None
+    assert [rawfake.objects(kind) for kind in ("Deployment", "Service", "Pod")] == [[], [], []]
+
+
 # --- reading back what was applied ------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ pod of both revisions (labels ``serving.kserve.io/inferenceservice``, ``componen
 predictor``, ``serving.knative.dev/revision``; the revisions named by
 ``status.components.predictor.latestReadyRevision`` and ``latestRolledoutRevision``) through
 the API server's pod proxy, as the Deployment target does, and pools the runtime's numbers of
-its main model: the new revision's are the ``canary``'s, the old one's the ``main``'s.
+its main model: the new revision's are the ``canary``'s, the old one's the ``main``'s (a
+canary in raw-deployment mode is a pod slot instead: below).
 ``promote_slot`` drops ``canaryTrafficPercent`` (all traffic to the new revision); a rollback
 (:meth:`KServeTarget.unload_slot`, then :meth:`KServeTarget.roll_back`) first sets it to 0
 (the previous revision takes all the traffic again at once), then applies the previous
@@ -28,11 +29,41 @@ traffic, :meth:`KServeTarget.live_version` is the version the rolled-out revisio
 a deploy killed in its canary phase is judged again by its retry (``load_slot`` finds the split
 in place), never rolled out unjudged.
 
-What this does not cover: the shadow gate (a challenger mirrored beside the champion: KServe's
-revisions share no runtime; :attr:`KServeTarget.slot_roles` has no ``shadow``, so the deploy
-step skips that gate here); the raw-deployment mode (no revisions, no traffic split: the
-canary phase fails in one line); pods scaled to zero have no numbers (KServe's default
-``minReplicas`` is 1 in mlkube's manifest).
+**The shadow gate** (:func:`mlkube.rollout.judge_shadow`): every predictor pod runs mlkube's
+runtime, which holds a ``shadow`` beside its main model, so the shadow is the Deployment
+target's pod slot (:mod:`mlkube.targets.cluster`, the same code): ``load_slot("shadow", ...)``
+loads and verifies the challenger into each *ready* pod of the serving revision (the last
+rolled out; the one a canary split leaves the rest of the traffic to) through the pod proxy;
+``live_numbers()["shadow"]`` pools those pods' shadow numbers (mirrored requests summed,
+agreement and mean difference weighted by compared rows, the largest p99; a pod gone since
+keeps its last numbers counted); ``unload_slot("shadow")`` empties it in every running
+predictor pod, after the gate either way. A deploy killed with the shadow loaded leaves it
+mirroring in the pods; the retry loads the same version again, which the runtime keeps as it
+is (its numbers counted on), and judges it. What differs from the Deployment target: a pod
+Knative adds while the shadow is loaded (its autoscaler scaling up, a pod replaced) holds no
+shadow and mirrors nothing, so fewer requests are mirrored, never wrong ones; a revision
+scaled to zero has no pod to load into (the deploy fails in one line, the champion stays;
+with ``minReplicas: 0`` the gate needs traffic keeping a pod up).
+
+**Raw-deployment mode** (``serving.kserve.io/deploymentMode: RawDeployment``, called
+``Standard`` and the default mode in recent KServe; read from ``status.deploymentMode``,
+else the annotation: :func:`raw_mode`): KServe makes a Deployment and a Service
+``<name>-predictor``, no Knative revisions, and no traffic split, so a canary revision cannot
+take a share. The canary is then a pod slot, as on the Deployment target: ``load_slot``
+loads it into every ready predictor pod (labels ``serving.kserve.io/inferenceservice``,
+``component: predictor``, which KServe gives them in both modes; raw mode adds ``app:
+<name>-predictor``, ``isvc.<name>-predictor`` in older releases), its smoke test goes to the
+published address (each pod answers the canary's versioned URL), ``live_numbers`` pools the
+pods' slots, ``promote_slot`` applies the InferenceService with the canary's version (KServe
+rolls its Deployment; each old pod answers its canary share until a new one replaces it), a
+rollback unloads it (the InferenceService was never applied with it). ``canaryTrafficPercent``
+is never applied in raw mode. A rollout there is judged on the predictor Deployment's own
+status (its generation observed, every pod updated and available), because KServe's
+``Ready`` follows the Deployment's ``Available``, which an old pod still serving keeps True.
+
+What this does not cover: pods scaled to zero have no numbers (KServe's default
+``minReplicas`` is 1 in mlkube's manifest); in raw mode, a pod started during the canary's
+window holds no slot (as on the Deployment target).
 """
 
 from __future__ import annotations
@@ -53,12 +84,15 @@ from mlkube.kube.applied import restorable
 from mlkube.kube.diagnosis import fatal_problems, last_line
 from mlkube.kube.serving import ModelServing
 from mlkube.targets.cluster import (
+    DEPLOYMENT,
     INFERENCE_SERVICE,
     POD,
     ClusterTarget,
     Log,
     Progress,
     conditions_of,
+    deployment_progress,
+    observed,
     pooled,
     version_of,
 )
@@ -69,7 +103,23 @@ KSERVE_COMPONENT_LABEL = "component"
 #: Knative names each revision's route by its tag (``latest-``, ``prev-``): KServe's tag routing
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 CANARY_PERCENT = "canaryTrafficPercent"
+#: the InferenceService's deployment mode: KServe records it in ``status.deploymentMode``; this
+#: annotation asks for one (else the cluster's ``inferenceservice-config`` default)
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+#: raw-deployment mode's names: ``RawDeployment``, ``Standard`` in recent KServe
+RAW_MODES = frozenset({"RawDeployment", "Standard"})
 _KSERVE_FAILED = frozenset({"BlockedByFailedLoad", "InvalidSpec"})
+
+
+def raw_mode(live: dict[str, Any] | None) -> bool:
+    """Whether KServe serves the InferenceService in raw-deployment mode (a Deployment, no
+    Knative revisions, no traffic split): ``status.deploymentMode``, else the annotation."""
+    if live is None:
+        return False
+    recorded = (live.get("status") or {}).get("deploymentMode")
+    if recorded:
+        return str(recorded) in RAW_MODES
+    return (meta_of(live).get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION) in RAW_MODES
 
 
 def kserve_served(client: DynamicClient) -> bool:
@@ -123,7 +173,12 @@ class KServeTarget(ClusterTarget):
         return self._progress(live, full_traffic=True).ready
 
     def promote(self) -> None:
-        """Route all traffic to the new revision: drop ``canaryTrafficPercent``."""
+        """Route all traffic to the new revision: drop ``canaryTrafficPercent``. In raw mode:
+        no canary stays in the pods beside the version that serves (one an earlier deploy,
+        killed in its canary phase, left in pods this rollout did not replace)."""
+        if raw_mode(self._get(INFERENCE_SERVICE)):
+            self._clear_slot("canary")
+            return
         body = self._applied.get("InferenceService")
         if body is None:
             live = self._get(INFERENCE_SERVICE)
@@ -143,7 +198,7 @@ class KServeTarget(ClusterTarget):
     # -- the canary phase on live traffic (see the module doc) ------------------------------
 
     live_slots = True
-    slot_roles = ("canary",)
+    slot_roles = ("canary", "shadow")
 
     def _revisions(self) -> tuple[dict[str, Any], str | None, str | None]:
         """The InferenceService, its new revision (latest ready) and the one it shares the
@@ -156,11 +211,45 @@ class KServeTarget(ClusterTarget):
         return (live, predictor.get("latestReadyRevision"),
                 predictor.get("latestRolledoutRevision"))
 
+    def _predictor_labels(self) -> dict[str, str]:
+        """What KServe labels every predictor pod with, in both modes (raw mode adds ``app:
+        <name>-predictor``, ``isvc.<name>-predictor`` in older releases; Knative its
+        revision)."""
+        return {KSERVE_ISVC_LABEL: self.serving.name, KSERVE_COMPONENT_LABEL: "predictor"}
+
     def _revision_pods(self, revision: str, *, ready_only: bool = True
                        ) -> list[dict[str, Any]]:
-        return self._runtime_pods({KSERVE_ISVC_LABEL: self.serving.name,
-                                   KSERVE_COMPONENT_LABEL: "predictor",
-                                   KNATIVE_REVISION_LABEL: revision}, ready_only=ready_only)
+        return self._runtime_pods({**self._predictor_labels(), KNATIVE_REVISION_LABEL: revision},
+                                  ready_only=ready_only)
+
+    def _serving_revision(self, live: dict[str, Any]) -> str | None:
+        """The revision that serves (all the traffic, or the rest of a canary's split): the
+        last rolled out, else the latest ready."""
+        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        return predictor.get("latestRolledoutRevision") or predictor.get("latestReadyRevision")
+
+    # the slots in the pods' runtimes (the shadow; in raw mode the canary too), as on the
+    # Deployment target (mlkube.targets.cluster)
+
+    def _slot_pods(self, *, ready_only: bool = True) -> list[dict[str, Any]]:
+        """The predictor pods whose runtime holds the slots: raw mode, every predictor pod;
+        serverless, the serving revision's (with ``ready_only`` off: every revision's, so an
+        unload finds a slot wherever it is)."""
+        live = self._get(INFERENCE_SERVICE)
+        if live is None:
+            return []
+        if raw_mode(live) or not ready_only:
+            return self._runtime_pods(self._predictor_labels(), ready_only=ready_only)
+        revision = self._serving_revision(live)
+        return self._revision_pods(revision) if revision else []
+
+    def _slot_where(self) -> str:
+        live = self._get(INFERENCE_SERVICE)
+        if raw_mode(live):
+            return f"the predictor of {self._where('InferenceService')} (raw deployment)"
+        revision = self._serving_revision(live or {})
+        return (f"revision {revision} of {self._where('InferenceService')}" if revision
+                else self._where("InferenceService"))
 
     def live_version(self) -> str | None:
         """The version that serves: with all the traffic, the InferenceService's; while a
@@ -185,17 +274,22 @@ class KServeTarget(ClusterTarget):
         return None
 
     def load_slot(self, role: str, version: str, model_uri: str, share: float) -> None:
-        """The canary as a revision: ``version`` applied with ``canaryTrafficPercent`` =
+        """The shadow (and in raw mode the canary): loaded and verified into the slot of every
+        ready predictor pod's runtime (of the serving revision), as on a Deployment. The
+        serverless canary: a revision, ``version`` applied with ``canaryTrafficPercent`` =
         ``share`` in percent; returns once the new revision is Ready and takes its share."""
         if role not in self.slot_roles:
-            raise MlkubeError(f"the kserve target has no {role} slot: its revisions share no "
-                              "runtime (the shadow gate runs on the local and deployment "
-                              "targets)")
-        percent = max(1, min(99, round(share * 100)))
+            raise MlkubeError(f"the kserve target has no {role} slot (only "
+                              f"{' and '.join(self.slot_roles)})")
         live = self._get(INFERENCE_SERVICE)
         if live is None or version_of(live) is None:
-            raise MlkubeError(f"a canary needs a version serving on "
-                              f"{self._where('InferenceService')} to share the traffic with")
+            raise MlkubeError(f"a {role} needs a version serving on "
+                              f"{self._where('InferenceService')} "
+                              f"{'to share the traffic with' if role == 'canary' else 'beside it'}")
+        if role == "shadow" or raw_mode(live):
+            self._load_into_pods(role, version, model_uri, share)
+            return
+        percent = max(1, min(99, round(share * 100)))
         if str(version_of(live)) == str(version) and _predictor(live).get(CANARY_PERCENT):
             self._canary = str(version)
             _, new, old = self._revisions()
@@ -214,8 +308,7 @@ class KServeTarget(ClusterTarget):
         live, new, old = self._revisions()
         if not new or not old or new == old:
             raise MlkubeError(f"{self._where('InferenceService')} did not split its traffic "
-                              f"between two revisions (latest ready {new}, rolled out {old}): "
-                              "a canary needs KServe's serverless mode")
+                              f"between two revisions (latest ready {new}, rolled out {old})")
         self._canary = str(version)
         self.log(f"revision {new} (v{version}) takes {percent}% of the traffic, revision {old} "
                  "the rest")
@@ -223,8 +316,10 @@ class KServeTarget(ClusterTarget):
     def slot_url(self, role: str) -> str:
         """The base URL that reaches the canary revision alone: Knative's tag route
         ``latest-<predictor>`` (the predictor's cluster-local address, ``latest-`` before its
-        host)."""
+        host); in raw mode (the canary a slot in every pod) the published one."""
         live = self._get(INFERENCE_SERVICE) or {}
+        if raw_mode(live) or role != "canary":
+            return self.base_url
         predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
         url = (predictor.get("address") or {}).get("url") or \
             f"http://{self.serving.name}-predictor.{self.namespace}.svc.cluster.local"
@@ -232,10 +327,18 @@ class KServeTarget(ClusterTarget):
         return f"{parts.scheme}://latest-{parts.netloc}"
 
     def live_numbers(self) -> dict[str, Any]:
-        """The ready predictor pods' numbers, pooled by revision (see the module doc): the new
-        revision's main model is the ``canary``, the rolled-out one's the ``main``; each with
-        ``pods`` (how many answered) and ``revision``."""
+        """The ready predictor pods' numbers, pooled (see the module doc): serverless, by
+        revision (the new revision's main model is the ``canary``, the rolled-out one's the
+        ``main``, each with ``pods`` and ``revision``), the ``shadow`` its slot in the serving
+        revision's pods; raw mode, as on a Deployment (main, and the slots)."""
         live, new, old = self._revisions()
+        if raw_mode(live):
+            answers = self._live_answers(self._slot_pods(), self._slot_where())
+            return {"name": self.model_name, "pods": len(answers),
+                    "main": pooled([a["main"] for a in answers.values() if a.get("main")],
+                                   "main"),
+                    "canary": self._pooled_slot(answers, "canary"),
+                    "shadow": self._pooled_slot(answers, "shadow")}
         canary_version = self._canary
         split = CANARY_PERCENT in _predictor(live) and new and old and new != old
         found: dict[str, Any] = {"name": self.model_name, "main": None, "canary": None,
@@ -258,26 +361,48 @@ class KServeTarget(ClusterTarget):
             if counted:
                 found[role] = {**pooled(counted, role), "pods": len(docs),
                                "revision": revision}
+        main_pods = {str(meta_of(p).get("name")) for p in pods.get("main", [])}
+        found["shadow"] = self._pooled_slot(
+            {n: a for n, a in answers.items() if n in main_pods}, "shadow")
         if split:
             found["canary_percent"] = _predictor(live).get(CANARY_PERCENT)
         return found
 
     def promote_slot(self, role: str) -> None:
-        """The canary revision takes all the traffic (``canaryTrafficPercent`` dropped)."""
+        """The canary revision takes all the traffic (``canaryTrafficPercent`` dropped); in
+        raw mode the InferenceService is applied with the canary's version (KServe rolls its
+        predictor Deployment to it; each old pod answers its canary share until replaced)."""
         if role != "canary":
             raise MlkubeError(f"the {self.name} target promotes a canary only, not a {role}")
-        _, new, _ = self._revisions()
+        live, new, _ = self._revisions()
+        if raw_mode(live):
+            held = self._slot_held(role)
+            if held is None:
+                raise MlkubeError(f"no pod of {self._slot_where()} holds a {role} to promote")
+            version, model_uri = held
+            self.log(f"promoting the {role} v{version}: applying "
+                     f"{self._where('InferenceService')} with it (KServe rolls its predictor "
+                     "Deployment to it; each old pod answers its canary share until a new one "
+                     "replaces it)")
+            self.roll_out(version, model_uri)
+            self._slots.pop(role, None)
+            self._seen.pop(role, None)
+            return
         self.log(f"promoting the canary revision {new}: all traffic of "
                  f"{self._where('InferenceService')} to it")
         self.promote()
         self._seen_canary = {}
 
     def unload_slot(self, role: str) -> None:
-        """The canary revision takes no more traffic: ``canaryTrafficPercent: 0``, waited for
-        until the rolled-out revision has all of it (nothing split: nothing to do)."""
+        """The shadow (and in raw mode the canary): emptied in every predictor pod that holds
+        it. The serverless canary revision takes no more traffic: ``canaryTrafficPercent: 0``,
+        waited for until the rolled-out revision has all of it (nothing split: nothing to do)."""
+        live = self._get(INFERENCE_SERVICE)
+        if role == "shadow" or raw_mode(live):
+            self._unload_from_pods(role)
+            return
         if role != "canary":
             return
-        live = self._get(INFERENCE_SERVICE)
         if live is None or not _predictor(live).get(CANARY_PERCENT):
             return
         _, new, old = self._revisions()
@@ -301,9 +426,10 @@ class KServeTarget(ClusterTarget):
     def _bodies(self, serving: ModelServing, live: dict[str, dict[str, Any] | None]
                 ) -> list[dict[str, Any]]:
         current = live["InferenceService"]
-        # A canary needs something to share the traffic with: a different version serving.
-        canary = (self.canary_percent
-                  if current is not None and version_of(current) != serving.version else None)
+        # A canary needs something to share the traffic with: a different version serving;
+        # in raw mode nothing splits the traffic (the canary is a slot in the pods).
+        canary = (self.canary_percent if current is not None and not raw_mode(current)
+                  and version_of(current) != serving.version else None)
         body = manifests.inference_service(serving, canary_percent=canary)
         if self._behind_zero:
             body["spec"]["predictor"][CANARY_PERCENT] = 0
@@ -323,6 +449,16 @@ class KServeTarget(ClusterTarget):
         back as a revision behind ``canaryTrafficPercent: 0`` and takes all the traffic once
         Ready (the canary's spec is gone; see the module doc)."""
         live = self._get(INFERENCE_SERVICE) if version is not None else None
+        if raw_mode(live):  # as the Deployment target: the canary slot emptied first
+            problem = None
+            try:
+                self._clear_slot("canary")
+            except MlkubeError as exc:  # the rollback itself goes on; said after it
+                problem = exc
+            super().roll_back(version)
+            if problem is not None:
+                raise MlkubeError(f"v{version} serves again, but {problem}")
+            return
         if live is None or CANARY_PERCENT not in _predictor(live) \
                 or version_of(live) == str(version):
             super().roll_back(version)
@@ -345,6 +481,8 @@ class KServeTarget(ClusterTarget):
         model = status.get("modelStatus") or {}
         if model.get("transitionStatus") in _KSERVE_FAILED:
             return Progress(False, failure=_failure_info(model))
+        if raw_mode(live):
+            return self._raw_progress()
         predictor = (status.get("components") or {}).get("predictor") or {}
         created = predictor.get("latestCreatedRevision")
         ready_revision = predictor.get("latestReadyRevision")
@@ -359,7 +497,29 @@ class KServeTarget(ClusterTarget):
         waiting = last_line(ready.get("message") or ready.get("reason") or "not ready yet")
         return Progress(False, note=f"revision {created or '?'}: {waiting}")
 
+    def _predictor_deployment(self) -> dict[str, Any] | None:
+        """Raw mode: the predictor's Deployment (KServe labels it as its pods)."""
+        found = self._list(DEPLOYMENT, labels=self._predictor_labels())
+        return found[0] if found else None
+
+    def _raw_progress(self) -> Progress:
+        """Raw mode: the predictor Deployment's rollout (KServe's Ready follows the
+        Deployment's Available, which an old pod still serving keeps True)."""
+        deployment = self._predictor_deployment()
+        if deployment is None:
+            return Progress(False, note="KServe has not made the predictor's Deployment yet")
+        progress = deployment_progress(deployment)
+        if progress.ready or progress.failure or not observed(deployment):
+            return progress
+        fatal = fatal_problems(self._list(POD, labels=self._predictor_labels()))
+        return Progress(False, failure=fatal[0]) if fatal else progress
+
     def _pods(self, live: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        if raw_mode(live):
+            deployment = self._predictor_deployment()
+            return (self._list(POD, labels=self._predictor_labels()),
+                    [f"InferenceService/{self.serving.name}"] + (
+                        [f"Deployment/{meta_of(deployment).get('name')}"] if deployment else []))
         labels = {KSERVE_ISVC_LABEL: self.serving.name}
         created = (((live.get("status") or {}).get("components") or {}).get("predictor")
                    or {}).get("latestCreatedRevision")

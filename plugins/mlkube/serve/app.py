@@ -1,17 +1,7 @@
 """The serving app: Open Inference Protocol (V2) over REST, plus MLflow's scoring endpoints.
 
-One slot per model name holds a verified ``LoadedModel``. A request takes the slot's model
-once, when it starts, and uses that object to the end, so a hot swap (``POST
-/v2/repository/models/{name}/load``) never disturbs a request in flight: the new version is
-loaded and verified in a worker thread while the old one answers, then the slot's reference
-is replaced in one step on the event loop. A version that fails to load or verify is refused
-and the old one goes on serving. Verifying means predicting the model's input example, a
-1-row batch and a full batch of ``verify_batch`` rows (the load request's
-``parameters.verify_batch``, else the server's ``--verify-batch``, default
-``loaded.VERIFY_BATCH``), see :mod:`mlkube.serve.loaded`.
-
-Endpoints (the V2 REST API as KServe and Triton define it): ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}
-[/versions/{v}]`` (metadata), ``.../ready``, ``POST .../infer`` (JSON, or Triton's binary
+Endpoints (the V2 REST API as KServe and Triton define it): ``GET /v2``, ``/v2/health/live``,
+``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]`` (metadata), ``.../ready``, ``POST .../infer`` (JSON, or Triton's binary
 tensor extension), the model-repository extension (``/v2/repository/index``,
 ``/v2/repository/models/{name}/load|unload``); MLflow's ``POST /invocations`` and ``GET
 /ping``; Prometheus ``GET /metrics``. Errors are ``{"error": "<one line>"}``. The wire format
@@ -20,27 +10,9 @@ tensor extension), the model-repository extension (``/v2/repository/index``,
 Predictions run on the event loop's thread for batches up to ``INLINE_ROWS`` rows (a
 thread hop costs more than the tiny MLP's forward pass), in a worker thread above that.
 
-Live statistics (:mod:`mlkube.serve.stats`, the repository's ``monitor``): every answered
-request's rows and predictions are counted per model version, on ``/metrics`` and, with a
-stats directory, in windows written to it.
-
-Slots beside the main model (:mod:`mlkube.serve.live`): the load request's ``parameters.role``
-``canary`` or ``shadow`` (with ``parameters.share``, 0-1) loads and verifies a version aside
-exactly as the main load does, then puts it in that slot; it must take the main model's inputs
-and answer its outputs. A canary answers ``share`` of the requests that name no version; a
-shadow gets ``share`` of the requests the main model answered, mirrored after the answer was
-sent, off the request path. ``POST /v2/repository/models/{name}/promote`` (``parameters.role``,
-default ``canary``) makes that slot's version the main model in one step, as a swap does;
-``.../unload`` with ``parameters.role`` empties only that slot. ``GET /v2/models/{name}/live``:
-each slot's version, requests, errors, p50/p99 latency, and the shadow's agreement with the
-main model (also on ``/metrics``). Every answer names the version that gave it
-(``model_version``).
-
-Limits (``Limits``): a request body over ``max_body_bytes`` is answered 413 without being
-parsed, from its Content-Length before a byte of it is read, or as soon as a chunked body
-passes the limit; a body that stalls for ``idle_timeout`` seconds is answered 408. Both close
-the connection. (The server closes connections that send no request for ``idle_timeout``
-seconds, see :mod:`mlkube.serve.server`.)
+The models, their loads, hot swaps and the slots beside them (canary, shadow) are the
+``Repository``'s (:mod:`mlkube.serve.repository`); the request body's limits and the request
+metrics are ASGI wrappers (:mod:`mlkube.serve.limits`).
 """
 
 from __future__ import annotations
@@ -48,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -67,7 +37,8 @@ from mlkube import __version__
 from mlkube.errors import MlkubeError, first_line
 from mlkube.serve import live as livemod
 from mlkube.serve import loaded as loadedmod
-from mlkube.serve.metrics import CONTENT_TYPE, Metrics
+from mlkube.serve.limits import Limits, Measured
+from mlkube.serve.metrics import CONTENT_TYPE
 from mlkube.serve.protocol import (
     JSON,
     RequestError,
@@ -79,319 +50,10 @@ from mlkube.serve.protocol import (
     rows_from_inputs,
     rows_from_mlflow,
 )
+from mlkube.serve.repository import Repository, in_thread
 from mlkube.serve.server import IDLE_TIMEOUT, MAX_BODY_BYTES
-from mlkube.serve.stats import Monitor
 
 INLINE_ROWS = 1024
-# How long a body over the limit is read and thrown away before the 413, so that a client
-# that sends the whole body before reading (no "Expect: 100-continue") gets the 413, not a
-# reset connection.
-DRAIN_SECONDS = 5.0
-
-
-def log(message: str) -> None:
-    """One line of the server's own output."""
-    print(f"mlkube serve: {message}", flush=True)
-
-
-async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args)`` in a daemon thread (a load never holds up the process's exit)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(value: Any, error: BaseException | None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def work() -> None:
-        try:
-            value = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, value, None)
-
-    threading.Thread(target=work, name="mlkube-serve-worker", daemon=True).start()
-    return await future
-
-
-@dataclass
-class Slot:
-    """A version beside a name's main model: a canary or a shadow (see the module doc)."""
-
-    role: str
-    model: loadedmod.LoadedModel
-    share: float
-    stats: livemod.SlotStats
-    split: livemod.Split
-
-
-def _compatible(main: loadedmod.LoadedModel, new: loadedmod.LoadedModel) -> str | None:
-    """Why ``new`` cannot stand beside ``main`` (its clients' contract), or ``None``."""
-    if new.n_features != main.n_features:
-        return f"it takes {new.n_features} features, the main version {main.n_features}"
-    mine = [t.metadata() for t in new.outputs]
-    theirs = [t.metadata() for t in main.outputs]
-    if mine != theirs:
-        return f"its outputs {mine} differ from the main version's {theirs}"
-    return None
-
-
-@dataclass
-class Repository:
-    """The model slots, the loads in progress and the last refused load of each name."""
-
-    metrics: Metrics = field(default_factory=Metrics)
-    fast_path: bool = True
-    verify_batch: int = loadedmod.VERIFY_BATCH  # a load's full batch unless it names one
-    models: dict[str, loadedmod.LoadedModel] = field(default_factory=dict)
-    loading: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, uri)
-    refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
-    default: str | None = None  # what /invocations and /ping answer for
-    monitor: Monitor = field(default_factory=Monitor)  # live statistics, see serve.stats
-    slots: dict[str, dict[str, Slot]] = field(default_factory=dict)  # name -> role -> slot
-    main_stats: dict[str, livemod.SlotStats] = field(default_factory=dict)  # name -> its main's
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.metrics.sections.append(self.monitor.render)
-        self.metrics.sections.append(self.render_live)
-        self.mirror = livemod.Mirror(log)
-
-    def slot(self, name: str, role: str) -> Slot | None:
-        """The ``role`` slot of ``name`` (``None``: empty)."""
-        return self.slots.get(name, {}).get(role)
-
-    def model(self, name: str, version: str | None = None) -> loadedmod.LoadedModel:
-        """The model serving ``name`` (at ``version``), or a 404/503 ``RequestError``."""
-        found = self.models.get(name)
-        if found is not None and (version is None or version == found.version):
-            return found
-        for slot in self.slots.get(name, {}).values():
-            if version == slot.model.version:
-                return slot.model
-        if name in self.loading and (found is None or version == self.loading[name][0]):
-            raise RequestError(503, f"model {name} version {self.loading[name][0]} is loading")
-        if found is not None:
-            raise RequestError(404, f"model {name} version {version} is not loaded "
-                                    f"(version {found.version} is)")
-        raise RequestError(404, f"model {name} is not loaded")
-
-    async def load(self, name: str, version: str, model_uri: str,
-                   verify_batch: int | None = None, role: str | None = None,
-                   share: float = 1.0) -> dict[str, Any]:
-        """Load and verify ``model_uri`` aside, then make it ``name``'s model in one step.
-
-        ``verify_batch``: the full batch it is verified on (``None``: the repository's). The
-        version already serving is kept as it is if it was verified on a batch as large.
-        ``role`` (``canary`` or ``shadow``): put it in that slot beside the main model instead,
-        taking ``share`` of the requests.
-        """
-        batch = self.verify_batch if verify_batch is None else verify_batch
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            if role is not None:
-                return await self._load_slot(name, version, model_uri, batch, role, share)
-            old = self.models.get(name)
-            if old is not None and old.version == version and old.model_uri == model_uri \
-                    and old.verified_rows >= batch:
-                return {"name": name, "version": version, "model_uri": model_uri,
-                        "replaced_version": "", "unchanged": True,
-                        "verified_batches": old.verified_batches}
-            self.loading[name] = (version, model_uri)
-            try:
-                new = await in_thread(self._load, model_uri, name, version, batch)
-            except MlkubeError as exc:
-                self.refused[name] = (version, str(exc))
-                self.metrics.loads.inc((name, "failed"))
-                keeps = f"; version {old.version} keeps serving" if old is not None else ""
-                log(f"refused {name} version {version}: {exc}{keeps}")
-                raise
-            finally:
-                self.loading.pop(name, None)
-            self.models[name] = new  # the swap: requests from here on get the new object
-            self.main_stats[name] = livemod.SlotStats(new.version)
-            self.monitor.attach(new, log)
-            if self.default is None:
-                self.default = name
-            self.refused.pop(name, None)
-            self.metrics.loads.inc((name, "loaded"))
-            if old is not None:
-                self.metrics.serving.remove((name, old.version))
-            self.metrics.serving.set((name, new.version), 1)
-            path = "direct torch call" if new.fast_path else "pyfunc"
-            log(f"{name} version {version} ({model_uri}) ready: verified on "
-                f"{new.verified()} in {new.load_seconds:.1f} s, predicting by {path}"
-                + (f"; replaced version {old.version}" if old is not None else ""))
-            return {"name": name, "version": new.version, "model_uri": model_uri,
-                    "replaced_version": old.version if old is not None else "",
-                    "load_seconds": new.load_seconds, "fast_path": new.fast_path,
-                    "verify_batch": batch, "verified_batches": new.verified_batches}
-
-    def _load(self, model_uri: str, name: str, version: str,
-              verify_batch: int) -> loadedmod.LoadedModel:
-        return loadedmod.load(model_uri, name=name, version=version, fast_path=self.fast_path,
-                              verify_batch=verify_batch)
-
-    async def _load_slot(self, name: str, version: str, model_uri: str, batch: int, role: str,
-                         share: float) -> dict[str, Any]:
-        """``load`` into the ``role`` slot (the name's lock held)."""
-        main = self.models.get(name)
-        if main is None:
-            raise RequestError(409, f"model {name} has no main version to put a {role} beside; "
-                                    "load it first (without parameters.role)")
-        old = self.slot(name, role)
-        if old is not None and old.model.version == version and \
-                old.model.model_uri == model_uri and old.model.verified_rows >= batch:
-            old.share = share
-            old.split = livemod.Split(share)
-            return {"name": name, "version": version, "model_uri": model_uri, "role": role,
-                    "share": share, "unchanged": True,
-                    "verified_batches": old.model.verified_batches}
-        try:
-            new = await in_thread(self._load, model_uri, name, version, batch)
-            why = _compatible(main, new)
-            if why is not None:
-                raise MlkubeError(f"model {name} version {version} cannot be the {role} of "
-                                  f"version {main.version}: {why}")
-        except MlkubeError as exc:
-            self.metrics.loads.inc((name, "failed"))
-            log(f"refused {name} version {version} as {role}: {exc}")
-            raise
-        self.slots.setdefault(name, {})[role] = Slot(role, new, share,
-                                                     livemod.SlotStats(new.version),
-                                                     livemod.Split(share))
-        self.metrics.loads.inc((name, "loaded"))
-        log(f"{name} version {version} ({model_uri}) ready as the {role} of version "
-            f"{main.version}, taking {share:.0%} of the requests: verified on {new.verified()}"
-            + (f"; replaced {role} version {old.model.version}" if old is not None else ""))
-        return {"name": name, "version": version, "model_uri": model_uri, "role": role,
-                "share": share, "replaced_version": old.model.version if old else "",
-                "load_seconds": new.load_seconds, "verify_batch": batch,
-                "verified_batches": new.verified_batches}
-
-    def unload_slot(self, name: str, role: str) -> str:
-        """Empty the ``role`` slot of ``name``; the version it held."""
-        slot = self.slots.get(name, {}).pop(role, None)
-        if slot is None:
-            raise RequestError(404, f"model {name} has no {role}")
-        log(f"unloaded the {role} of {name}, version {slot.model.version}")
-        return slot.model.version
-
-    async def promote(self, name: str, role: str) -> dict[str, Any]:
-        """Make the ``role`` slot's version ``name``'s main model, in one step (a swap)."""
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            slot = self.slot(name, role)
-            if slot is None:
-                raise RequestError(404, f"model {name} has no {role} to promote")
-            old = self.models.get(name)
-            del self.slots[name][role]
-            new = slot.model
-            self.models[name] = new
-            self.main_stats[name] = livemod.SlotStats(new.version)
-            self.monitor.attach(new, log)
-            if old is not None:
-                self.metrics.serving.remove((name, old.version))
-            self.metrics.serving.set((name, new.version), 1)
-            log(f"promoted the {role} of {name}: version {new.version} serves"
-                + (f", replacing version {old.version}" if old is not None else ""))
-            return {"name": name, "version": new.version, "role": role,
-                    "replaced_version": old.version if old is not None else ""}
-
-    def live(self, name: str) -> dict[str, Any]:
-        """The live numbers of ``name``'s main model and of its slots."""
-        main = self.models.get(name)
-        if main is None:
-            raise RequestError(404, f"model {name} is not loaded")
-        stats = self.main_stats.get(name) or livemod.SlotStats(main.version)
-        found: dict[str, Any] = {"name": name, "main": stats.document("main")}
-        for role in livemod.ROLES:
-            slot = self.slot(name, role)
-            found[role] = None if slot is None else {**slot.stats.document(role),
-                                                     "share": slot.share}
-        found["mirror_pending"] = self.mirror.pending()
-        return found
-
-    def render_live(self) -> list[str]:
-        """The slots' live numbers in the exposition format."""
-        from mlkube.serve.metrics import Gauge
-
-        requests = Gauge("mlkube_serve_slot_requests", "Requests answered per model slot "
-                         "(main, canary; shadow: mirrored) since its version was loaded.",
-                         ("model", "role", "version"))
-        errors = Gauge("mlkube_serve_slot_errors", "Requests the slot's model failed (5xx).",
-                       ("model", "role", "version"))
-        p99 = Gauge("mlkube_serve_slot_p99_seconds", "p99 latency of the slot's model over its "
-                    "last requests.", ("model", "role", "version"))
-        agreement = Gauge("mlkube_serve_shadow_agreement", "Share of mirrored rows where the "
-                          "shadow predicted the main model's label.", ("model", "version"))
-        diff = Gauge("mlkube_serve_shadow_mean_abs_diff", "Mean absolute difference of the "
-                     "shadow's predictions from the main model's.", ("model", "version"))
-        dropped = Gauge("mlkube_serve_shadow_dropped", "Mirrors dropped for a full queue.",
-                        ("model", "version"))
-        for name in sorted(self.models):
-            entries = [("main", self.main_stats.get(name))] + [
-                (role, slot.stats if (slot := self.slot(name, role)) else None)
-                for role in livemod.ROLES]
-            for role, stats in entries:
-                if stats is None:
-                    continue
-                doc = stats.document(role)
-                labels = (name, role, stats.version)
-                requests.set(labels, doc["requests"])
-                errors.set(labels, doc["errors"])
-                if doc["p99_ms"] is not None:
-                    p99.set(labels, doc["p99_ms"] / 1000)
-                if role == "shadow":
-                    if doc["agreement"] is not None:
-                        agreement.set((name, stats.version), doc["agreement"])
-                    if doc["mean_abs_diff"] is not None:
-                        diff.set((name, stats.version), doc["mean_abs_diff"])
-                    dropped.set((name, stats.version), doc["dropped"])
-        lines: list[str] = []
-        for metric in (requests, errors, p99, agreement, diff, dropped):
-            if metric.series:
-                lines += metric.render()
-        return lines
-
-    def unload(self, name: str) -> None:
-        """Stop serving ``name``."""
-        old = self.models.pop(name, None)
-        if old is None:
-            raise RequestError(404, f"model {name} is not loaded")
-        self.slots.pop(name, None)
-        self.main_stats.pop(name, None)
-        self.metrics.serving.remove((name, old.version))
-        self.monitor.detach(name)
-        if self.default == name:
-            self.default = next(iter(self.models), None)
-        log(f"unloaded {name} version {old.version}")
-
-    def index(self) -> list[dict[str, Any]]:
-        """The V2 repository index: every model name, its versions and their states."""
-        entries: list[dict[str, Any]] = []
-        for name in sorted({*self.models, *self.loading, *self.refused}):
-            if name in self.models:
-                m = self.models[name]
-                entries.append({"name": name, "version": m.version, "state": "READY",
-                                "model_uri": m.model_uri})
-            if name in self.loading:
-                version, uri = self.loading[name]
-                entries.append({"name": name, "version": version, "state": "LOADING",
-                                "model_uri": uri})
-            if name in self.refused:
-                version, why = self.refused[name]
-                entries.append({"name": name, "version": version, "state": "UNAVAILABLE",
-                                "reason": why})
-        return entries
-
-
-# --- the app ------------------------------------------------------------------------------
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -706,119 +368,3 @@ def create_app(repository: Repository | None = None,
                     exception_handlers={HTTPException: http_error, RequestError: request_error})
     app.state.repository = repo
     return Measured(Limits(app, max_body_bytes, idle_timeout), repo)
-
-
-def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def _drain(receive: Any, seconds: float) -> None:
-    """Read and drop the rest of a request body, for at most ``seconds``."""
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request" or not message.get("more_body", False):
-                    return
-    except TimeoutError:
-        return
-
-
-class Limits:
-    """ASGI wrapper: a request body over ``max_body_bytes`` is answered 413 unparsed, and one
-    that stalls for ``idle_timeout`` seconds 408; both close the connection.
-
-    A Content-Length over the limit is answered before the body is read: at once if the
-    client waits for "100 Continue", else after throwing away what arrives within
-    ``DRAIN_SECONDS`` (a client that sends before it reads then sees the 413). A chunked body
-    is counted as it arrives and refused as soon as it passes the limit.
-    """
-
-    def __init__(self, app: Any, max_body_bytes: int, idle_timeout: float) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.idle_timeout = idle_timeout
-
-    def too_large(self, size: int | None) -> RequestError:
-        """The 413 for a body of ``size`` bytes (``None``: a chunked body, not read to its end)."""
-        what = f"is {size} bytes, over" if size is not None else "passed"
-        return RequestError(413, f"the request body {what} this server's limit of "
-                                 f"{self.max_body_bytes} bytes (--max-body-bytes): send fewer "
-                                 "rows per request", close=True)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = _header(scope, b"content-length")
-        declared = int(length) if length is not None and length.strip().isdigit() else None
-        if declared is not None and declared > self.max_body_bytes:
-            expect = (_header(scope, b"expect") or b"").lower()
-            if expect != b"100-continue":
-                await _drain(receive, DRAIN_SECONDS)
-            error = self.too_large(declared)
-            await error_response(error.status, str(error), close=True)(scope, receive, send)
-            return
-        await self.app(scope, self._limited(receive), send)
-
-    def _limited(self, receive: Any) -> Any:
-        """``receive`` that counts the body's bytes and times out a stalled body."""
-        received = 0
-        done = False
-
-        async def limited() -> Any:
-            nonlocal received, done
-            if done:  # the body is in: what follows is the disconnect, which may take long
-                return await receive()
-            try:
-                async with asyncio.timeout(self.idle_timeout):
-                    message = await receive()
-            except TimeoutError:
-                raise RequestError(408, f"the request body stalled: no bytes for "
-                                        f"{self.idle_timeout:g} s (--idle-timeout); send the "
-                                        "whole body without pausing", close=True) from None
-            if message["type"] != "http.request":
-                done = True
-                return message
-            received += len(message.get("body", b""))
-            done = not message.get("more_body", False)
-            if received > self.max_body_bytes:
-                if not done:
-                    await _drain(receive, DRAIN_SECONDS)
-                raise self.too_large(received if done else None)
-            return message
-
-        return limited
-
-
-class Measured:
-    """ASGI wrapper counting every HTTP request by route template and status, with latency."""
-
-    def __init__(self, app: Any, repository: Repository) -> None:
-        self.app = app
-        self.metrics = repository.metrics
-        self.repository = repository
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "other"
-            self.metrics.requests.inc((endpoint, str(status)))
-            self.metrics.latency.observe((endpoint,), time.perf_counter() - started)

@@ -137,7 +137,8 @@ def serve(model_uri: str, *, name: str, version: str, host: str = "127.0.0.1",
 
     import uvicorn
 
-    from mlkube.serve.app import Repository, create_app, log
+    from mlkube.serve.app import create_app
+    from mlkube.serve.repository import Repository, log
     from mlkube.serve.stats import Monitor
 
     # A request number beyond float32 becomes ±Infinity, which the request's 400 names: not

@@ -73,9 +73,10 @@ class ServingTarget(ABC):
     #: Whether the runtime behind the endpoint holds a canary and a shadow beside the serving
     #: version and reports their live numbers (the methods below): the local target (one
     #: server) and the Deployment target (each ready pod's runtime, numbers pooled); KServe:
-    #: the canary is a revision of its own taking ``canaryTrafficPercent`` (its pods' numbers).
+    #: the shadow (and in raw-deployment mode the canary) is a slot in the serving pods'
+    #: runtimes, the serverless canary a revision of its own taking ``canaryTrafficPercent``.
     live_slots: bool = False
-    #: The slots it holds (the KServe target: a canary revision only, no shadow).
+    #: The slots it holds.
     slot_roles: tuple[str, ...] = ("canary", "shadow")
 
     def slot_url(self, role: str) -> str:

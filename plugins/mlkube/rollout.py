@@ -12,10 +12,14 @@ window: ``serving.canary_requests`` live requests of the canary, for at most
 ``serving.canary_seconds``. It is promoted (locally the runtime makes it the main model in one
 step; a Deployment is rolled to it a pod at a time) only if its error rate (answers 5xx) is at most ``serving.canary_max_error_rate`` and its p99
 latency at most ``serving.canary_max_p99_ms``; otherwise it is unloaded and the rollout fails
-with one line naming the bound (the deploy step then says which version serves). Too few
-requests in the window is a failure too (fail safe: a version no traffic judged is not
-promoted on offline evidence alone; send traffic, lengthen the window, or set
-``serving.canary_share: 0``).
+with one line naming the bound (the deploy step then says which version serves). A deploy of
+the ``champion`` alias whose canary broke a bound also gives ``champion`` back to the version
+that serves again (:func:`canary_rolled_back`; the shadow gate may have moved it to the canary
+in the same deploy): the worse version is not deployed again by every later deploy of the
+champion, and its ``mlkube.gate`` tag records the canary's verdict. Too few requests in the
+window is a failure too (fail safe: a version no traffic judged is not promoted on offline
+evidence alone; send traffic, lengthen the window, or set ``serving.canary_share: 0``); it
+stays ``champion``, and the next deploy canaries it again.
 
 **The shadow gate** (``registry.min_live_requests`` > 0): register gives a challenger that is
 better offline the ``challenger`` alias, tagged ``mlkube.gate: awaiting live evidence ...``,
@@ -49,7 +53,13 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 class CanaryFailed(MlkubeError):
-    """The canary broke a bound; it was unloaded (the message names the bound)."""
+    """The canary broke a bound, or too few requests judged it; it was unloaded (the message
+    names the bound). ``verdict``: the bound in words; ``worse``: a bound broken (its error
+    rate or p99), not too few requests."""
+
+    def __init__(self, version: str, verdict: str, *, worse: bool) -> None:
+        super().__init__(f"canary v{version}: {verdict}")
+        self.verdict, self.worse = verdict, worse
 
 
 def _wait(target: ServingTarget, role: str, enough: Callable[[dict[str, Any]], bool],
@@ -67,17 +77,34 @@ def _wait(target: ServingTarget, role: str, enough: Callable[[dict[str, Any]], b
         time.sleep(POLL)
 
 
-def canary_verdict(numbers: dict[str, Any], config: ServingConfig,
-                   waited: float) -> str | None:
-    """Which bound the canary's live ``numbers`` break, in words (``None``: none)."""
+def _ms(value: float) -> str:
+    """Milliseconds in words: whole from 10 ms, else two significant digits (a p99 of 0.4 ms
+    over a bound of 0.1 ms reads so, not "0 ms over the bound 0.1 ms")."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def broken_bound(numbers: dict[str, Any], config: ServingConfig) -> str | None:
+    """Which bound (error rate, p99) the canary's live ``numbers`` break, in words (``None``:
+    none): the canary is worse than the bounds allow."""
     n, errors, p99 = numbers["requests"], numbers["errors"], numbers["p99_ms"]
     over = f"over {n} request{'s' if n != 1 else ''}"
     if n and errors / n > config.canary_max_error_rate:
         return (f"error rate {errors / n:.1%} ({errors} of {n} requests failed) over the "
                 f"bound {config.canary_max_error_rate:.1%} (serving.canary_max_error_rate)")
     if p99 is not None and p99 > config.canary_max_p99_ms:
-        return (f"p99 {p99:.0f} ms over the bound {config.canary_max_p99_ms:g} ms "
+        return (f"p99 {_ms(p99)} ms over the bound {config.canary_max_p99_ms:g} ms "
                 f"(serving.canary_max_p99_ms) {over}")
+    return None
+
+
+def canary_verdict(numbers: dict[str, Any], config: ServingConfig,
+                   waited: float) -> str | None:
+    """Which bound the canary's live ``numbers`` break, in words (``None``: none): a bound
+    (:func:`broken_bound`), or too few requests in the window."""
+    n = numbers["requests"]
+    broken = broken_bound(numbers, config)
+    if broken is not None:
+        return broken
     if n < config.canary_requests:
         return (f"only {n} live request{'s' if n != 1 else ''} in {waited:.0f} s, the window "
                 f"asks {config.canary_requests} (serving.canary_requests); not promoted on "
@@ -104,12 +131,41 @@ def canary(target: ServingTarget, version: str, model_uri: str, config: ServingC
         raise
     if failed is not None:
         target.unload_slot("canary")
-        raise CanaryFailed(f"canary v{version}: {failed}")
+        raise CanaryFailed(version, failed, worse=broken_bound(numbers, config) is not None)
     target.promote_slot("canary")
     log(f"canary v{version}: error rate {numbers['error_rate']:.1%}, p99 "
-        f"{numbers['p99_ms']:.0f} ms over {numbers['requests']} requests, within the bounds: "
+        f"{_ms(numbers['p99_ms'])} ms over {numbers['requests']} requests, within the bounds: "
         "promoted")
     return numbers
+
+
+def canary_rolled_back(name: str, version: str, serving: str, failed: CanaryFailed,
+                       log: Callable[[str], Any]) -> None:
+    """After the canary of the ``champion`` ``version`` broke a bound (``failed.worse``) and
+    ``serving`` serves again: ``champion`` goes back to ``serving``, and the version's gate tag
+    records the canary's verdict after the shadow's (``live: ...``, which register keeps: the
+    version is not shadowed again). Nothing changes where ``champion`` names another version
+    by now. A failure to write is logged; the rollback stands either way."""
+    from mlflow.exceptions import MlflowException
+
+    from mlkube import tracking
+    from mlkube.errors import first_line
+
+    try:
+        client = tracking.client()
+        champion = _alias(client, name, CHAMPION)
+        if champion is None or str(champion.version) != version:
+            return
+        before = str(champion.tags.get(TAG_GATE, ""))
+        words = f"canary {failed.verdict}: rolled back, champion v{serving} restored"
+        client.set_registered_model_alias(name, CHAMPION, serving)
+        client.set_model_version_tag(name, version, TAG_GATE, f"{before}; {words}" if before.
+                                     startswith("live:") else f"live: {words}")
+    except (MlflowException, OSError) as exc:
+        log(f"canary v{version} was rolled back, but MLflow did not take the {CHAMPION} alias "
+            f"back to v{serving} ({first_line(exc)}): it still names v{version}")
+        return
+    log(f"canary v{version} rolled back: the {CHAMPION} alias is v{serving} again")
 
 
 def _alias(client: Any, name: str, alias: str) -> Any | None:

@@ -13,7 +13,8 @@ The same sequence on every target (:mod:`mlkube.targets`):
    switches without dropping requests;
 3. rows of the test split are smoke-tested through the published endpoint;
 4. on any failure the previous version is put back and the step fails with one line naming
-   both versions and the reason;
+   both versions and the reason (a canary of the ``champion`` alias over a bound also gives
+   ``champion`` back to the previous version: :mod:`mlkube.rollout`);
 5. only then MLflow records what serves: the ``serving`` alias moves to the version.
 
 The ``serving`` alias is also the record of what served: a try killed after its apply leaves
@@ -325,10 +326,22 @@ def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
         if not isinstance(exc, MlkubeError | KeyboardInterrupt):
             ctx.log(f"rolled back after an unexpected {type(exc).__name__}")
             raise  # a bug: its traceback, after the rollback
+        _worse_canary(ctx, name, version, previous, exc)
         after = (f"rolled back: version {previous} serves at {infer_url(target)}" if previous
                  else "nothing was serving before, and nothing serves now")
         raise MlkubeError(f"version {version} failed its rollout ({reason}); {after}") from None
     return _recorded(ctx, target, name, version, previous or "")
+
+
+def _worse_canary(ctx: Context, name: str, version: str, previous: str | None,
+                  exc: BaseException) -> None:
+    """A deploy of the ``champion`` alias whose canary broke a bound, rolled back to
+    ``previous``: ``champion`` goes back to it (:func:`mlkube.rollout.canary_rolled_back`)."""
+    from mlkube import rollout
+
+    if isinstance(exc, rollout.CanaryFailed) and exc.worse and previous \
+            and not ctx.args.version and (ctx.args.alias or "champion") == "champion":
+        rollout.canary_rolled_back(name, version, previous, exc, ctx.log)
 
 
 def _recorded(ctx: Context, target: ServingTarget, name: str, version: str,

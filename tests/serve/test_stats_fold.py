@@ -6,7 +6,6 @@ request larger than the buffer, float64 values, outputs of another shape, a scra
 from __future__ import annotations
 
 import types
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -66,14 +65,10 @@ def _check(stats: Any, sent: list[Any], predicted: list[Any] | None) -> dict[str
     return found
 
 
-@pytest.mark.parametrize("worker", [False, True], ids=["inline", "on-a-worker-thread"])
-def test_counts_follow_the_profiles_rule_on_float64_values_however_rows_arrive(
-        worker: bool) -> None:
+def test_counts_follow_the_profiles_rule_on_float64_values_however_rows_arrive() -> None:
     rng = np.random.default_rng(7)
     profile = _edges_profile(rng, {"kind": "classes", "labels": ["no", "yes"]})
-    pool = ThreadPoolExecutor(1) if worker else None
-    stats = stats_module.VersionStats(_model(profile), windows=True,
-                                      run=pool.submit if pool else None)
+    stats = stats_module.VersionStats(_model(profile), windows=True)
     edges = [profile["features"][f"f{i}"]["edges"] for i in range(N_FEATURES)]
     sent, labels = [], []
     sizes = [1] * 300 + [64] * 100 + [3, stats_module.FOLD_ROWS, stats_module.FOLD_ROWS + 5, 0]
@@ -94,8 +89,6 @@ def test_counts_follow_the_profiles_rule_on_float64_values_however_rows_arrive(
     assert found["predictions"] == {"kind": "classes", "labels": ["no", "yes"], "counts": list(
         np.bincount(np.concatenate(labels), minlength=2))}
     assert [len(f["counts"]) for f in found["features"].values()] == [10, 10, 10, 1]
-    if pool is not None:
-        pool.shutdown()
 
 
 def test_a_regression_counts_its_predictions_on_the_target_edges() -> None:

@@ -20,17 +20,8 @@ counted by sorting each feature's values in place and finding each inner edge in
 exactly the profile's rule on their float64 values); predictions by one ``argmax`` and
 ``bincount`` (or the target's edges). A request of more rows than the buffers hold, of values
 other than float32, or of outputs of another shape (which count no prediction) is folded by
-itself, in float64. Folds run off the request path, on the monitor's one worker thread (the
-one that writes windows), in the order they were handed over: numpy lets go of the GIL in the
-copies, sorts and sums, so with a second core the event loop answers requests meanwhile. The
-event loop counts requests and hands batches over; which window a batch counts in is decided
-then, on the loop, so a window holds exactly the requests counted before it ended. The sums are
-changed under a lock (a fold on the worker, missing values on the loop); a reader (a scrape, a
-window, a test) first waits for the folds handed over before it. Memory stays bounded: a
-version holds at most ``FOLD_ROWS`` rows unfolded and ``BEHIND`` batches handed over and not yet
-folded; a request that would hand over one more waits for the oldest (a fold of 4,096 rows takes
-about 1 ms, the 64 requests behind it tens of ms, so the worker keeps up). A ``VersionStats``
-without a worker (``run=None``) folds in the caller's thread.
+itself, in float64. Everything runs on the event loop's thread, as the other metrics do: no
+lock.
 
 ``/metrics`` reports the totals since the version was loaded. With a stats directory, a
 window (the statistics since the last one) is written every ``every_requests`` requests or
@@ -62,10 +53,7 @@ import json
 import os
 import re
 import socket
-import threading
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +65,6 @@ EVERY_SECONDS = 60.0  # ... or this many seconds, whichever comes first
 FOLD_REQUESTS = 1024  # requests kept unfolded at most ...
 FOLD_ROWS = 4096  # ... and rows (the fold's buffers' size)
 CHUNK = 1024  # rows a fold's moments take at a time (its float64 scratch stays in cache)
-BEHIND = 4  # folds a version may have waiting for the worker before requests wait for it
 
 
 def safe_name(model_name: str) -> str:
@@ -146,14 +133,10 @@ class _Sums:
 class VersionStats:
     """The statistics of one loaded model version."""
 
-    def __init__(self, model: Any, *, windows: bool,
-                 run: Callable[..., Future[Any]] | None = None) -> None:
+    def __init__(self, model: Any, *, windows: bool) -> None:
         import numpy as np
 
         self.model = model
-        self.run = run  # runs a fold off the request path (the monitor's worker); None: here
-        self.lock = threading.Lock()  # the sums: folds (the worker) and refusals (the loop)
-        self.handed: deque[Future[Any]] = deque()  # the folds handed to the worker, in order
         self.name, self.version = model.name, model.version
         n = model.n_features
         names = model.features or model.columns or [str(i) for i in range(n)]
@@ -220,55 +203,25 @@ class VersionStats:
             self._alone(rows, out)
             return
         if self.pending_rows + n > FOLD_ROWS:
-            self.hand_over()
+            self.fold()
         self.pending.append(rows)
         self.pending_out.append(out)
         self.pending_rows += n
         if len(self.pending) >= FOLD_REQUESTS:
-            self.hand_over()
-
-    def _submit(self, fold: Callable[..., None], *args: Any) -> None:
-        """Run ``fold(*args)``: on the worker, after the folds handed to it before, or here."""
-        if self.run is None:
-            fold(*args)
-            return
-        handed = self.handed
-        while handed and handed[0].done():
-            handed.popleft()
-        if len(handed) >= BEHIND:  # the worker is behind: wait (memory stays bounded)
-            handed.popleft().result()
-        handed.append(self.run(fold, *args))
-
-    def hand_over(self) -> None:
-        """Hand the pending requests to a fold, into the sums of the window they were counted
-        in (the current one)."""
-        if not self.pending:
-            return
-        batch = (self.pending, self.pending_out, self.pending_rows, self.window)
-        self.pending, self.pending_out, self.pending_rows = [], [], 0
-        self._submit(self._fold_pending, *batch)
-
-    def fold(self) -> None:
-        """Add every request counted so far to the sums (waits for the worker's folds)."""
-        self.hand_over()
-        while self.handed:
-            self.handed.popleft().result()
+            self.fold()
 
     def _alone(self, rows: Any, out: Any) -> None:
         """Fold a request the buffers do not take (more rows than they hold, values other than
         float32, or outputs of another shape, which then count no prediction) by itself."""
-        self.hand_over()
-        self._submit(self._fold_alone, rows, out, self.window)
-
-    def _fold_alone(self, rows: Any, out: Any, window: _Sums | None) -> None:
         import numpy as np
 
+        self.fold()
         out = np.asarray(out)
         fits = out.ndim >= 1 and out.shape[0] == rows.shape[0] and out.shape[1:] in self.out_tails
         outputs = (out if out.ndim == 2 else out[:, None]) if fits and self.counts_predictions \
             else None
         rows = np.array(rows, dtype=np.float64)
-        self._fold(rows, rows.T.copy(), outputs, window)
+        self._fold(rows, rows.T.copy(), outputs)
 
     def refused(self, array: Any) -> None:
         """Count the missing values of a request refused for them (rows of the model's width)."""
@@ -277,16 +230,18 @@ class VersionStats:
         if array.ndim != 2 or array.shape[1] != len(self.features):
             return
         missing = (~np.isfinite(array)).sum(axis=0)
-        with self.lock:
-            self.total.missing += missing
-            if self.window is not None:
-                self.window.missing += missing
+        self.total.missing += missing
+        if self.window is not None:
+            self.window.missing += missing
 
-    def _fold_pending(self, pending: list[Any], outs: list[Any], m: int,
-                      window: _Sums | None) -> None:
-        """Fold a batch of buffered requests (one fold at a time: the buffers are shared)."""
+    def fold(self) -> None:
+        """Add the pending requests to the sums."""
         import numpy as np
 
+        if not self.pending:
+            return
+        pending, outs, m = self.pending, self.pending_out, self.pending_rows
+        self.pending, self.pending_out, self.pending_rows = [], [], 0
         if self.buffer is None:
             n = len(self.features)
             self.by_rows = np.empty((FOLD_ROWS, n), dtype=np.float32)
@@ -303,12 +258,12 @@ class VersionStats:
             else:
                 np.concatenate([o.reshape(-1) for o in outs], out=outputs[:, 0],
                                casting="same_kind")
-        self._fold(rows, values, outputs, window)
+        self._fold(rows, values, outputs)
 
-    def _fold(self, rows: Any, values: Any, outputs: Any, window: _Sums | None) -> None:
+    def _fold(self, rows: Any, values: Any, outputs: Any) -> None:
         """Add ``rows`` (rows by features, float32 or float64), the same values as ``values``
         (features by rows, of the same type; sorted here, in place), and their ``outputs``
-        (``None``: no predictions counted) to the totals and ``window``'s sums."""
+        (``None``: no predictions counted) to the sums."""
         import numpy as np
 
         m = rows.shape[0]
@@ -341,31 +296,28 @@ class VersionStats:
             from mlkube.profile import bin_counts
 
             predictions = bin_counts(self.prediction_edges, outputs[:, 0])
-        with self.lock:
-            for sums in (self.total, window):
-                if sums is None:
-                    continue
-                sums.rows += m
-                sums.s1 += s1
-                sums.s2 += s2
-                if bins is not None:
-                    sums.bins += bins
-                if predictions is not None:
-                    sums.predictions += predictions
+        for sums in (self.total, self.window):
+            if sums is None:
+                continue
+            sums.rows += m
+            sums.s1 += s1
+            sums.s2 += s2
+            if bins is not None:
+                sums.bins += bins
+            if predictions is not None:
+                sums.predictions += predictions
 
     # --- reading ---------------------------------------------------------------------------
 
     def document(self, sums: _Sums, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
         """The window document of ``sums`` (see the module doc)."""
-        with self.lock:
-            mean, var = sums.moments(self.shift)
-            bins, missing = sums.bins.copy(), sums.missing.copy()
+        mean, var = sums.moments(self.shift)
         features = {}
         for i, name in enumerate(self.features):
             width = self.widths[i]
             features[name] = {"edges": self.edges[i],
-                              "counts": [int(c) for c in bins[i, :width]] if width else [],
-                              "missing": int(missing[i]), "count": int(sums.rows),
+                              "counts": [int(c) for c in sums.bins[i, :width]] if width else [],
+                              "missing": int(sums.missing[i]), "count": int(sums.rows),
                               "mean": float(mean[i]), "var": float(var[i])}
         predictions: dict[str, Any] = (
             {"kind": "classes", "labels": self.labels,
@@ -376,19 +328,18 @@ class VersionStats:
                 "start": _iso(start), "end": _iso(end), "requests": int(sums.requests),
                 "rows": int(sums.rows), "features": features, "predictions": predictions}
 
-    def take_window(self) -> tuple[dt.datetime, Callable[[], dict[str, Any]]] | None:
-        """End the window since the last one and begin a new one: its end, and what makes its
-        document once the folds handed over before it are done (on the worker: after them).
-        ``None`` if it had no answered request (it then goes on: missing values counted in it
-        are not lost)."""
-        self.hand_over()
+    def take_window(self) -> dict[str, Any] | None:
+        """The window since the last one, and a new one begun; ``None`` if it had no answered
+        request (it then goes on: missing values counted in it are not lost)."""
+        self.fold()
         window = self.window
         if window is None or window.requests == 0:
             return None
-        start, end = self.window_start, _now()
+        end = _now()
+        found = self.document(window, self.window_start, end)
         self.window = _Sums(len(self.features), self.n_bins, len(window.predictions))
         self.window_start = end
-        return end, lambda: self.document(window, start, end)
+        return found
 
 
 class Monitor:
@@ -403,17 +354,8 @@ class Monitor:
         self.every_requests = every_requests
         self.every_seconds = every_seconds
         self.live: dict[str, VersionStats] = {}
-        self._worker: ThreadPoolExecutor | None = None  # folds and window writes, in order
+        self._writer: ThreadPoolExecutor | None = None
         self._writes: list[Any] = []
-
-    def _run(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``work(*args)`` on the worker thread, after what was handed to it before; a
-        failure is printed (a request was answered long before)."""
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="mlkube-stats")
-        future = self._worker.submit(work, *args)
-        future.add_done_callback(_report_failure)
-        return future
 
     def attach(self, model: Any, log: Any = None) -> None:
         """``model`` now serves its name: statistics start; the old version's last window is
@@ -421,7 +363,7 @@ class Monitor:
         if not self.enabled:
             return
         self.detach(model.name)
-        stats = VersionStats(model, windows=self.stats_dir is not None, run=self._run)
+        stats = VersionStats(model, windows=self.stats_dir is not None)
         self.live[model.name] = stats
         if not stats.has_profile and log is not None:
             log(f"{model.name} version {model.version} carries no training profile (a model "
@@ -464,27 +406,27 @@ class Monitor:
     def _write(self, stats: VersionStats) -> None:
         if self.stats_dir is None:
             return
-        ended = stats.take_window()
-        if ended is None:
+        document = stats.take_window()
+        if document is None:
             return
-        end, document = ended
         stats.windows_written += 1
         path = (self.stats_dir / safe_name(stats.name) / safe_name(stats.version)
-                / window_name(_iso(end), self.host))
+                / window_name(document["end"], self.host))
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mlkube-stats")
         self._writes = [f for f in self._writes if not f.done()]
-        self._writes.append(self._run(lambda: _write_window(path, document())))
+        self._writes.append(self._writer.submit(_write_window, path, document))
 
     def close(self) -> None:
-        """Write every open window and wait for the folds and writes (the server's exit)."""
+        """Write every open window and wait for the writes (the server's exit)."""
         for name in list(self.live):
             stats = self.live[name]
             self._write(stats)
-            stats.fold()
         for future in self._writes:
             future.result()
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def render(self) -> list[str]:
         """The Prometheus lines of every served version's totals."""
@@ -532,14 +474,6 @@ class Monitor:
             if metric.series:
                 lines += metric.render()
         return lines
-
-
-def _report_failure(future: Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        import traceback
-
-        exc = future.exception()
-        traceback.print_exception(exc)
 
 
 def _write_window(path: Path, document: dict[str, Any]) -> None:

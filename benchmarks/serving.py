@@ -439,7 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "server process (1, MLServer's default, needs uvloop < 0.22: Makefile)")
     parser.add_argument("--only", nargs="*", help="keys of the servers to measure beside the "
                         "anchor (default all): mlkube-v2 mlkube-invocations mlkube-pyfunc "
-                        "mlkube-nostats kserve mlserver echo")
+                        "mlkube-nostats mlkube-nostats-again kserve mlserver echo")
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error("--passes must be at least 1")
@@ -510,16 +510,20 @@ def ratio_rows(reports: list[dict[str, Any]], args: argparse.Namespace) -> None:
                    f" req/s per core ({m['requests_per_s']:,.0f} vs {a['requests_per_s']:,.0f}"
                    f" req/s){detail_passes}, {load_note(m)}", "make bench-mlserver")
     on, off = found.get("mlkube-v2"), found.get("mlkube-nostats")
+    again = found.get("mlkube-nostats-again")  # the same server as `off`: the noise floor
     if on and off:  # what the live statistics cost (issue 17, item 1)
         for n in (1, 64):
             a, m = off[f"{n}_rows"], on[f"{n}_rows"]
             throughput = m["requests_per_s"] / a["requests_per_s"]
+            control = "" if again is None else (
+                f", A/A control (`--no-stats` twice) "
+                f"{again[f'{n}_rows']['requests_per_s'] / a['requests_per_s']:.2f}×")
             record(f"serving_stats_{n}_rows", f"live statistics, {n}-row requests: requests/s, "
                    "V2 with them (windows written) / `--no-stats`", throughput, "≥ 0.95×",
                    throughput >= 0.95 and m["errors"] == 0,
                    f"{m['requests_per_s']:,.0f} vs {a['requests_per_s']:,.0f} req/s, p99 "
                    f"{m['p99_ms']:.2f} vs {a['p99_ms']:.2f} ms, {args.clients} clients"
-                   f"{detail_passes}", "benchmarks/serving.py")
+                   f"{detail_passes}{control}", "benchmarks/serving.py")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -540,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"/v2/models/{NAME}/infer", v2_body, v2_rows),
                 ("mlkube-nostats", "`mlkube serve model --no-stats`, V2 infer", ["--no-stats"],
                  f"/v2/models/{NAME}/infer", v2_body, v2_rows),
+                ("mlkube-nostats-again", "`mlkube serve model --no-stats` again (A/A control)",
+                 ["--no-stats"], f"/v2/models/{NAME}/infer", v2_body, v2_rows),
                 ("mlkube-invocations", "`mlkube serve model`, /invocations", [],
                  "/invocations", mlflow_body, mlflow_rows),
                 ("mlkube-pyfunc", "`mlkube serve model --no-fast-path`, V2 infer",

@@ -1,17 +1,19 @@
 """The deploy step's gates on live traffic (issue 17, items 4 and 5), on a target whose runtime
 holds slots beside the serving version (``target.live_slots``): the local target (one server),
 the Deployment target (every ready pod's runtime, through the API server's pod proxy, its
-numbers pooled: :mod:`mlkube.targets.deployment`), and for the canary the KServe target (the
-canary a revision taking ``canaryTrafficPercent``, smoke-tested by its tag route, its pods'
-numbers pooled the same way: :mod:`mlkube.targets.kserve`).
+numbers pooled: :mod:`mlkube.targets.deployment`), and the KServe target
+(:mod:`mlkube.targets.kserve`: the shadow a slot in the serving revision's pods, reached and
+pooled the same way; the canary a revision taking ``canaryTrafficPercent``, smoke-tested by its
+tag route, or in raw-deployment mode a slot in every predictor pod).
 
 **The canary phase** (``serving.canary_share`` > 0, a version already serving): the new version
 is loaded and verified into the runtime's ``canary`` slot, where it answers that share of the
 live requests; it is smoke-tested by its own versioned URL; then the deploy waits for the
 window: ``serving.canary_requests`` live requests of the canary, for at most
 ``serving.canary_seconds``. It is promoted (locally the runtime makes it the main model in one
-step; a Deployment is rolled to it a pod at a time) only if its error rate (answers 5xx) is at most ``serving.canary_max_error_rate`` and its p99
-latency at most ``serving.canary_max_p99_ms``; otherwise it is unloaded and the rollout fails
+step; a Deployment is rolled to it a pod at a time) only if its error rate (answers 5xx) is
+at most ``serving.canary_max_error_rate`` and its p99 latency at most
+``serving.canary_max_p99_ms``; otherwise it is unloaded and the rollout fails
 with one line naming the bound (the deploy step then says which version serves). A deploy of
 the ``champion`` alias whose canary broke a bound also gives ``champion`` back to the version
 that serves again (:func:`canary_rolled_back`; the shadow gate may have moved it to the canary

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlkube import data
+from mlkube import data, inputs
 from mlkube.config import DataConfig
 from mlkube.errors import MlkubeError
 
@@ -29,9 +29,9 @@ def _prepared(directory: Path) -> dict[str, pd.DataFrame]:
 
 
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "BLOCK_BYTES", 4096)  # ~35 rows of CSV a block
-    monkeypatch.setattr(data, "BATCH_VALUES", 300)  # ~40 rows of Parquet a batch
-    monkeypatch.setattr(data, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(inputs, "BLOCK_BYTES", 4096)  # ~35 rows of CSV a block
+    monkeypatch.setattr(inputs, "BATCH_VALUES", 300)  # ~40 rows of Parquet a batch
+    monkeypatch.setattr(inputs, "MIN_BLOCK_ROWS", 1)
 
 
 @pytest.fixture
@@ -164,6 +164,6 @@ def test_csv_blocks_end_at_line_ends_and_cover_the_file(tmp_path: Path) -> None:
         path = tmp_path / "b.csv"
         path.write_bytes(b"h\n" + body)
         for block in (1, 2, 5, 16, 100):
-            blocks = [bytes(b) for b in data._csv_blocks(path, block)]
+            blocks = [bytes(b) for b in inputs.csv_blocks(path, block)]
             assert b"".join(blocks) == body
             assert all(b.endswith(b"\n") for b in blocks[:-1])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlkube import data, profile
+from mlkube import data, inputs, profile
 from mlkube.config import DataConfig
 
 
@@ -76,9 +76,9 @@ def test_a_sampled_profile_is_seeded_and_the_same_in_any_blocks(
     first = prepared("a")
     (tmp_path / "a").rename(tmp_path / "a-done")
     assert prepared("a") == first  # the same seed: the same sample
-    monkeypatch.setattr(data, "BLOCK_BYTES", 2048)
-    monkeypatch.setattr(data, "MIN_BLOCK_ROWS", 1)
-    monkeypatch.setattr(data, "BATCH_VALUES", 31 * 25)
+    monkeypatch.setattr(inputs, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(inputs, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(inputs, "BATCH_VALUES", 31 * 25)
     assert prepared("b") == first  # the sample does not depend on the blocks
     other = DataConfig(target="target")
     other.split.seed = 7

@@ -324,7 +324,7 @@ def test_a_challenger_shadowed_in_every_pod_takes_champion_on_live_agreement(
     phase here); no client request failed."""
     import mlflow
 
-    from mlkube import rollout
+    from mlkube import live_gates
     from mlkube.config import RegistryConfig
 
     gate = {"min_live_requests": 20, "max_mean_abs_diff": 0.01}  # its outputs: values
@@ -335,7 +335,7 @@ def test_a_challenger_shadowed_in_every_pod_takes_champion_on_live_agreement(
         client = mlflow.MlflowClient()
         client.set_registered_model_alias(NAME, "champion", "1")
         client.set_registered_model_alias(NAME, "challenger", "2")
-        client.set_model_version_tag(NAME, "2", rollout.TAG_GATE, rollout.awaiting(
+        client.set_model_version_tag(NAME, "2", live_gates.TAG_GATE, live_gates.awaiting(
             "accuracy 0.99 vs 0.9", RegistryConfig(min_live_requests=20)))
         v1_pods = {p["metadata"]["name"] for p in cluster.pods()}
         with Load(cluster.proxy.front(SERVICE), NAME, _rows(versions), clients=3,
@@ -349,7 +349,7 @@ def test_a_challenger_shadowed_in_every_pod_takes_champion_on_live_agreement(
         assert judged.startswith("[deploy] shadow v2: mean |difference| 0 <= 0.01 over "), \
             judged
         assert int(judged.split(" over ")[1].split()[0]) >= 20, "pooled over the pods"
-        tag = client.get_model_version(NAME, "2").tags[rollout.TAG_GATE]
+        tag = client.get_model_version(NAME, "2").tags[live_gates.TAG_GATE]
         assert tag.startswith("live: mean |difference| 0 <= 0.01 over ") and tag.endswith(
             " beside v1"), tag
         assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"

@@ -345,13 +345,13 @@ def _awaiting(challenger: str) -> None:
     """v1 is champion; ``challenger`` awaits live evidence, as register leaves it."""
     import mlflow
 
-    from mlkube import rollout
+    from mlkube import live_gates
     from mlkube.config import RegistryConfig
 
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(NAME, "champion", "1")
     client.set_registered_model_alias(NAME, "challenger", challenger)
-    client.set_model_version_tag(NAME, challenger, rollout.TAG_GATE, rollout.awaiting(
+    client.set_model_version_tag(NAME, challenger, live_gates.TAG_GATE, live_gates.awaiting(
         "accuracy 0.99 vs 0.9", RegistryConfig(min_live_requests=GATE["min_live_requests"])))
 
 
@@ -364,9 +364,9 @@ def _champion() -> str:
 def _gate_tag(version: str) -> str:
     import mlflow
 
-    from mlkube import rollout
+    from mlkube import live_gates
 
-    return str(mlflow.MlflowClient().get_model_version(NAME, version).tags[rollout.TAG_GATE])
+    return str(mlflow.MlflowClient().get_model_version(NAME, version).tags[live_gates.TAG_GATE])
 
 
 def _pod_slots(cluster: KServeCluster) -> list[tuple[str, str | None, str | None]]:

@@ -186,13 +186,13 @@ def test_a_challenger_takes_champion_only_after_enough_live_agreement_in_the_sha
     assert tag.startswith("live: agreement ") and ">= 0.5 over " in tag, tag
 
     # a challenger that always answers "1" disagrees with the champion: it stays challenger
-    from mlkube import rollout
+    from mlkube import live_gates
     from mlkube.config import RegistryConfig
 
     yes = _pyfunc(dataset, {"kind": "yes"})
     registry = mlflow.MlflowClient()
     registry.set_registered_model_alias(NAME, "challenger", yes)
-    registry.set_model_version_tag(NAME, yes, "mlkube.gate", rollout.awaiting(
+    registry.set_model_version_tag(NAME, yes, "mlkube.gate", live_gates.awaiting(
         "accuracy 0.99 vs 0.9", RegistryConfig(min_live_requests=20)))
     strict = str(write_config(tmp_path / "strict.yaml",
                               registry={"min_live_requests": 20, "min_agreement": 0.99},

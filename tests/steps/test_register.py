@@ -320,7 +320,7 @@ def test_a_rerun_keeps_the_live_gates_verdict(dataset: str, train: Callable[...,
     """An Airflow/Argo retry of register after deploy judged the challenger on live traffic
     must not put ``awaiting live evidence`` back (the rejected challenger would be shadowed
     again): the ``live: ...`` verdict stands."""
-    from mlkube import rollout
+    from mlkube import live_gates
     from mlkube_testing import write_config
 
     config = str(write_config(tmp_path / "gate.yaml",
@@ -334,16 +334,16 @@ def test_a_rerun_keeps_the_live_gates_verdict(dataset: str, train: Callable[...,
                                                                                   "1")
     client = mlflow.MlflowClient()
     assert client.get_model_version("mlkube-demo", "2").tags["mlkube.gate"].startswith(
-        rollout.AWAITING)
+        live_gates.AWAITING)
     # a rerun before deploy judged it: still awaiting (idempotent)
     code, again, _ = run("register", *options, "--run-id", challenger, tmp=tmp_path)
     assert code == 0 and again is not None and again["promoted"] == "false"
     assert client.get_model_version("mlkube-demo", "2").tags["mlkube.gate"].startswith(
-        rollout.AWAITING)
+        live_gates.AWAITING)
 
-    # deploy's shadow gate rejected it (the tag as rollout.judge_shadow writes it)
+    # deploy's shadow gate rejected it (the tag as live_gates.judge_shadow writes it)
     verdict = "live: agreement 0.100 under 0.5 over 20 live requests beside v1; not promoted"
-    client.set_model_version_tag("mlkube-demo", "2", rollout.TAG_GATE, verdict)
+    client.set_model_version_tag("mlkube-demo", "2", live_gates.TAG_GATE, verdict)
     capsys.readouterr()
     code, rerun, _ = run("register", *options, "--run-id", challenger, tmp=tmp_path)
     assert code == 0 and rerun is not None

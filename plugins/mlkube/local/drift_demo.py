@@ -309,7 +309,7 @@ def drift_demo(config_path: str | None, shift: str = IN_SUPPORT) -> dict[str, An
 def _retrain(local: LocalRun, config_path: str | None, config: Any, state_dir: Path,
              dataset: str, monitor: dict[str, Any], base_url: str, rows: list[list[float]],
              summary: dict[str, Any]) -> None:
-    from mlkube import retrain, rollout, tracking
+    from mlkube import live_gates, retrain, tracking
 
     name = config.registry.model_name
     reason = retrain.reason(False, monitor)
@@ -333,11 +333,11 @@ def _retrain(local: LocalRun, config_path: str | None, config: Any, state_dir: P
                           "challenger": registered["challenger_value"],
                           "champion": registered["champion_value"]}
     client = tracking.client()
-    tag = str(client.get_model_version(name, version).tags.get(rollout.TAG_GATE, ""))
+    tag = str(client.get_model_version(name, version).tags.get(live_gates.TAG_GATE, ""))
     if version == summary["champion_before"]:
         summary["outcome"] = "not promoted: the retraining gave the serving version again"
         return
-    if not tag.startswith(rollout.AWAITING):
+    if not tag.startswith(live_gates.AWAITING):
         summary["outcome"] = (f"not promoted: v{version} is not better than champion "
                               f"v{summary['champion_before']} offline, so it is not shadowed")
         return
@@ -345,7 +345,7 @@ def _retrain(local: LocalRun, config_path: str | None, config: Any, state_dir: P
     with Traffic(base_url, name, rows) as traffic:
         code, _, lines = _step(local, spec.DEPLOY, {"dataset": dataset}, gated)
     _say(f"   {traffic.sent} background requests answered, {traffic.failed} failed")
-    tag = str(client.get_model_version(name, version).tags.get(rollout.TAG_GATE, ""))
+    tag = str(client.get_model_version(name, version).tags.get(live_gates.TAG_GATE, ""))
     summary["shadow"] = _gate_words(tag)
     canary = [x for x in lines if re.search(rf"canary v{version}: ", x)]
     summary["canary"] = re.sub(r"^.*?canary v\d+: ", "", canary[-1]) if canary else None
@@ -353,7 +353,7 @@ def _retrain(local: LocalRun, config_path: str | None, config: Any, state_dir: P
     if code != 0:
         summary["outcome"] = (f"rolled back: v{version}'s canary failed its bounds; "
                               f"v{summary['champion_before']} serves")
-    elif champion != version and tag.startswith(rollout.AWAITING):
+    elif champion != version and tag.startswith(live_gates.AWAITING):
         summary["outcome"] = (f"not promoted: too few shadowed requests within "
                               f"serving.shadow_seconds; champion v{champion} stays and the next "
                               "deploy judges the challenger")

@@ -14,7 +14,7 @@ The same sequence on every target (:mod:`mlkube.targets`):
 3. rows of the test split are smoke-tested through the published endpoint;
 4. on any failure the previous version is put back and the step fails with one line naming
    both versions and the reason (a canary of the ``champion`` alias over a bound also gives
-   ``champion`` back to the previous version: :mod:`mlkube.rollout`);
+   ``champion`` back to the previous version: :mod:`mlkube.live_gates`);
 5. only then MLflow records what serves: the ``serving`` alias moves to the version.
 
 The ``serving`` alias is also the record of what served: a try killed after its apply leaves
@@ -270,9 +270,9 @@ def run(ctx: Context) -> dict[str, Any]:
         if ctx.config.registry.min_live_requests and target.live_slots \
                 and "shadow" in target.slot_roles and not ctx.args.version \
                 and (ctx.args.alias or "champion") == "champion":
-            from mlkube import rollout  # the shadow gate may move the champion alias first
+            from mlkube import live_gates  # the shadow gate may move the champion alias first
 
-            if rollout.judge_shadow(target, name, ctx.config.registry, ctx.config.serving,
+            if live_gates.judge_shadow(target, name, ctx.config.registry, ctx.config.serving,
                                     ctx.log):
                 version = resolve(name, ctx.args.alias, None)
         return _deploy(ctx, target, name, version, rows)
@@ -305,9 +305,9 @@ def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
         # nothing (the local server keeps a version it serves).
         serving = ctx.config.serving
         if serving.canary_share > 0 and target.live_slots and live not in (None, version):
-            from mlkube import rollout  # the canary phase: promoted only within its bounds
+            from mlkube import live_gates  # the canary phase: promoted only within its bounds
 
-            rollout.canary(target, version, f"models:/{name}/{version}", serving,
+            live_gates.canary(target, version, f"models:/{name}/{version}", serving,
                            lambda: smoke_test(target, rows, version), ctx.log)
         else:
             if serving.canary_share > 0 and live not in (None, version):
@@ -336,12 +336,12 @@ def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
 def _worse_canary(ctx: Context, name: str, version: str, previous: str | None,
                   exc: BaseException) -> None:
     """A deploy of the ``champion`` alias whose canary broke a bound, rolled back to
-    ``previous``: ``champion`` goes back to it (:func:`mlkube.rollout.canary_rolled_back`)."""
-    from mlkube import rollout
+    ``previous``: ``champion`` goes back to it (:func:`mlkube.live_gates.canary_rolled_back`)."""
+    from mlkube import live_gates
 
-    if isinstance(exc, rollout.CanaryFailed) and exc.worse and previous \
+    if isinstance(exc, live_gates.CanaryFailed) and exc.worse and previous \
             and not ctx.args.version and (ctx.args.alias or "champion") == "champion":
-        rollout.canary_rolled_back(name, version, previous, exc, ctx.log)
+        live_gates.canary_rolled_back(name, version, previous, exc, ctx.log)
 
 
 def _recorded(ctx: Context, target: ServingTarget, name: str, version: str,

@@ -13,7 +13,7 @@ register and deploy are meant to be serialised per model as well (issue 16, item
 With ``registry.min_live_requests`` > 0 the gate has a live half: a challenger better offline
 than a champion that can defend gets ``challenger``, tagged ``mlkube.gate: awaiting live
 evidence ...``, and takes ``champion`` only once deploy shadowed it beside the serving champion
-for that many live requests with enough agreement (:mod:`mlkube.rollout`). Deploy then tags it
+for that many live requests with enough agreement (:mod:`mlkube.live_gates`). Deploy then tags it
 ``live: ...``; a rerun of register (a retry of the same run) keeps that verdict rather than
 putting ``awaiting`` back, so a version rejected live is never shadowed again.
 """
@@ -157,13 +157,13 @@ def run(ctx: Context) -> dict[str, Any]:
         promote = False
         ctx.log(f"version {version} was already judged on live traffic ({verdict}): kept; "
                 "not shadowed again")
-    elif live_gate:  # better offline; the live half of the gate is deploy's (mlkube.rollout)
-        from mlkube import rollout
+    elif live_gate:  # better offline; the live half of the gate is deploy's (mlkube.live_gates)
+        from mlkube import live_gates
 
         assert champion is not None and champion_value is not None
         promote = False
         client.set_registered_model_alias(name, CHALLENGER, str(version))
-        client.set_model_version_tag(name, str(version), rollout.TAG_GATE, rollout.awaiting(
+        client.set_model_version_tag(name, str(version), live_gates.TAG_GATE, live_gates.awaiting(
             f"{metric} {challenger_value:.4f} vs {champion_value:.4f}", ctx.config.registry))
         ctx.log(f"version {version} is better than champion v{champion.version} offline: tagged "
                 f"{CHALLENGER}; it takes {CHAMPION} after "

@@ -189,7 +189,7 @@ class ClusterTarget(ServingTarget):
                                                or meta_of(e).get("creationTimestamp") or ""))
 
     # -- the runtime in each serving pod, through the API server's pod proxy ---------------
-    # (the live gates of :mod:`mlkube.rollout`: the slots in every serving pod, the Deployment
+    # (the live gates of :mod:`mlkube.live_gates`: the slots in every serving pod, the Deployment
     # target's canary and shadow, the KServe target's shadow and raw-mode canary; the KServe
     # target's canary revision; :mod:`mlkube.kube.podproxy`)
 

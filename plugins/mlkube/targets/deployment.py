@@ -5,7 +5,7 @@ Service's URL never changes; the replica count belongs to the HPA once the Deplo
 What it shares with the KServe target is :mod:`mlkube.targets.cluster`.
 
 **Slots beside the serving version** (the canary phase and the shadow gate of
-:mod:`mlkube.rollout`, issue 17 items 4 and 5): every serving pod runs mlkube's runtime, which
+:mod:`mlkube.live_gates`, issue 17 items 4 and 5): every serving pod runs mlkube's runtime, which
 holds a ``canary`` and a ``shadow`` beside its main model. The target drives the runtime of
 each pod through the API server's pod proxy (:mod:`mlkube.kube.podproxy`; the deploy Role's
 ``pods/proxy`` get and create), so the Service keeps sending every request to a ready pod and

@@ -5,7 +5,7 @@ share of traffic until :meth:`KServeTarget.promote`. :func:`kserve_served` tells
 cluster serves the API at all. What it shares with the Deployment target is
 :mod:`mlkube.targets.cluster`.
 
-**The canary phase on live traffic** (:func:`mlkube.rollout.canary`, issue 17 item 5): on
+**The canary phase on live traffic** (:func:`mlkube.live_gates.canary`, issue 17 item 5): on
 KServe the canary is a *revision*, not a slot in the runtime. ``load_slot("canary", v, uri,
 share)`` applies the InferenceService with version ``v`` and ``canaryTrafficPercent`` =
 ``share`` in percent, and waits until the new revision is Ready and routed its share (Knative
@@ -29,7 +29,7 @@ traffic, :meth:`KServeTarget.live_version` is the version the rolled-out revisio
 a deploy killed in its canary phase is judged again by its retry (``load_slot`` finds the split
 in place), never rolled out unjudged.
 
-**The shadow gate** (:func:`mlkube.rollout.judge_shadow`): every predictor pod runs mlkube's
+**The shadow gate** (:func:`mlkube.live_gates.judge_shadow`): every predictor pod runs mlkube's
 runtime, which holds a ``shadow`` beside its main model, so the shadow is the Deployment
 target's pod slot (:mod:`mlkube.targets.cluster`, the same code): ``load_slot("shadow", ...)``
 loads and verifies the challenger into each *ready* pod of the serving revision (the last

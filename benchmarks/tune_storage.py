@@ -5,8 +5,8 @@
 Starts a real PostgreSQL server on loopback (tests/postgres_server.py: initdb on a temp dir),
 then for each worker count and each mode runs a study the way the tune step does: created once
 with ``workers x trials-per-worker`` waiting trials, then N worker processes claim trials
-(``mlkube.steps.tune.claim``), suggest three parameters, report 5 intermediate values (each
-followed by ``should_prune``, as the step does every epoch) and tell the result. The
+(``mlkube.steps._tune_slots.claim``), suggest three parameters, report 5 intermediate values
+(each followed by ``should_prune``, as the step does every epoch) and tell the result. The
 "training" is a sleep (``--trial-seconds``), so what is measured is the storage: the time each
 trial spends in Optuna calls, trials per second, the most connections PostgreSQL saw, and
 errors. "direct": every worker has its own RDBStorage (a pool of 1 + 1 connections, the
@@ -45,7 +45,7 @@ def worker(mode: str, url: str, port: int, name: str, trial_seconds: float,
            start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
     import optuna
 
-    from mlkube.steps.tune import claim
+    from mlkube.steps._tune_slots import claim
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=_storage(mode, url, port))

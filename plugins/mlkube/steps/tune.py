@@ -17,18 +17,8 @@ Each trial is an MLflow run nested under the study's parent run, and reports the
 metric every epoch so that the pruner can stop unpromising trials early.
 
 Workers die (OOM, a SIGKILL, a deleted pod); the study still ends with exactly ``n_trials``
-finished (complete or pruned) trials. The study has ``n_trials`` slots (system attribute
-``mlkube_slot``); a worker running a trial records Optuna's heartbeat every
-``HEARTBEAT_INTERVAL_S`` (10 s). At start, between trials and while it waits for the trials
-of others, every worker fails the trials that have had no heartbeat for ``GRACE_PERIOD_S``
-(60 s; also a RUNNING trial that never had one, left by an earlier version) and refills: a
-slot whose trials all failed gets a new waiting trial with the last failed one's parameters
-(``failed_trial`` / ``retry_history`` as Optuna's RetryHeartbeatStaleTrialCallback writes
-them), at most ``MAX_ATTEMPTS`` (3) attempts a slot, then the slot is given up and reported.
-A worker leaves only when no trial is waiting or running, so a retried worker finishes the
-trials of the one it replaces. ``MLKUBE_TUNE_HEARTBEAT=INTERVAL,GRACE`` (whole seconds)
-overrides the two times, e.g. in tests. Two workers refilling the same slot at once queue it
-twice; the second copy, when claimed, is failed unrun (system attribute ``mlkube_duplicate``).
+finished (complete or pruned) trials: the study's slots, heartbeats and retries are
+:mod:`mlkube.steps._tune_slots`.
 
 The study's creator records the parent MLflow run on the study once it has queued the
 trials; a worker that finds no parent run after the grace period (the creator died) starts
@@ -37,51 +27,25 @@ one and records it itself.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from mlkube import config as configmod
 from mlkube import spec
 from mlkube.errors import MlkubeError, database_unusable
+from mlkube.steps import _tune_slots as slots
 from mlkube.steps._main import Context, run_step
 
 SPEC = spec.TUNE
 PARENT_ATTR = "mlflow_parent_run_id"
-RUN_ATTR = "mlflow_run_id"
-SLOT_ATTR = "mlkube_slot"
-DUPLICATE_ATTR = "mlkube_duplicate"
-HEARTBEAT_ENV = "MLKUBE_TUNE_HEARTBEAT"
-HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S = 10, 60
-MAX_ATTEMPTS = 3
 
-
-def heartbeat() -> tuple[int, int]:
-    """The heartbeat interval and the grace period, in seconds (``MLKUBE_TUNE_HEARTBEAT``)."""
-    value = os.environ.get(HEARTBEAT_ENV, "").strip()
-    if not value:
-        return HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S
-    try:
-        interval, grace = (int(part) for part in value.split(","))
-    except ValueError:
-        interval = grace = 0
-    if not 0 < interval < grace:
-        raise MlkubeError(
-            f"{HEARTBEAT_ENV} is {value!r}, not INTERVAL,GRACE in whole seconds with "
-            f"0 < INTERVAL < GRACE: set it like '{HEARTBEAT_INTERVAL_S},{GRACE_PERIOD_S}' "
-            "or unset it")
-    return interval, grace
 
 
 def study_name(ctx: Context, digest: str) -> str:
@@ -122,7 +86,7 @@ def storage(ctx: Context) -> Any:
 
     url = (ctx.config.tune.storage or os.environ.get(spec.TUNE_STORAGE_ENV)
            or f"sqlite:///{ctx.state_dir / 'optuna.db'}")
-    interval, grace = heartbeat()
+    interval, grace = slots.heartbeat()
     key = (url, interval, grace)
     if key in _STORAGES:
         return _STORAGES[key]
@@ -191,7 +155,7 @@ def _await_parent(ctx: Context, study: Any, experiment_id: str) -> None:
     """
     from mlkube import tracking
 
-    _, grace = heartbeat()
+    _, grace = slots.heartbeat()
     deadline = time.monotonic() + grace
     while PARENT_ATTR not in study.user_attrs:
         if time.monotonic() < deadline:
@@ -233,7 +197,7 @@ def open_study(ctx: Context, name: str,
         return study, experiment_id
     parent = _start_parent(ctx, name, experiment_id)
     for slot in range(ctx.config.tune.n_trials):  # the queue workers claim trials from
-        _queue(study, slot, None)
+        slots.queue(study, slot, None)
     study.set_user_attr(PARENT_ATTR, parent)
     return study, experiment_id
 
@@ -291,7 +255,7 @@ def objective(ctx: Context, splits: Any, parent_run_id: str, experiment_id: str)
                 **tracking.lineage_tags("tune-trial", ctx.pipeline_run_id)}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"trial-{trial.number}",
                               tags=tags) as run:
-            trial.set_user_attr(RUN_ATTR, run.info.run_id)
+            trial.set_user_attr(slots.RUN_ATTR, run.info.run_id)
             mlflow.log_params(suggested)
             trainer = modelmod.Trainer(modelmod.build(splits, params), splits, params)
             history: dict[int, float] = {}
@@ -310,191 +274,6 @@ def objective(ctx: Context, splits: Any, parent_run_id: str, experiment_id: str)
     return run_trial
 
 
-def _slot(trial: Any) -> int:
-    """The study slot a trial fills (a study made before slots: its number, or its retry's)."""
-    attrs = trial.system_attrs
-    return int(attrs.get(SLOT_ATTR, attrs.get("failed_trial", trial.number)))
-
-
-def _queue(study: Any, slot: int, failed: Any | None) -> None:
-    """Add a waiting trial to ``slot``: a fresh one, or a retry of ``failed``, its parameters kept."""
-    import optuna
-    from optuna.trial import TrialState
-
-    attrs: dict[str, Any] = {SLOT_ATTR: slot}
-    params: dict[str, Any] = {}
-    distributions: dict[str, Any] = {}
-    if failed is not None:  # as Optuna's RetryHeartbeatStaleTrialCallback records a retry
-        history = [*failed.system_attrs.get("retry_history", []), failed.number]
-        attrs |= {"failed_trial": history[0], "retry_history": history}
-        params, distributions = failed.params, failed.distributions
-    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=params,
-                                              distributions=distributions, system_attrs=attrs))
-
-
-def _fail_unbeaten(store: Any, study: Any, grace: int) -> None:
-    """Fail the RUNNING trials that never had a heartbeat and started over ``grace`` s ago.
-
-    A worker records a trial's first heartbeat before it claims the trial, so these were
-    claimed by an earlier mlkube whose worker died; Optuna's ``fail_stale_trials`` looks at
-    trials with a heartbeat only and would leave them running for ever.
-    """
-    import optuna
-    import sqlalchemy.orm
-    from optuna.storages._rdb import models  # no public API tells which trials have no heartbeat
-    from optuna.trial import TrialState
-
-    study_id = store.get_study_id_from_name(study.study_name)
-    trials: Any = models.TrialModel  # Optuna's column wrapper is opaque to mypy
-    beats: Any = models.TrialHeartbeatModel
-    with sqlalchemy.orm.Session(store.engine) as session:
-        ids = [row[0] for row in session.query(trials.trial_id).outerjoin(beats)
-               .filter(trials.study_id == study_id, trials.state == TrialState.RUNNING,
-                       beats.trial_id.is_(None)).all()]
-    cutoff = datetime.now() - timedelta(seconds=grace)  # local time, as FrozenTrial has it
-    for trial_id in ids:
-        started = store.get_trial(trial_id).datetime_start
-        if started is None or started > cutoff:
-            continue
-        try:
-            store.set_trial_state_values(trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker failed it first
-
-
-def _end_mlflow_run(run_id: str) -> None:
-    """Mark the MLflow run of a trial whose worker died KILLED (it would stay RUNNING)."""
-    from mlflow.exceptions import MlflowException
-
-    from mlkube import tracking
-
-    try:
-        if tracking.client().get_run(run_id).info.status == "RUNNING":
-            tracking.client().set_terminated(run_id, "KILLED")
-    except MlflowException:
-        pass  # not in this tracking store: nothing to mark
-
-
-def refill(ctx: Context, study: Any) -> list[int]:
-    """Fail the trials of dead workers, then queue a trial in every slot left without one.
-
-    A slot needs one when all its trials failed (or a creator that died never queued it):
-    a retry with the last failed trial's parameters, up to ``MAX_ATTEMPTS`` attempts.
-    Returns the slots given up.
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    _, grace = heartbeat()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # no heartbeat for the grace period: FAIL
-    _fail_unbeaten(storage(ctx), study, grace)
-    slots: dict[int, list[Any]] = {}
-    for trial in study.get_trials(deepcopy=False):
-        slots.setdefault(_slot(trial), []).append(trial)
-    given_up = []
-    for slot in range(ctx.config.tune.n_trials):
-        tries = slots.get(slot, [])
-        if any(t.state != TrialState.FAIL for t in tries):
-            continue
-        failed = [t for t in tries if not t.system_attrs.get(DUPLICATE_ATTR)]
-        if len(failed) >= MAX_ATTEMPTS:
-            given_up.append(slot)
-            continue
-        last = failed[-1] if failed else None
-        _queue(study, slot, last)
-        if last is not None:
-            if RUN_ATTR in last.user_attrs:
-                _end_mlflow_run(str(last.user_attrs[RUN_ATTR]))
-            ctx.log(f"trial {last.number} failed; queued again with its parameters "
-                    f"(attempt {len(failed) + 1} of {MAX_ATTEMPTS})")
-    return given_up
-
-
-def _pending(study: Any) -> tuple[int, int]:
-    """How many trials of the study are running and how many are waiting."""
-    from optuna.trial import TrialState
-
-    states = [t.state for t in study.get_trials(
-        deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))]
-    return states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
-
-
-def _superseded(store: Any, study_id: int, trial: Any) -> bool:
-    """Whether a trial of the same slot with a lower number has not failed (a second copy)."""
-    from optuna.trial import TrialState
-
-    slot = _slot(trial)
-    return any(_slot(t) == slot and t.number < trial.number and t.state != TrialState.FAIL
-               for t in store.get_all_trials(study_id, deepcopy=False))
-
-
-def claim(study: Any) -> Any | None:
-    """Take one waiting trial of the study for this worker, or None when none is left.
-
-    Taking one is the storage's atomic WAITING -> RUNNING change (a row lock on PostgreSQL),
-    so however many workers there are, each trial runs once. The trial's first heartbeat is
-    recorded before, so a worker dying just after the claim still leaves a stale trial. A
-    second copy of a slot (two workers refilled it at once) is failed unrun, marked
-    ``mlkube_duplicate``. (``Study.optimize`` would create a new trial when the queue is empty.)
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    store = study._storage
-    study_id = store.get_study_id_from_name(study.study_name)
-    candidates = store.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
-    random.shuffle(candidates)  # workers rarely reach for the same trial at once
-    for waiting in candidates:
-        trial_id = store.get_trial_id_from_study_id_trial_number(study_id, waiting.number)
-        if hasattr(store, "record_heartbeat"):  # not Optuna's gRPC proxy
-            store.record_heartbeat(trial_id)
-        try:
-            if not store.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        if _superseded(store, study_id, waiting):
-            store.set_trial_system_attr(trial_id, DUPLICATE_ATTR, True)
-            store.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            continue
-        return optuna.Trial(study, trial_id)
-    return None
-
-
-@contextlib.contextmanager
-def _beating(store: Any, trial_id: int, interval: int) -> Iterator[None]:
-    """Record the trial's heartbeat every ``interval`` seconds while the block runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                store.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - the database away a moment: a beat missed
-                pass  # the grace period covers several
-
-    thread = threading.Thread(target=beat, name=f"tune-heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _tell(study: Any, trial: Any, state: Any, value: float | None = None) -> Any | None:
-    """Finish the trial; None when another worker failed it first (its heartbeat was late)."""
-    import optuna
-
-    try:
-        done = study.tell(trial, value, state=state, skip_if_finished=True)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return None
-    return done if done.state == state else None
-
-
 def work(ctx: Context, study: Any, experiment_id: str, info: Any) -> None:
     """Run the study's trials, one at a time, until none is waiting or running.
 
@@ -509,15 +288,15 @@ def work(ctx: Context, study: Any, experiment_id: str, info: Any) -> None:
     splits = modelmod.load_splits(ctx.args.dataset, info)
     run_trial = objective(ctx, splits, study.user_attrs[PARENT_ATTR], experiment_id)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    interval, grace = heartbeat()
+    interval, grace = slots.heartbeat()
     store = study._storage
     study_id = store.get_study_id_from_name(study.study_name)
     waiting_logged = False
     while True:
-        given_up = refill(ctx, study)
-        trial = claim(study)
+        given_up = slots.refill(ctx, study, storage(ctx))
+        trial = slots.claim(study)
         if trial is None:
-            running, waiting = _pending(study)
+            running, waiting = slots.pending(study)
             if not running and not waiting:
                 break
             if not waiting:
@@ -530,17 +309,17 @@ def work(ctx: Context, study: Any, experiment_id: str, info: Any) -> None:
         waiting_logged = False
         trial_id = store.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
-            with _beating(store, trial_id, interval):
+            with slots.beating(store, trial_id, interval):
                 value = run_trial(trial)
         except optuna.TrialPruned:
-            done = _tell(study, trial, TrialState.PRUNED)
+            done = slots.tell(study, trial, TrialState.PRUNED)
         except optuna.exceptions.UpdateFinishedTrialError:  # a report after it was failed
             done = None
         except BaseException:
-            _tell(study, trial, TrialState.FAIL)
+            slots.tell(study, trial, TrialState.FAIL)
             raise
         else:
-            done = _tell(study, trial, TrialState.COMPLETE, value)
+            done = slots.tell(study, trial, TrialState.COMPLETE, value)
         if done is None:
             ctx.log(f"trial {trial.number} was failed by another worker (no heartbeat from "
                     f"here for {grace} s) and queued again; its result here is dropped")
@@ -548,8 +327,8 @@ def work(ctx: Context, study: Any, experiment_id: str, info: Any) -> None:
         shown = "" if done.value is None else f" val={done.value:.4f}"
         ctx.log(f"trial {done.number} {done.state.name.lower()}{shown} {done.params}")
     if given_up:
-        ctx.log(f"study {study.study_name}: slot(s) {given_up} given up after {MAX_ATTEMPTS} "
-                "failed attempts each; the study ends with fewer trials: see the failed "
+        ctx.log(f"study {study.study_name}: slot(s) {given_up} given up after "
+                f"{slots.MAX_ATTEMPTS} failed attempts each; the study ends with fewer trials: see the failed "
                 "trials' worker logs")
 
 
@@ -648,7 +427,7 @@ def select(ctx: Context, name: str, plots: bool = True) -> dict[str, Any]:
             + " trial(s)")
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {"study_name": name, "best_params": best.params, "best_value": best.value,
-            "best_run_id": best.user_attrs.get(RUN_ATTR, ""), "trials": len(finished),
+            "best_run_id": best.user_attrs.get(slots.RUN_ATTR, ""), "trials": len(finished),
             "mlflow_run_id": parent}
 
 
@@ -717,8 +496,8 @@ def run(ctx: Context) -> dict[str, Any]:
         work(ctx, study, experiment_id, info)
         return select(ctx, name, plots=False)
     ctx.args.study_name = name
-    refill(ctx, study)
-    if _pending(study) == (0, 0):
+    slots.refill(ctx, study, storage(ctx))
+    if slots.pending(study) == (0, 0):
         ctx.log(f"study {name} has no trial left to run")
     else:
         ctx.log(f"study {name}: {ctx.config.tune.n_trials} trials on "

@@ -446,6 +446,20 @@ class ClusterTarget(ServingTarget):
         self._applied = {}
         self._wait(str(version), "roll back to")
 
+    def _roll_back_past_slot(self, version: str | None) -> None:
+        """:meth:`roll_back` for a target whose canary is a slot in the serving pods: the slot
+        is emptied first; a slot that would not empty is said after the rollback, which goes
+        on regardless."""
+        problem = None
+        if version is not None:
+            try:
+                self._clear_slot("canary")
+            except MlkubeError as exc:
+                problem = exc
+        ClusterTarget.roll_back(self, version)
+        if problem is not None:
+            raise MlkubeError(f"v{version} serves again, but {problem}")
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the model's Lease (:mod:`mlkube.kube.lease`, named :func:`mlkube.spec.model_lock`)

@@ -253,13 +253,5 @@ class DeploymentTarget(ClusterTarget):
     def roll_back(self, version: str | None) -> None:
         """Unload the canary, then put ``version`` back (see
         :meth:`mlkube.targets.cluster.ClusterTarget.roll_back`)."""
-        problem = None
-        if version is not None:
-            try:
-                self._clear_slot("canary")
-            except MlkubeError as exc:  # the rollback itself goes on; said after it
-                problem = exc
-        super().roll_back(version)
-        if problem is not None:
-            raise MlkubeError(f"v{version} serves again, but {problem}")
+        self._roll_back_past_slot(version)
 

@@ -450,14 +450,7 @@ class KServeTarget(ClusterTarget):
         Ready (the canary's spec is gone; see the module doc)."""
         live = self._get(INFERENCE_SERVICE) if version is not None else None
         if raw_mode(live):  # as the Deployment target: the canary slot emptied first
-            problem = None
-            try:
-                self._clear_slot("canary")
-            except MlkubeError as exc:  # the rollback itself goes on; said after it
-                problem = exc
-            super().roll_back(version)
-            if problem is not None:
-                raise MlkubeError(f"v{version} serves again, but {problem}")
+            self._roll_back_past_slot(version)
             return
         if live is None or CANARY_PERCENT not in _predictor(live) \
                 or version_of(live) == str(version):

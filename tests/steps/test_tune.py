@@ -313,8 +313,16 @@ def test_a_worker_paused_past_the_grace_period_loses_its_trial_to_a_retry(
 
 
 def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, read with the step's own engine options (SQLite: a long lock
+    timeout; with the default one a look while a worker writes can fail "database is locked",
+    as a CI run saw)."""
+    from optuna.storages import RDBStorage
+
+    from mlkube.steps.tune import engine_options
+
     try:
-        return optuna.load_study(study_name=name, storage=url).trials
+        store = RDBStorage(url, engine_kwargs=engine_options(url))
+        return optuna.load_study(study_name=name, storage=store).trials
     except KeyError:  # not created yet
         return []
 

@@ -207,7 +207,7 @@ class KServeTarget(ClusterTarget):
         if live is None:
             raise MlkubeError(f"{self._where('InferenceService')} does not exist (roll a "
                               "version out first)")
-        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        predictor = _predictor_status(live)
         return (live, predictor.get("latestReadyRevision"),
                 predictor.get("latestRolledoutRevision"))
 
@@ -225,7 +225,7 @@ class KServeTarget(ClusterTarget):
     def _serving_revision(self, live: dict[str, Any]) -> str | None:
         """The revision that serves (all the traffic, or the rest of a canary's split): the
         last rolled out, else the latest ready."""
-        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        predictor = _predictor_status(live)
         return predictor.get("latestRolledoutRevision") or predictor.get("latestReadyRevision")
 
     # the slots in the pods' runtimes (the shadow; in raw mode the canary too), as on the
@@ -261,7 +261,7 @@ class KServeTarget(ClusterTarget):
             return None
         if self._serves(live):
             return version_of(live)
-        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        predictor = _predictor_status(live)
         new, old = predictor.get("latestReadyRevision"), predictor.get("latestRolledoutRevision")
         if CANARY_PERCENT not in _predictor(live) or not new or not old or new == old \
                 or not _all_to(live, old, at_least=100 - int(_predictor(live)[CANARY_PERCENT])):
@@ -320,7 +320,7 @@ class KServeTarget(ClusterTarget):
         live = self._get(INFERENCE_SERVICE) or {}
         if raw_mode(live) or role != "canary":
             return self.base_url
-        predictor = ((live.get("status") or {}).get("components") or {}).get("predictor") or {}
+        predictor = _predictor_status(live)
         url = (predictor.get("address") or {}).get("url") or \
             f"http://{self.serving.name}-predictor.{self.namespace}.svc.cluster.local"
         parts = urlsplit(str(url))
@@ -476,7 +476,7 @@ class KServeTarget(ClusterTarget):
             return Progress(False, failure=_failure_info(model))
         if raw_mode(live):
             return self._raw_progress()
-        predictor = (status.get("components") or {}).get("predictor") or {}
+        predictor = _predictor_status(live)
         created = predictor.get("latestCreatedRevision")
         ready_revision = predictor.get("latestReadyRevision")
         ready = conditions_of(live).get("Ready", {})
@@ -514,8 +514,7 @@ class KServeTarget(ClusterTarget):
                     [f"InferenceService/{self.serving.name}"] + (
                         [f"Deployment/{meta_of(deployment).get('name')}"] if deployment else []))
         labels = {KSERVE_ISVC_LABEL: self.serving.name}
-        created = (((live.get("status") or {}).get("components") or {}).get("predictor")
-                   or {}).get("latestCreatedRevision")
+        created = _predictor_status(live).get("latestCreatedRevision")
         if created:
             labels[KNATIVE_REVISION_LABEL] = created
         return self._list(POD, labels=labels), [f"InferenceService/{self.serving.name}"]
@@ -565,10 +564,14 @@ def _predictor(live: dict[str, Any]) -> dict[str, Any]:
     return dict((live.get("spec") or {}).get("predictor") or {})
 
 
+def _predictor_status(live: dict[str, Any]) -> dict[str, Any]:
+    """``status.components.predictor``: its revisions, address and traffic."""
+    return dict(((live.get("status") or {}).get("components") or {}).get("predictor") or {})
+
+
 def _all_to(live: dict[str, Any], revision: str | None, at_least: int = 100) -> bool:
     """Whether ``revision`` takes all the predictor's traffic (``at_least`` percent of it;
     status.components.predictor)."""
-    traffic = (((live.get("status") or {}).get("components") or {}).get("predictor")
-               or {}).get("traffic") or []
+    traffic = _predictor_status(live).get("traffic") or []
     return bool(revision) and sum(t.get("percent") or 0 for t in traffic
                                   if t.get("revisionName") == revision) >= at_least

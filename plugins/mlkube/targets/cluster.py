@@ -45,7 +45,7 @@ from mlkube.errors import MlkubeError
 from mlkube.kube import podproxy, validation
 from mlkube.kube.api import FIELD_MANAGER, call, dynamic, meta_of
 from mlkube.kube.applied import restorable
-from mlkube.kube.diagnosis import REDUNDANT_EVENTS, last_line, problems_of
+from mlkube.kube.diagnosis import REDUNDANT_EVENTS, fatal_problems, last_line, problems_of
 from mlkube.kube.serving import (
     KSERVE_API_VERSION,
     MODEL_VERSION_ANNOTATION,
@@ -556,11 +556,14 @@ def _dedupe(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def deployment_progress(live: dict[str, Any]) -> Progress:
+def deployment_progress(live: dict[str, Any],
+                        pods: Callable[[], list[dict[str, Any]]]) -> Progress:
     """A Deployment's rollout, read from its status: ready once its current generation's pods
-    are all updated and available (old ones gone); failed for good on ``ReplicaFailure`` or
-    ``Progressing: False``; else what is still going (the Deployment target's, and the KServe
-    target's predictor Deployment in raw-deployment mode)."""
+    are all updated and available (old ones gone); failed for good on ``ReplicaFailure``,
+    ``Progressing: False`` or a fatal problem of one of its ``pods()`` (listed only while the
+    rollout is under way: CrashLoopBackOff, ImagePullBackOff...); else what is still going
+    (the Deployment target's, and the KServe target's predictor Deployment in raw-deployment
+    mode)."""
     spec, status = live.get("spec") or {}, live.get("status") or {}
     generation = meta_of(live).get("generation", 0)
     observed = status.get("observedGeneration", 0)
@@ -582,14 +585,11 @@ def deployment_progress(live: dict[str, Any]) -> Progress:
     total = status.get("replicas", 0)
     if updated == available == total == want:
         return Progress(True)
+    fatal = fatal_problems(pods())
+    if fatal:
+        return Progress(False, failure=fatal[0])
     return Progress(False, note=f"{updated} of {want} pods updated, {available} available, "
                                  f"{total - updated} old ones still running")
-
-
-def observed(live: dict[str, Any]) -> bool:
-    """Whether the object's controller has observed its current generation."""
-    return bool((live.get("status") or {}).get("observedGeneration", 0)
-                >= meta_of(live).get("generation", 0))
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:

@@ -49,7 +49,7 @@ from mlkube.errors import MlkubeError
 from mlkube.kube import serving as manifests
 from mlkube.kube.api import FIELD_MANAGER, call, meta_of
 from mlkube.kube.applied import identified, owns, restorable
-from mlkube.kube.diagnosis import fatal_problems, last_line
+from mlkube.kube.diagnosis import last_line
 from mlkube.kube.serving import ModelServing
 from mlkube.targets.cluster import (
     AUTOSCALER,
@@ -61,7 +61,6 @@ from mlkube.targets.cluster import (
     Progress,
     conditions_of,
     deployment_progress,
-    observed,
     pooled,
 )
 
@@ -138,11 +137,7 @@ class DeploymentTarget(ClusterTarget):
              self._host, hand_over)
 
     def _progress(self, live: dict[str, Any], *, full_traffic: bool = False) -> Progress:
-        progress = deployment_progress(live)
-        if progress.ready or progress.failure or not observed(live):
-            return progress
-        fatal = fatal_problems(self._pods(live)[0])
-        return Progress(False, failure=fatal[0]) if fatal else progress
+        return deployment_progress(live, lambda: self._pods(live)[0])
 
     def _pod_starts(self, live: dict[str, Any]) -> int:
         """maxSurge 1: each replica's new pod starts after the one before is ready."""

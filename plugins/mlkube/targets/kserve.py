@@ -92,7 +92,6 @@ from mlkube.targets.cluster import (
     Progress,
     conditions_of,
     deployment_progress,
-    observed,
     pooled,
     version_of,
 )
@@ -501,11 +500,8 @@ class KServeTarget(ClusterTarget):
         deployment = self._predictor_deployment()
         if deployment is None:
             return Progress(False, note="KServe has not made the predictor's Deployment yet")
-        progress = deployment_progress(deployment)
-        if progress.ready or progress.failure or not observed(deployment):
-            return progress
-        fatal = fatal_problems(self._list(POD, labels=self._predictor_labels()))
-        return Progress(False, failure=fatal[0]) if fatal else progress
+        return deployment_progress(
+            deployment, lambda: self._list(POD, labels=self._predictor_labels()))
 
     def _pods(self, live: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         if raw_mode(live):

@@ -268,12 +268,11 @@ def run(ctx: Context) -> dict[str, Any]:
     rows = x_test[:SMOKE_ROWS].astype(float).tolist()
     with target.exclusive():
         if ctx.config.registry.min_live_requests and target.live_slots \
-                and "shadow" in target.slot_roles and not ctx.args.version \
-                and (ctx.args.alias or "champion") == "champion":
+                and "shadow" in target.slot_roles and _deploys_champion(ctx):
             from mlkube import live_gates  # the shadow gate may move the champion alias first
 
             if live_gates.judge_shadow(target, name, ctx.config.registry, ctx.config.serving,
-                                    ctx.log):
+                                       ctx.log):
                 version = resolve(name, ctx.args.alias, None)
         return _deploy(ctx, target, name, version, rows)
 
@@ -308,7 +307,7 @@ def _deploy(ctx: Context, target: ServingTarget, name: str, version: str,
             from mlkube import live_gates  # the canary phase: promoted only within its bounds
 
             live_gates.canary(target, version, f"models:/{name}/{version}", serving,
-                           lambda: smoke_test(target, rows, version), ctx.log)
+                              lambda: smoke_test(target, rows, version), ctx.log)
         else:
             if serving.canary_share > 0 and live not in (None, version):
                 ctx.log(f"serving.canary_share: the {target.name} target has no live canary "
@@ -340,8 +339,14 @@ def _worse_canary(ctx: Context, name: str, version: str, previous: str | None,
     from mlkube import live_gates
 
     if isinstance(exc, live_gates.CanaryFailed) and exc.worse and previous \
-            and not ctx.args.version and (ctx.args.alias or "champion") == "champion":
+            and _deploys_champion(ctx):
         live_gates.canary_rolled_back(name, version, previous, exc, ctx.log)
+
+
+def _deploys_champion(ctx: Context) -> bool:
+    """Whether this deploy serves the ``champion`` alias (no ``--version``, no other alias):
+    the one whose live gates may move it."""
+    return not ctx.args.version and (ctx.args.alias or "champion") == "champion"
 
 
 def _recorded(ctx: Context, target: ServingTarget, name: str, version: str,

@@ -362,27 +362,44 @@ def _canaries(cluster: Cluster) -> list[tuple[str, str | None]]:
     return [(main, canary and canary["version"]) for main, canary, _ in _slots(cluster)]
 
 
-def test_a_deploy_killed_with_its_canary_loaded_is_finished_by_its_retry(
-        cluster: Cluster) -> None:
-    """The deploy of v2 is SIGKILLed right after the canary was loaded into both pods (no
-    unload, its Lease held): the canary keeps its share. Its retry takes the Lease over, finds
-    the canary loaded (the same version: kept, its numbers counted on), judges it and rolls
-    v2 out; clients asking meanwhile see no failure."""
+def canary_killed_then_retried(cluster: Cluster, *, service: str,
+                               before: Callable[[], None], left: Callable[[], None]) -> Done:
+    """The killed-canary test on any cluster target (the target's own expectations given): v1
+    seeded; ``before()`` (the spares); the deploy of v2 SIGKILLed right after its canary took
+    its share (no unload, its Lease held); ``left()`` checks what the kill left; clients ask
+    ``service`` (a front) while the retry takes the Lease over, judges the canary at 50% and
+    rolls v2 out: no client failure, and exactly v2 serves after. The retry, for the
+    target's own checks."""
     cluster.seed("1")
-    _spares(cluster.proxy, cluster.registry, "2", REPLICAS)
+    before()
     killed = cluster.deploy("2", "after_slot")
     assert killed.code == -signal.SIGKILL and killed.lines == []
-    assert _canaries(cluster) == [("1", "2")] * REPLICAS, "what the kill left"
-    with Load(cluster.proxy.front(SERVICE), NAME, _rows(cluster.registry), clients=3,
+    left()
+    with Load(cluster.proxy.front(service), NAME, _rows(cluster.registry), clients=3,
               pause=0.005) as load:
         again = cluster.deploy("2")
     assert again.code == 0, again.err
-    assert again.result == {"model_name": NAME, "version": "2", "endpoint": ENDPOINT,
+    assert again.result == {"model_name": NAME, "version": "2", "endpoint": cluster.endpoint,
                             "replaced_version": "1"}
     assert again.said(f"taking over Lease ml/{LEASE} from {killed.holder}")
     assert again.said("canary v2 answers 50% of the live requests")
     assert load.failed == [], load.failed[:3]
     cluster.assert_serves_only("2")
+    return again
+
+
+def test_a_deploy_killed_with_its_canary_loaded_is_finished_by_its_retry(
+        cluster: Cluster) -> None:
+    """The deploy of v2 is SIGKILLed right after the canary was loaded into both pods (no
+    unload, its Lease held): the canary keeps its share. Its retry takes the Lease over, finds
+    the canary loaded (the same version: kept, its numbers counted on), judges it and rolls
+    v2 out; clients asking meanwhile see no failure (``canary_killed_then_retried``)."""
+    def left() -> None:
+        assert _canaries(cluster) == [("1", "2")] * REPLICAS, "what the kill left"
+
+    canary_killed_then_retried(
+        cluster, service=SERVICE,
+        before=lambda: _spares(cluster.proxy, cluster.registry, "2", REPLICAS), left=left)
 
 
 def test_a_canary_a_killed_deploy_left_is_unloaded_when_the_serving_version_is_deployed(

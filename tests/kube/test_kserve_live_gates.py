@@ -47,6 +47,7 @@ from test_deploy_live_gates import (  # noqa: F401  (versions: a fixture, used b
     _config,
     _loads,
     _rows,
+    canary_killed_then_retried,
     canary_over_a_bound,
     versions,
 )
@@ -294,26 +295,20 @@ def test_a_deploy_killed_with_its_canary_revision_split_is_judged_again_by_its_r
     Lease held). What serves is still v1 (the rolled-out revision's pods), so the retry takes
     the Lease over, finds the canary revision of v2 in place (not applied again), judges it on
     live numbers and gives it all the traffic; clients asking meanwhile see no failure."""
-    cluster.seed("1")
-    _spare(cluster.proxy, cluster.registry, "2")
-    killed = cluster.deploy("2", "after_slot")
-    assert killed.code == -signal.SIGKILL and killed.lines == []
-    assert [(percent, runs) for _, percent, runs in cluster.traffic()] == [(50, "1"), (50, "2")]
-    applies = len(cluster.fake.applies("InferenceService"))
-    with Load(cluster.proxy.front(ISVC), NAME, _rows(cluster.registry), clients=3,
-              pause=0.005) as load:
-        again = cluster.deploy("2")
-    assert again.code == 0, again.err
-    assert again.result == {"model_name": NAME, "version": "2", "endpoint": ENDPOINT,
-                            "replaced_version": "1"}
-    assert again.said(f"taking over Lease ml/{LEASE} from {killed.holder}")
+    applies: list[int] = []
+
+    def left() -> None:
+        assert [(percent, runs) for _, percent, runs in cluster.traffic()] == [
+            (50, "1"), (50, "2")]
+        applies.append(len(cluster.fake.applies("InferenceService")))
+
+    again = canary_killed_then_retried(
+        cluster, service=ISVC, before=lambda: _spare(cluster.proxy, cluster.registry, "2"),
+        left=left)
     assert not again.said("as a canary revision"), "the split the kill left, judged on"
     assert again.said("(v2) an earlier deploy left takes 50% of the traffic")
-    assert again.said("canary v2 answers 50% of the live requests")
     assert any("within the bounds: promoted" in line for line in again.out.splitlines())
-    assert load.failed == [], load.failed[:3]
-    assert len(cluster.fake.applies("InferenceService")) == applies + 1, "only the promotion"
-    cluster.assert_serves_only("2")
+    assert len(cluster.fake.applies("InferenceService")) == applies[0] + 1, "only the promotion"
 
 
 # --- the shadow gate on KServe: the challenger in the serving revision's pods ------------------
